@@ -80,7 +80,8 @@ def _describe(source: str, pretrained: str | None, checkpoint: str | None) -> st
 
 
 def create_model(source: str, pretrained: str | None = None, checkpoint: str | None = None,
-                 device: str | torch.device = "cpu", precision: str = "fp32") -> torch.nn.Module:
+                 device: str | torch.device = "cpu", precision: str = "fp32",
+                 cache_dir: str | None = None) -> torch.nn.Module:
     """Build an open_clip model from any supported source. Weights are random if none are named."""
     name = _open_clip_name(source)
     if pretrained and checkpoint:
@@ -91,13 +92,14 @@ def create_model(source: str, pretrained: str | None = None, checkpoint: str | N
     if weights and name.startswith(("local-dir:", "hf-hub:")):
         raise ValueError(f"{source!r} carries its own weights; drop the pretrained tag / checkpoint file")
     return open_clip.create_model(name, pretrained=weights, device=device, precision=precision,
-                                  output_dict=True, pretrained_text=False)
+                                  output_dict=True, pretrained_text=False, cache_dir=cache_dir)
 
 
 def load_model(source: str = DEFAULT_MODEL, pretrained: str | None = None, checkpoint: str | None = None,
-               device: str | torch.device = "cpu", precision: str = "fp32") -> LoadedModel:
+               device: str | torch.device = "cpu", precision: str = "fp32",
+               cache_dir: str | None = None) -> LoadedModel:
     """Return (model, preprocessing, tokenizer, fingerprint) for inference."""
-    model = create_model(source, pretrained, checkpoint, device, precision).eval()
+    model = create_model(source, pretrained, checkpoint, device, precision, cache_dir).eval()
     tokenizer = tokenizer_for(source)
     preprocess = preprocess_of(model)
     fp = fingerprint_model(model, preprocess, tokenizer)

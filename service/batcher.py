@@ -1,0 +1,181 @@
+"""Dynamic batching: one bounded queue per modality, filled until max batch or max wait, run off the loop.
+
+    submit(items) -> admission (cap on queued + in-flight items) -> queue -> collect() -> drop items whose
+    client left or whose deadline passed -> encoder in the inference thread -> futures resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from service.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded
+from service.metrics import Metrics
+
+log = logging.getLogger("service.batcher")
+
+Encode = Callable[[np.ndarray], np.ndarray]  # [B, ...] -> [B, D]
+
+
+@dataclass
+class WorkItem:
+    payload: np.ndarray  # one item: pixels [3, H, W] float32 or token ids [L] int64
+    future: asyncio.Future  # resolves to its embedding [D]
+    deadline: float  # loop time by which inference must start
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+async def collect(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> list[WorkItem]:
+    """Wait for one item, then take more until `max_batch` items or `max_wait_s` after the first."""
+    items = [await queue.get()]
+    loop = asyncio.get_running_loop()
+    until = loop.time() + max_wait_s
+    while len(items) < max_batch:
+        if not queue.empty():
+            items.append(queue.get_nowait())
+            continue
+        remaining = until - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            items.append(await asyncio.wait_for(queue.get(), remaining))
+        except asyncio.TimeoutError:
+            break
+    return items
+
+
+def is_oom(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors after which the device cannot be trusted (the process should be replaced)."""
+    text = str(exc)
+    return ("CUDA error" in text or "device-side assert" in text) and not is_oom(exc)
+
+
+class Batcher:
+    """Batches one modality's items for one encoder function."""
+
+    def __init__(self, modality: str, encode: Encode, executor: Executor, metrics: Metrics, *, max_batch: int,
+                 max_wait_s: float, max_queue: int, on_fatal: Optional[Callable[[BaseException], None]] = None):
+        self.modality, self.encode, self.executor, self.metrics = modality, encode, executor, metrics
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.on_fatal = on_fatal
+        self.queue: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self.depth = 0  # queued + in-flight items (what admission caps)
+        self.closed = False
+        self._task: Optional[asyncio.Task] = None
+        metrics.queue_capacity.labels(modality).set(max_queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.modality}")
+        self._task.add_done_callback(self._died)
+
+    def _died(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:  # never die silently
+            log.error("%s batcher stopped: %r", self.modality, task.exception())
+            if self.on_fatal:
+                self.on_fatal(task.exception())
+
+    async def stop(self) -> None:
+        self.closed = True
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _set_depth(self, delta: int) -> None:
+        self.depth += delta
+        self.metrics.queue_depth.labels(self.modality).set(self.depth)
+
+    async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        """Queue items (all or none) and wait for their embeddings, in order."""
+        if self.closed:
+            self.metrics.rejected.labels("draining").inc()
+            raise NotReady("server is shutting down", retry_after=1)
+        if self.depth + len(payloads) > self.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise Overloaded(f"{self.modality} queue is full ({self.depth}/{self.max_queue} items); retry later",
+                             retry_after=1)
+        loop = asyncio.get_running_loop()
+        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
+        self._set_depth(len(items))
+        for item in items:
+            self.queue.put_nowait(item)
+        try:
+            return list(await asyncio.gather(*(i.future for i in items)))
+        finally:
+            for i in items:  # the client went away or a sibling failed: the batcher will skip these
+                if not i.future.done():
+                    i.future.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            items = await collect(self.queue, self.max_batch, self.max_wait_s)
+            try:
+                live = self._admit(items)
+                if live:
+                    await self._run(live)
+            finally:
+                self._set_depth(-len(items))
+
+    def _admit(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Drop cancelled items (client gone) and fail expired ones, without computing them."""
+        now_loop, now = asyncio.get_running_loop().time(), time.monotonic()
+        live = []
+        for item in items:
+            if item.future.done():
+                self.metrics.dropped.labels(self.modality).inc()
+            elif now_loop > item.deadline:
+                self.metrics.rejected.labels("deadline").inc()
+                item.future.set_exception(DeadlineExceeded("request waited past its deadline "
+                                                           "(CLIP_REQUEST_TIMEOUT_S); retry later", retry_after=1))
+            else:
+                self.metrics.queue_wait.labels(self.modality).observe(now - item.enqueued)
+                live.append(item)
+        return live
+
+    def _encode_timed(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.encode(batch)
+        self.metrics.inference.labels(self.modality).observe(time.perf_counter() - start)
+        self.metrics.batch_size.labels(self.modality).observe(len(batch))
+        return out
+
+    async def _run(self, items: list[WorkItem]) -> None:
+        """Encode items; on failure isolate the culprit (halve on OOM, else one by one)."""
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self.executor, self._encode_timed, np.stack([i.payload for i in items]))
+        except Exception as exc:  # noqa: BLE001 - any encoder failure is isolated, counted and reported
+            await self._isolate(items, exc)
+            return
+        for item, row in zip(items, out):
+            if not item.future.done():
+                item.future.set_result(row)
+
+    async def _isolate(self, items: list[WorkItem], exc: Exception) -> None:
+        kind = "oom" if is_oom(exc) else "fatal" if is_fatal(exc) else "error"
+        self.metrics.backend_errors.labels(kind).inc()
+        log.warning("%s batch of %d failed (%s): %r", self.modality, len(items), kind, exc)
+        if kind == "fatal" and self.on_fatal:
+            self.on_fatal(exc)
+        if len(items) == 1 or kind == "fatal":
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(BackendFailure(f"the {self.modality} encoder failed: {exc}"[:300],
+                                                             retry_after=1))
+            return
+        if kind == "oom":  # halve and retry, down to single items
+            half = len(items) // 2
+            await self._run(items[:half])
+            await self._run(items[half:])
+            return
+        for item in items:  # retry alone, so only the culprit fails
+            await self._run([item])

@@ -1,0 +1,139 @@
+"""The inference engine behind the routes: preprocessing pool, batchers, caches, classifiers.
+
+One request: route validates -> text cache lookup -> preprocess in the worker pool -> batcher -> backend
+(inference thread) -> embeddings back to the route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+import numpy as np
+
+from service.backends import Backend
+from service.batcher import Batcher
+from service.cache import ByteLRU
+from service.errors import ApiError, BadInput
+from service.images import ImagePreprocessor
+from service.metrics import Metrics
+from service.settings import Settings
+from service.templates import prompts_for
+
+MB = 1024 * 1024
+
+
+class Engine:
+    """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
+
+    def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
+                 on_fatal: Optional[Callable[[BaseException], None]] = None):
+        self.settings, self.backend, self.metrics = settings, backend, metrics
+        workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
+        self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
+        self.preprocessor = ImagePreprocessor(backend.preprocess, settings.max_image_pixels,
+                                              settings.reduced_jpeg_decode)
+        image_max = min(settings.image_max_batch, backend.max_batch or settings.image_max_batch)
+        text_max = min(settings.text_max_batch, backend.max_batch or settings.text_max_batch)
+        common = dict(metrics=metrics, max_queue=settings.max_queue, on_fatal=on_fatal)
+        self.images = Batcher("image", backend.encode_image, inference_pool, max_batch=image_max,
+                              max_wait_s=settings.image_max_wait_ms / 1000, **common)
+        self.texts = Batcher("text", backend.encode_text, inference_pool, max_batch=text_max,
+                             max_wait_s=settings.text_max_wait_ms / 1000, **common)
+        self.text_cache = ByteLRU("text", int(settings.text_cache_mb * MB), metrics)
+        self.labelset_cache = ByteLRU("labelset", int(settings.labelset_cache_mb * MB), metrics)
+
+    def start(self) -> None:
+        self.images.start()
+        self.texts.start()
+
+    async def stop(self) -> None:
+        await self.images.stop()
+        await self.texts.stop()
+        self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+    def idle(self) -> bool:
+        return self.images.depth == 0 and self.texts.depth == 0
+
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+    # --- images ---------------------------------------------------------------------------------------------
+    def _preprocess_one(self, data: bytes) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.preprocessor(data)
+        self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
+        return out
+
+    async def preprocess_images(self, images: list[bytes]) -> list[np.ndarray]:
+        """Decode + resize + normalise every image in the worker pool; a bad one names its index."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b) for b in images]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for i, r in enumerate(results):
+            if isinstance(r, ApiError):
+                raise type(r)(f"images[{i}]: {r.message}" if len(images) > 1 else r.message)
+            if isinstance(r, BaseException):
+                raise BadInput(f"images[{i}]: could not be decoded ({type(r).__name__}: {r})")
+        return results  # type: ignore[return-value]
+
+    async def embed_images(self, images: list[bytes]) -> np.ndarray:
+        """Image bytes -> L2-normalised embeddings [N, D], in order."""
+        deadline = self.deadline()
+        pixels = await self.preprocess_images(images)
+        return np.stack(await self.images.submit(pixels, deadline))
+
+    # --- texts ----------------------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> np.ndarray:
+        start = time.perf_counter()
+        tokens = self.backend.tokenize(texts)
+        self.metrics.preprocess.labels("text").observe((time.perf_counter() - start) / max(1, len(texts)))
+        return tokens
+
+    async def embed_texts(self, texts: list[str], chunk: Optional[int] = None) -> np.ndarray:
+        """Texts -> embeddings [N, D]; cached prompts skip the encoder. Misses are encoded in chunks."""
+        fp = self.backend.fingerprint
+        out: list[Optional[np.ndarray]] = [self.text_cache.get((fp, t)) for t in texts]
+        missing = sorted({t for t, e in zip(texts, out) if e is None})
+        if missing:
+            computed = await self._encode_texts(missing, chunk or len(missing))
+            for t, e in zip(missing, computed):
+                self.text_cache.put((fp, t), e)
+            lookup = dict(zip(missing, computed))
+            out = [e if e is not None else lookup[t] for t, e in zip(texts, out)]
+        return np.stack(out)  # type: ignore[arg-type]
+
+    async def _encode_texts(self, texts: list[str], chunk: int) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        result: list[np.ndarray] = []
+        for i in range(0, len(texts), chunk):
+            part = texts[i:i + chunk]
+            deadline = self.deadline()
+            tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, part)
+            result.extend(await self.texts.submit(list(tokens), deadline))
+        return result
+
+    # --- classifiers ----------------------------------------------------------------------------------------
+    async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
+        """[C, D] prototypes: per label, the mean of its normalised template embeddings, renormalised."""
+        key = (self.backend.fingerprint, labels, templates)
+        cached = self.labelset_cache.get(key)
+        if cached is not None:
+            return cached
+        prompts = prompts_for(labels, templates)
+        emb = await self.embed_texts(prompts, chunk=self.texts.max_batch)  # [C*T, D]
+        proto = emb.reshape(len(labels), len(templates), -1).mean(axis=1)  # [C, D]
+        proto /= np.linalg.norm(proto, axis=1, keepdims=True).clip(min=1e-12)
+        proto = proto.astype(np.float32)
+        self.labelset_cache.put(key, proto)
+        return proto
+
+    def scores(self, image_emb: np.ndarray, proto: np.ndarray) -> np.ndarray:
+        """softmax over labels of logit_scale x cosine: [N, C]."""
+        logits = self.backend.logit_scale * image_emb @ proto.T
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)

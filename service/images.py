@@ -1,0 +1,116 @@
+"""Image bytes -> model-ready pixels, safely.
+
+Only JPEG, PNG, WebP, GIF, BMP and TIFF are decoded; the pixel count is checked from the header before any
+decoding; decompression-bomb warnings are errors; EXIF orientation is applied; transparency is composited on
+white; every mode becomes RGB; animations give their first frame. Preprocessing is the model's own open_clip
+transform (shortest-side bicubic resize, centre crop, mean/std).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.preprocess import PreprocessConfig, eval_transform
+from service.errors import BadInput, PayloadTooLarge, UnsupportedMedia
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own cap (CLIP_MAX_IMAGE_PIXELS) before decoding
+
+_OTHER_SIGNATURES = {  # recognisable but unsupported: 415, not 400
+    b"%PDF": "PDF", b"<svg": "SVG", b"<?xml": "XML/SVG", b"\x00\x00\x00\x0cjP": "JPEG 2000",
+    b"8BPS": "PSD", b"\x00\x00\x01\x00": "ICO",
+}
+
+
+def _sniff_unsupported(data: bytes) -> str | None:
+    head = data[:64].lstrip()
+    for sig, name in _OTHER_SIGNATURES.items():
+        if head.startswith(sig):
+            return name
+    if b"ftypheic" in data[:32] or b"ftypavif" in data[:32]:
+        return "HEIC/AVIF"
+    return None
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header only; refuse unsupported formats and oversized images before decoding."""
+    if not data:
+        raise BadInput("empty image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        other = _sniff_unsupported(data)
+        if other:
+            raise UnsupportedMedia(f"{other} images are not supported; send JPEG, PNG, WebP, GIF, BMP or TIFF")
+        raise BadInput("not a decodable image (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"not a decodable image: {exc}")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise PayloadTooLarge(f"image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
+                              f"(CLIP_MAX_IMAGE_PIXELS)")
+    if w < 1 or h < 1:
+        raise BadInput(f"image has no pixels ({w}x{h})")
+    return img
+
+
+def draft_for(img: Image.Image, target: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the shortest side stays >= 2 x target."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    short = min(w, h)
+    scale = max(1, short // (2 * target))
+    if scale >= 2:
+        img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode -> RGB: transparency over white, 16-bit scaled to 8-bit, CMYK/P/1/L/LA converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(arr.max()))
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode(data: bytes, max_pixels: int, reduce_for: int | None = None) -> Image.Image:
+    """Bytes -> upright RGB PIL image (first frame). `reduce_for`: target side for reduced JPEG decoding."""
+    img = open_image(data, max_pixels)
+    if reduce_for:
+        draft_for(img, reduce_for)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return to_rgb(img)
+    except Image.DecompressionBombWarning as exc:
+        raise PayloadTooLarge(f"image looks like a decompression bomb: {exc}")
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadInput(f"image data is truncated or corrupt: {exc}")
+
+
+class ImagePreprocessor:
+    """Bytes -> float32 [3, H, W] exactly as the model's own open_clip transform produces."""
+
+    def __init__(self, pre: PreprocessConfig, max_pixels: int, reduced_jpeg_decode: bool = True):
+        self.pre, self.max_pixels = pre, max_pixels
+        self.reduce_for = min(pre.size) if reduced_jpeg_decode else None
+        self._transform: Callable = eval_transform(pre)
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        img = decode(data, self.max_pixels, self.reduce_for)
+        return self._transform(img).numpy().astype(np.float32, copy=False)  # [3, H, W]

@@ -1,0 +1,50 @@
+"""Prometheus metrics, prefix clip_, units in the names. One registry per app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Every metric the server exports (deploy/ dashboards and alerts use these names)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("clip_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=r)
+        self.request_seconds = Histogram("clip_request_duration_seconds", "HTTP request latency", ["endpoint"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("clip_batch_size", "items per encoder call", ["modality"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram("clip_queue_wait_seconds", "time an item waited before its batch ran",
+                                    ["modality"], buckets=LATENCY_BUCKETS, registry=r)
+        self.preprocess = Histogram("clip_preprocess_seconds", "decode+resize (image) / tokenise (text) per item",
+                                    ["modality"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("clip_inference_seconds", "encoder time per batch", ["modality"],
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("clip_queue_depth", "items queued or in flight", ["modality"], registry=r)
+        self.queue_capacity = Gauge("clip_queue_capacity", "admission cap on queued + in-flight items",
+                                    ["modality"], registry=r)
+        self.cache_hits = Counter("clip_cache_hits", "cache hits", ["cache"], registry=r)
+        self.cache_misses = Counter("clip_cache_misses", "cache misses", ["cache"], registry=r)
+        self.cache_entries = Gauge("clip_cache_entries", "entries held", ["cache"], registry=r)
+        self.cache_bytes = Gauge("clip_cache_bytes", "bytes held", ["cache"], registry=r)
+        self.rejected = Counter("clip_rejected", "requests refused before inference", ["reason"], registry=r)
+        self.dropped = Counter("clip_dropped", "items dropped because their client went away", ["modality"],
+                               registry=r)
+        self.backend_errors = Counter("clip_backend_errors", "encoder failures by kind", ["kind"], registry=r)
+        self.ready = Gauge("clip_ready", "1 when the model is loaded, warmed up and not draining", registry=r)
+        self.model_info = Gauge("clip_model_info", "the loaded model",
+                                ["model", "backend", "device", "precision", "fingerprint"], registry=r)
+        for m in ("image", "text"):  # export zero-valued series from the start, so dashboards have lines
+            for metric in (self.batch_size, self.queue_wait, self.preprocess, self.inference, self.queue_depth,
+                           self.queue_capacity, self.dropped):
+                metric.labels(modality=m)
+        for c in ("text", "labelset"):
+            for metric in (self.cache_hits, self.cache_misses, self.cache_entries, self.cache_bytes):
+                metric.labels(cache=c)
+        for reason in ("queue_full", "deadline", "not_ready", "draining"):
+            self.rejected.labels(reason=reason)

@@ -1,0 +1,76 @@
+"""Helpers the routes share: the engine, disconnect-aware waiting, limits, OpenAPI request bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, TypeVar
+
+from fastapi import Request
+
+from service.engine import Engine
+from service.errors import ApiError, InvalidField, PayloadTooLarge
+from service.lifecycle import Lifecycle
+from service.schemas import ErrorResponse
+from service.settings import Settings
+
+T = TypeVar("T")
+POLL_S = 0.05
+
+
+class ClientGone(ApiError):
+    status, type = 499, "client_closed_request"
+
+
+def lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def engine(request: Request) -> Engine:
+    return lifecycle(request).require_engine()
+
+
+async def until_done_or_gone(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (so its queued items are dropped) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise ClientGone("client closed the connection")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def check_count(kind: str, n: int, limit: int, setting: str) -> None:
+    if n == 0:
+        raise InvalidField(f"{kind}: give at least one")
+    if n > limit:
+        raise PayloadTooLarge(f"{n} {kind} in one request; the limit is {limit} ({setting})")
+
+
+def note_items(request: Request, n: int) -> None:
+    request.scope.setdefault("state", {})["items"] = n
+
+
+def body_doc(json_schema_ref: str, multipart: dict[str, Any] | None = None) -> dict[str, Any]:
+    """openapi_extra describing a JSON body and, optionally, its multipart/form-data twin."""
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema_ref}"}}}
+    if multipart:
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": multipart}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": d}
+    for code, d in {400: "undecodable input", 401: "missing or wrong API key", 413: "too large",
+                    415: "unsupported media type", 422: "invalid fields",
+                    503: "overloaded, not ready or shutting down (see Retry-After)"}.items()
+}

@@ -1,0 +1,80 @@
+"""Named label sets: PUT precomputes and keeps a classifier; GET lists or shows; DELETE forgets."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.auth import require_api_key
+from service.errors import InvalidField, NotFound, PayloadTooLarge
+from service.inputs import read_json
+from service.routes.common import ERROR_RESPONSES, body_doc, engine, settings, until_done_or_gone
+from service.schemas import LabelSetInfo, LabelSetRequest
+from service.templates import resolve_templates
+
+router = APIRouter(tags=["label sets"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class StoredLabelSet:
+    name: str
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    fingerprint: str
+
+    def info(self) -> dict:
+        return {"name": self.name, "labels": list(self.labels), "templates": list(self.templates),
+                "fingerprint": self.fingerprint}
+
+
+def _store(request: Request) -> OrderedDict[str, StoredLabelSet]:
+    return request.app.state.labelsets
+
+
+def stored_labelset(request: Request, name: str) -> StoredLabelSet:
+    found = _store(request).get(name)
+    if found is None:
+        raise NotFound(f"no label set named {name!r}; create it with PUT /labelsets/{name}")
+    return found
+
+
+@router.put("/labelsets/{name}", response_model=LabelSetInfo, summary="Create or replace a label set",
+            openapi_extra=body_doc("LabelSetRequest"))
+async def put_labelset(name: str, request: Request) -> dict:
+    """Precompute the classifier for these labels and templates and keep it under `name`."""
+    from service.routes.classify import clean_labels
+
+    if not NAME.match(name):
+        raise InvalidField("name: 1-64 characters from letters, digits, '_', '.', '-'")
+    eng, s = engine(request), settings(request)
+    body = await read_json(request, LabelSetRequest)
+    labels = clean_labels(body.labels, s)
+    templates = resolve_templates(body.templates, s.max_templates)
+    store = _store(request)
+    if name not in store and len(store) >= s.max_labelsets:
+        raise PayloadTooLarge(f"already {len(store)} label sets (CLIP_MAX_LABELSETS); delete one first")
+    await until_done_or_gone(request, eng.classifier(labels, templates))
+    store[name] = StoredLabelSet(name, labels, templates, eng.backend.fingerprint)
+    return store[name].info()
+
+
+@router.get("/labelsets", summary="List label sets")
+async def list_labelsets(request: Request) -> dict:
+    return {"labelsets": [{"name": ls.name, "n_labels": len(ls.labels), "n_templates": len(ls.templates)}
+                          for ls in _store(request).values()]}
+
+
+@router.get("/labelsets/{name}", response_model=LabelSetInfo, summary="Show a label set")
+async def get_labelset(name: str, request: Request) -> dict:
+    return stored_labelset(request, name).info()
+
+
+@router.delete("/labelsets/{name}", status_code=204, summary="Delete a label set")
+async def delete_labelset(name: str, request: Request) -> Response:
+    stored_labelset(request, name)
+    del _store(request)[name]
+    return Response(status_code=204)

@@ -1,0 +1,88 @@
+"""Request and response bodies (JSON). Multipart forms carry the same fields as form parts."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedImagesRequest(_Strict):
+    images: list[str] = Field(..., min_length=1, description="base64 strings or data: URIs (data:image/png;base64,...)",
+                              examples=[["iVBORw0KGgo..."]])
+
+
+class EmbedTextsRequest(_Strict):
+    texts: list[str] = Field(..., min_length=1, description="texts to embed; over-long ones are truncated",
+                             examples=[["a photo of a cat", "a red circle"]])
+
+
+class ClassifyRequest(_Strict):
+    images: Optional[list[str]] = Field(None, description="base64 strings or data: URIs")
+    image: Optional[str] = Field(None, description="one base64 string or data: URI (instead of images)")
+    labels: Optional[list[str]] = Field(None, description="candidate labels, e.g. ['red circle', 'blue square']")
+    labelset: Optional[str] = Field(None, description="name of a label set stored with PUT /labelsets/{name}")
+    templates: Optional[Union[list[str], str]] = Field(
+        None, description="prompt templates containing '{}', or a built-in set: 'openai_imagenet', 'simple'; "
+                          "default 'a photo of a {}.'")
+    top_k: Optional[int] = Field(None, ge=1, description="return only the k best labels per image")
+
+
+class LabelSetRequest(_Strict):
+    labels: list[str] = Field(..., min_length=1)
+    templates: Optional[Union[list[str], str]] = None
+
+
+class EmbeddingsResponse(BaseModel):
+    model: str
+    fingerprint: str
+    dimensions: int
+    embeddings: list[list[float]]
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    fingerprint: str
+    results: list[list[LabelScore]]
+
+
+class LabelSetInfo(BaseModel):
+    name: str
+    labels: list[str]
+    templates: list[str]
+    fingerprint: str
+
+
+class InfoResponse(BaseModel):
+    model: str
+    fingerprint: str
+    dimensions: int
+    backend: str
+    device: str
+    precision: str
+    context_length: int
+    logit_scale: float
+    image_size: list[int]
+    preprocess: dict
+    batching: dict
+    limits: dict
+    template_sets: list[str]
+    ready: bool
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,96 @@
+"""All server settings: one pydantic-settings class, environment prefix CLIP_. README documents each field."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.factory import DEFAULT_MODEL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIP_", env_file=None, extra="ignore")
+
+    # --- model ---------------------------------------------------------------------------------------------
+    model: str = Field(DEFAULT_MODEL, description="open_clip architecture (ViT-B-32, ...), hf-hub: id, or "
+                                                  "checkpoint directory; default: the bundled shapes model")
+    pretrained: Optional[str] = Field(None, description="open_clip pretrained tag for CLIP_MODEL, e.g. "
+                                                        "laion2b_s34b_b79k (downloaded into CLIP_CACHE_DIR)")
+    checkpoint: Optional[str] = Field(None, description="local state dict (.safetensors/.pt) for the "
+                                                        "architecture named by CLIP_MODEL")
+    export_dir: Optional[str] = Field(None, description="export directory (python -m export onnx ...); "
+                                                        "required for the onnx and tensorrt backends")
+    cache_dir: Optional[str] = Field(None, description="where downloaded weights are cached")
+
+    # --- runtime -------------------------------------------------------------------------------------------
+    backend: Literal["torch", "onnx", "tensorrt"] = Field("torch", description="inference engine")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto = cuda when available")
+    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 needs CUDA (torch) or an fp16 export")
+    threads: int = Field(0, ge=0, description="CPU inference threads (0 = all cores)")
+    preprocess_workers: int = Field(0, ge=0, description="image decode/resize threads (0 = cores, min 2)")
+
+    # --- batching ------------------------------------------------------------------------------------------
+    image_max_batch: int = Field(32, ge=1, le=4096, description="most images per encoder call")
+    image_max_wait_ms: float = Field(10.0, ge=0, le=1000, description="wait after the first image for more")
+    text_max_batch: int = Field(64, ge=1, le=4096, description="most texts per encoder call")
+    text_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait after the first text for more")
+    max_queue: int = Field(256, ge=1, description="queued + in-flight items per modality before 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="queue deadline per request; expired work -> 503")
+
+    # --- caches --------------------------------------------------------------------------------------------
+    text_cache_mb: float = Field(64.0, ge=0, description="byte budget of the prompt-embedding LRU cache")
+    labelset_cache_mb: float = Field(64.0, ge=0, description="byte budget of cached label-set classifiers")
+    max_labelsets: int = Field(64, ge=0, description="named label sets kept by PUT /labelsets/{name}")
+
+    # --- limits --------------------------------------------------------------------------------------------
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body cap -> 413")
+    max_images_per_request: int = Field(64, ge=1, description="images per request -> 413 above")
+    max_texts_per_request: int = Field(256, ge=1, description="texts per request -> 413 above")
+    max_labels: int = Field(1000, ge=1, description="labels per classify / label set -> 413 above")
+    max_templates: int = Field(100, ge=1, description="templates per classify / label set")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="pixel cap checked before decoding -> 413")
+    reduced_jpeg_decode: bool = Field(True, description="decode large JPEGs at reduced size (Pillow draft)")
+
+    # --- network / security --------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
+    port: int = Field(8000, ge=1, le=65535, description="bind port")
+    api_key: Optional[str] = Field(None, description="if set, inference/admin routes need 'Authorization: "
+                                                     "Bearer <key>'")
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (off if empty)")
+    drain_s: float = Field(25.0, ge=0, description="on SIGTERM, time to finish queued work before exit")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v):  # accept "a,b" as well as JSON lists
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Settings":
+        if self.backend in ("onnx", "tensorrt") and not self.export_dir:
+            raise ValueError(f"CLIP_BACKEND={self.backend} needs CLIP_EXPORT_DIR (an export directory made by "
+                             f"`python -m export onnx ...`)")
+        if self.pretrained and self.checkpoint:
+            raise ValueError("set CLIP_PRETRAINED or CLIP_CHECKPOINT, not both")
+        return self
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def redacted(self) -> dict:
+        d = self.model_dump()
+        if d.get("api_key"):
+            d["api_key"] = "***"
+        return d
+
+    def describe(self) -> str:
+        return json.dumps(self.redacted(), default=str)
