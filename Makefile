@@ -1,0 +1,56 @@
+# Two commands do all set-up on a fresh clone: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS ?= cpu,dev
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: serve test test-fast bench train eval export system-deps clean help
+
+help:
+	@echo "make serve   - install (first time) and serve the bundled model on http://$(HOST):$(PORT)"
+	@echo "make test    - install (first time) and run the whole test suite"
+	@echo "make bench   - run the benchmark suite (writes docs/benchmarks/)"
+	@echo "make train   - retrain the bundled model (about 30 min on 2 CPU cores)"
+	@echo "make eval    - zero-shot evaluation of the bundled model"
+	@echo "make export  - export the bundled model to ONNX under exports/shapes-vit-s"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+# Debian packages the tests use: promtool + prometheus (deploy tests), chromium (browser tests).
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "note: install Debian's 'prometheus' package for the deploy tests"; fi; fi
+
+serve: $(STAMP)
+	CLIP_HOST=$(HOST) CLIP_PORT=$(PORT) $(PY) -m service
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+train: $(STAMP)
+	$(PY) -m models.train --model shapes-vit-s --out models/checkpoints/shapes-vit-s --seed 0
+
+eval: $(STAMP)
+	$(PY) -m models.eval --checkpoint models/checkpoints/shapes-vit-s
+
+export: $(STAMP)
+	$(PY) -m export onnx --model models/checkpoints/shapes-vit-s --out exports/shapes-vit-s
+
+clean:
+	rm -rf $(VENV) .pytest_cache exports

@@ -1,0 +1,56 @@
+"""Shared fixtures: the bundled model, and a ViT-B-32 with random weights saved as a local state dict."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "models" / "checkpoints" / "shapes-vit-s"
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-marked tests are skipped where CUDA is absent (CPU CI); TensorRT ones where tensorrt is absent."""
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = True
+    except ImportError:
+        has_trt = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install '.[gpu]')"))
+
+
+@pytest.fixture(scope="session")
+def bundled_dir() -> Path:
+    assert (BUNDLED / "open_clip_config.json").is_file(), "bundled checkpoint missing"
+    return BUNDLED
+
+
+@pytest.fixture(scope="session")
+def bundled(bundled_dir):
+    from models.factory import load_model
+
+    return load_model(str(bundled_dir))
+
+
+@pytest.fixture(scope="session")
+def vit_b32_checkpoint(tmp_path_factory) -> Path:
+    """A ViT-B-32 state dict with random (seeded) weights, saved the way users save fine-tuned models."""
+    from safetensors.torch import save_file
+
+    from models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("ViT-B-32")
+    path = tmp_path_factory.mktemp("vitb32") / "vit-b-32-random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

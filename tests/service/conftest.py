@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.service.server import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def server(bundled_dir, tmp_path_factory):
+    """The real server on the bundled model, shared by the service tests."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_WAIT_MS": "20"},
+                         tmp_path_factory.mktemp("server") / "server.log").wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real photographs shipped with scikit-image."""
+    from skimage import data
+
+    return {"chelsea": data.chelsea(), "astronaut": data.astronaut(), "coffee": data.coffee(),
+            "rocket": data.rocket()}
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def shape_image(colour: str, shape: str, seed: int = 0) -> Image.Image:
+    """One rendered object, as the bundled model saw them in training (but a fresh random draw)."""
+    import random
+
+    from models.data.shapes import ShapeObject, render
+
+    return render((ShapeObject(colour, shape, "large", "center"),), random.Random(seed), 64)

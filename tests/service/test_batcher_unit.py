@@ -1,0 +1,136 @@
+"""The batcher in isolation: a plain queue, a fake encoder, no server."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, WorkItem, collect
+from service.errors import BackendFailure, DeadlineExceeded, Overloaded
+from service.metrics import Metrics
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_collect_fills_to_max_batch_then_stops():
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        for i in range(10):
+            q.put_nowait(WorkItem(np.array([i]), loop.create_future(), 1e9))
+        first = await collect(q, max_batch=4, max_wait_s=0.5)
+        return [int(i.payload[0]) for i in first], q.qsize()
+    assert run(go()) == ([0, 1, 2, 3], 6)
+
+
+def test_collect_waits_at_most_max_wait_after_the_first_item():
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        q.put_nowait(WorkItem(np.array([0]), loop.create_future(), 1e9))
+        loop.call_later(0.01, q.put_nowait, WorkItem(np.array([1]), loop.create_future(), 1e9))
+        loop.call_later(0.5, q.put_nowait, WorkItem(np.array([2]), loop.create_future(), 1e9))
+        start = loop.time()
+        items = await collect(q, max_batch=8, max_wait_s=0.05)
+        return len(items), loop.time() - start
+    n, waited = run(go())
+    assert n == 2 and 0.04 <= waited < 0.4
+
+
+class FakeEncoder:
+    """Doubles inputs; fails on poisoned rows (value -1) or on batches over `oom_over` rows."""
+
+    def __init__(self, oom_over: int | None = None):
+        self.calls: list[int] = []
+        self.oom_over = oom_over
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        if self.oom_over and len(batch) > self.oom_over:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if (batch == -1).any():
+            raise ValueError("poisoned item")
+        return batch * 2.0
+
+
+def _batcher(enc, **kw) -> tuple[Batcher, Metrics]:
+    m = Metrics()
+    params = dict(max_batch=8, max_wait_s=0.02, max_queue=64) | kw
+    return Batcher("image", enc, ThreadPoolExecutor(1), m, **params), m
+
+
+def test_results_come_back_in_order_and_batched():
+    enc = FakeEncoder()
+
+    async def go():
+        b, _ = _batcher(enc)
+        b.start()
+        outs = await asyncio.gather(*(b.submit([np.array([float(i)])], 1e12) for i in range(6)))
+        await b.stop()
+        return [float(o[0][0]) for o in outs]
+    assert run(go()) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert max(enc.calls) > 1
+
+
+def test_a_bad_item_fails_alone():
+    enc = FakeEncoder()
+
+    async def go():
+        b, m = _batcher(enc)
+        b.start()
+        good = b.submit([np.array([1.0]), np.array([2.0])], 1e12)
+        bad = b.submit([np.array([-1.0])], 1e12)
+        res = await asyncio.gather(good, bad, return_exceptions=True)
+        await b.stop()
+        return res, m.backend_errors.labels("error")._value.get()
+    (good, bad), errors = run(go())
+    assert [float(x[0]) for x in good] == [2.0, 4.0]
+    assert isinstance(bad, BackendFailure) and errors >= 1
+
+
+def test_oom_halves_the_batch_down_to_what_fits():
+    enc = FakeEncoder(oom_over=2)
+
+    async def go():
+        b, m = _batcher(enc, max_wait_s=0.05)
+        b.start()
+        out = await b.submit([np.array([float(i)]) for i in range(8)], 1e12)
+        await b.stop()
+        return out, m.backend_errors.labels("oom")._value.get()
+    out, ooms = run(go())
+    assert [float(x[0]) for x in out] == [2.0 * i for i in range(8)]
+    assert ooms >= 1 and 8 in enc.calls and 4 in enc.calls and max(c for c in enc.calls if c <= 2) == 2
+
+
+def test_admission_cap_rejects_at_once():
+    async def go():
+        b, m = _batcher(FakeEncoder(), max_queue=3)
+        with pytest.raises(Overloaded):
+            await b.submit([np.array([1.0])] * 4, 1e12)
+        return m.rejected.labels("queue_full")._value.get()
+    assert run(go()) == 1
+
+
+def test_expired_and_abandoned_items_are_not_computed():
+    enc = FakeEncoder()
+
+    async def go():
+        b, m = _batcher(enc)
+        loop = asyncio.get_running_loop()
+        expired = asyncio.ensure_future(b.submit([np.array([1.0])], loop.time() - 1))
+        abandoned = asyncio.ensure_future(b.submit([np.array([2.0])], 1e12))
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        b.start()
+        res = await asyncio.gather(expired, abandoned, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        await b.stop()
+        return res, m.dropped.labels("image")._value.get(), b.depth
+    (exp, ab), dropped, depth = run(go())
+    assert isinstance(exp, DeadlineExceeded) and isinstance(ab, asyncio.CancelledError)
+    assert dropped == 1 and depth == 0 and enc.calls == []
