@@ -57,6 +57,7 @@ class TrainConfig:
     pool_size: int = 30000  # shapes: images rendered once; captions are re-drawn on every visit
     two_object_prob: float = 0.25  # shapes: share of two-object training images
     partial_caption_prob: float = 0.3  # shapes: share of captions naming only colour or only shape
+    aux_colour_prob: float = 0.3  # shapes: share of objects in auxiliary colours (white, black, brown, grey)
     log_every: int = 25  # steps between JSONL log lines
     eval_every: int = 250  # steps between quick zero-shot evaluations (shapes only; 0 = never)
     save_every: int = 250  # steps between resumable snapshots
@@ -77,7 +78,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def _shapes_batches(cfg: TrainConfig, loaded: LoadedModel, start: int) -> Iterator[Batch]:
     shapes_cfg = ShapesConfig(image_size=loaded.preprocess.height, two_object_prob=cfg.two_object_prob,
-                              partial_caption_prob=cfg.partial_caption_prob)
+                              partial_caption_prob=cfg.partial_caption_prob, aux_colour_prob=cfg.aux_colour_prob)
     pool = ShapesPool(cfg.seed, cfg.pool_size, shapes_cfg)
     for step in range(start, cfg.steps):  # each step's batch depends only on (seed, step): resumable
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)

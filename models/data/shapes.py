@@ -27,6 +27,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (135, 45, 190),
     "pink": (250, 120, 190),
 }
+# Auxiliary colours: drawn with every shape (and named in captions) but never part of the zero-shot labels.
+# They make shape detectors colour-invariant: each shape is seen in 4 colours beyond the 8 it is tested on.
+AUX_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "brown": (125, 75, 35),
+    "grey": (128, 128, 128),
+}
+ALL_COLOURS = {**COLOURS, **AUX_COLOURS}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "heart", "crescent")
 
 # 12 of 64 pairs (18.75%), a Latin-square-like pick: every colour and every shape is held out at most twice,
@@ -99,6 +108,15 @@ def pairs_for(split: Split) -> list[tuple[str, str]]:
     return [p for p in all_pairs() if p not in HELDOUT_PAIRS]
 
 
+def aux_pairs() -> list[tuple[str, str]]:
+    """Auxiliary-colour pairs (training only)."""
+    return [(c, s) for c in AUX_COLOURS for s in SHAPES]
+
+
+def luminance(rgb: tuple[int, int, int]) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
 def class_label(colour: str, shape: str) -> str:
     """The zero-shot class name of a pair, e.g. 'red circle'."""
     return f"{colour} {shape}"
@@ -149,15 +167,25 @@ def _draw_mask(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def _background(rng: random.Random, size: int) -> Image.Image:
-    """A desaturated background: flat, gradient, noise or checker, light or dark."""
+def _tone(rng: random.Random, avoid: list[float], margin: float = 60.0) -> int:
+    """A grey level at least `margin` away from every object luminance in `avoid` (when one exists)."""
+    for _ in range(32):
+        tone = rng.randint(20, 235)
+        if all(abs(tone - a) >= margin for a in avoid):
+            return tone
+    return tone
+
+
+def _background(rng: random.Random, size: int, avoid: list[float] | None = None) -> Image.Image:
+    """A desaturated background: flat, gradient, noise or checker, light or dark, contrasting the objects."""
+    avoid = avoid or []
     kind = rng.choice(["flat", "gradient", "noise", "checker"])
-    base = rng.randint(20, 235)
+    base = _tone(rng, avoid)
     tint = [base + rng.randint(-12, 12) for _ in range(3)]
     if kind == "flat":
         return Image.new("RGB", (size, size), tuple(max(0, min(255, t)) for t in tint))
     if kind == "gradient":
-        other = rng.randint(20, 235)
+        other = _tone(rng, avoid)
         ramp = np.linspace(base, other, size, dtype=np.float32)
         vertical = rng.random() < 0.5
         arr = np.broadcast_to(ramp[:, None] if vertical else ramp[None, :], (size, size))
@@ -178,7 +206,8 @@ def render(objects: tuple[ShapeObject, ...], rng: random.Random, image_size: int
     """Render objects on a random background. Drawn at 4x and downsampled for smooth edges."""
     scale = 4
     big = image_size * scale
-    canvas = _background(rng, image_size).resize((big, big), Image.NEAREST)
+    avoid = [luminance(ALL_COLOURS[o.colour]) for o in objects]
+    canvas = _background(rng, image_size, avoid).resize((big, big), Image.NEAREST)
     for obj in objects:
         frac = rng.uniform(0.13, 0.17) if obj.size == "small" else rng.uniform(0.23, 0.3)
         r = frac * big
@@ -187,7 +216,7 @@ def render(objects: tuple[ShapeObject, ...], rng: random.Random, image_size: int
         cy = (py + rng.uniform(-0.06, 0.06)) * big
         mask = Image.new("L", (big, big), 0)
         _draw_mask(ImageDraw.Draw(mask), obj.shape, cx, cy, r, rng.uniform(-0.25, 0.25))
-        jitter = [max(0, min(255, v + rng.randint(-18, 18))) for v in COLOURS[obj.colour]]
+        jitter = [max(0, min(255, v + rng.randint(-18, 18))) for v in ALL_COLOURS[obj.colour]]
         canvas.paste(tuple(jitter), mask=mask)
     img = canvas.resize((image_size, image_size), Image.LANCZOS)
     if rng.random() < 0.2:
@@ -209,7 +238,7 @@ def caption_one(rng: random.Random, o: ShapeObject, partial_prob: float) -> str:
     pos = rng.choice(POSITION_PHRASES[o.position])
     size = rng.choice(SIZE_WORDS[o.size])
     roll = rng.random()
-    if roll < partial_prob / 2:
+    if roll < partial_prob / 3:  # colour is easy to learn; shape-only captions get the larger share
         return rng.choice(COLOUR_ONLY_TEMPLATES).format(colour=o.colour, pos=pos, size=size)
     if roll < partial_prob:
         return rng.choice(SHAPE_ONLY_TEMPLATES).format(shape=o.shape, pos=pos, size=size)
@@ -236,17 +265,24 @@ class ShapesConfig:
     image_size: int = 64  # pixels per side
     two_object_prob: float = 0.25  # share of training images holding two objects
     partial_caption_prob: float = 0.3  # share of single-object captions naming only colour or only shape
+    aux_colour_prob: float = 0.3  # share of training objects drawn in an auxiliary colour
 
 
 def sample(rng: random.Random, split: Split, cfg: ShapesConfig = ShapesConfig()) -> Sample:
     """Draw one sample of `split`. Evaluation splits hold exactly one object and have no caption."""
     pairs = pairs_for(split)
+
+    def draw_pair() -> tuple[str, str]:
+        if split == "train" and rng.random() < cfg.aux_colour_prob:
+            return rng.choice(aux_pairs())
+        return rng.choice(pairs)
+
     if split == "train" and rng.random() < cfg.two_object_prob:
         pos_a, pos_b = rng.choice([("left", "right"), ("top", "bottom")])
-        (ca, sa), (cb, sb) = rng.choice(pairs), rng.choice(pairs)
+        (ca, sa), (cb, sb) = draw_pair(), draw_pair()
         objs = (ShapeObject(ca, sa, "small", pos_a), ShapeObject(cb, sb, "small", pos_b))
         return Sample(render(objs, rng, cfg.image_size), caption_two(rng, *objs), objs)
-    colour, shape = rng.choice(pairs)
+    colour, shape = draw_pair()
     obj = ShapeObject(colour, shape, rng.choice(["small", "large"]), rng.choice(list(POSITIONS)))
     img = render((obj,), rng, cfg.image_size)
     caption = caption_one(rng, obj, cfg.partial_caption_prob) if split == "train" else class_label(colour, shape)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from models.data.shapes import COLOURS, HELDOUT_PAIRS, SHAPES, all_pairs, generate
+from models.data.shapes import AUX_COLOURS, COLOURS, HELDOUT_PAIRS, SHAPES, all_pairs, generate
 
 
 def test_vocabulary_and_heldout_share():
@@ -32,7 +32,8 @@ def test_training_data_is_varied():
     assert {o.size for s in samples for o in s.objects} == {"small", "large"}
     assert len({o.position for s in samples for o in s.objects}) == 5
     seen = {(o.colour, o.shape) for s in samples for o in s.objects}
-    assert seen == set(all_pairs()) - HELDOUT_PAIRS
+    assert {p for p in seen if p[0] in COLOURS} == set(all_pairs()) - HELDOUT_PAIRS
+    assert {c for c, _ in seen} == set(COLOURS) | set(AUX_COLOURS)
 
 
 def test_heldout_split_only_draws_heldout_pairs():
