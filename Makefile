@@ -15,7 +15,7 @@ help:
 	@echo "make bench   - run the benchmark suite (writes docs/benchmarks/)"
 	@echo "make train   - retrain the bundled model (about 30 min on 2 CPU cores)"
 	@echo "make eval    - zero-shot evaluation of the bundled model"
-	@echo "make export  - export the bundled model to ONNX under exports/shapes-vit-s"
+	@echo "make export  - export the bundled model to ONNX under exports/shapes-rn-s"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -44,13 +44,14 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 train: $(STAMP)
-	$(PY) -m models.train --model shapes-vit-s --out models/checkpoints/shapes-vit-s --seed 0
+	$(PY) -m models.train --model shapes-rn-s --out models/checkpoints/shapes-rn-s --seed 0
+	$(PY) -m models.card --checkpoint models/checkpoints/shapes-rn-s --weights-dtype fp16
 
 eval: $(STAMP)
-	$(PY) -m models.eval --checkpoint models/checkpoints/shapes-vit-s
+	$(PY) -m models.eval --checkpoint models/checkpoints/shapes-rn-s
 
 export: $(STAMP)
-	$(PY) -m export onnx --model models/checkpoints/shapes-vit-s --out exports/shapes-vit-s
+	$(PY) -m export onnx --model models/checkpoints/shapes-rn-s --out exports/shapes-rn-s
 
 clean:
 	rm -rf $(VENV) .pytest_cache exports

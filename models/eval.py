@@ -1,6 +1,6 @@
 """Zero-shot evaluation on the procedural shapes: held-out (never trained on) and seen colour x shape pairs.
 
-    python -m models.eval --checkpoint models/checkpoints/shapes-vit-s
+    python -m models.eval --checkpoint models/checkpoints/shapes-rn-s
 prints one JSON line: heldout_top1, seen_top1, n_classes, n_images, ...
 """
 
@@ -69,7 +69,7 @@ def evaluate(loaded: LoadedModel, n_heldout: int = 1200, n_seen: int = 1040, see
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. models/checkpoints/shapes-vit-s)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. models/checkpoints/shapes-rn-s)")
     p.add_argument("--n-heldout", type=int, default=1200, help="images of held-out pairs")
     p.add_argument("--n-seen", type=int, default=1040, help="images of seen pairs")
     p.add_argument("--seed", type=int, default=EVAL_SEED)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-DEFAULT_MODEL = str(CHECKPOINT_DIR / "shapes-vit-s")
+DEFAULT_MODEL = str(CHECKPOINT_DIR / "shapes-rn-s")
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 

@@ -1,7 +1,7 @@
 """Train (or fine-tune) a CLIP model with the paper's contrastive objective.
 
 From scratch on the procedural shapes (how the bundled checkpoint is made):
-    python -m models.train --model shapes-vit-s --out models/checkpoints/shapes-vit-s
+    python -m models.train --model shapes-rn-s --out models/checkpoints/shapes-rn-s
 Fine-tune any open_clip model on your own pairs (CSV of image,caption or a folder with .txt sidecars):
     python -m models.train --model ViT-B-32 --pretrained laion2b_s34b_b79k --data pairs.csv --lr 1e-5 --out runs/ft
 Re-running with the same --out resumes from its last saved step.
@@ -41,7 +41,7 @@ Batch = tuple[torch.Tensor, list[str]]  # images [B, 3, H, W], captions
 
 @dataclass
 class TrainConfig:
-    model: str = "shapes-vit-s"  # architecture to start from: open_clip name, ours, hf-hub: id or checkpoint dir
+    model: str = "shapes-rn-s"  # architecture to start from: open_clip name, ours, hf-hub: id or checkpoint dir
     pretrained: Optional[str] = None  # open_clip pretrained tag for --model (fine-tuning)
     checkpoint: Optional[str] = None  # local state dict for --model (fine-tuning)
     data: str = "shapes"  # "shapes" (procedural), a CSV of image,caption, or a folder with .txt sidecars
