@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.settings import Settings
-from tests.service.server import ROOT
+from tests.service.server import ROOT, free_port
 
 
 def test_defaults_and_env(monkeypatch):
@@ -36,7 +36,7 @@ def test_bad_value_stops_startup_naming_the_setting():
 
 
 def test_model_that_fails_to_load_exits_non_zero_with_the_cause(tmp_path):
-    env = {"CLIP_MODEL": "ViT-Nope", "CLIP_PORT": "0", "PATH": "/usr/bin:/bin"}
+    env = {"CLIP_MODEL": "ViT-Nope", "CLIP_PORT": str(free_port()), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1 and "unknown model 'ViT-Nope'" in r.stderr
