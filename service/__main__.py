@@ -22,10 +22,15 @@ def configure_logging(level: str) -> None:
 
 
 def load_settings():
+    from pydantic_settings import SettingsError
+
     from service.settings import Settings
 
     try:
         return Settings()
+    except SettingsError as exc:  # an environment value that could not even be parsed
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -45,9 +50,13 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame) -> None:
-        if self._draining or self.lifecycle.engine is None:
+        if self._draining:  # a second signal: stop now (uvicorn re-raises it on the way out)
             return super().handle_exit(sig, frame)
         self._draining = True
+        if self.lifecycle.engine is None:  # still loading: nothing to drain, exit 0 at once
+            self.lifecycle.begin_drain()
+            self.should_exit = True
+            return
         self.lifecycle.begin_drain()
         loop = asyncio.get_event_loop()
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit()))

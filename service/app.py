@@ -7,22 +7,25 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Optional
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import schemas
+from service.auth import require_api_key
 from service.backends import load_backend
 from service.errors import install_error_handlers
 from service.lifecycle import BackendFactory, Lifecycle
 from service.metrics import Metrics
 from service.middleware import AccessLog, BodyLimit
-from service.routes import classify, embed, health, labelsets
+from service.routes import classify, embed, health, labelsets, openai_compat
 from service.settings import Settings
+from service.urls import UrlFetcher
+from service.web import install_web
 
 log = logging.getLogger("service")
 REQUEST_MODELS = (schemas.EmbedImagesRequest, schemas.EmbedTextsRequest, schemas.ClassifyRequest,
-                  schemas.LabelSetRequest)
+                  schemas.LabelSetRequest, schemas.OpenAIEmbeddingsRequest)
 
 
 def create_app(settings: Optional[Settings] = None, backend_factory: BackendFactory = load_backend) -> FastAPI:
@@ -38,18 +41,22 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
         yield
         await lifecycle.stop()
 
-    app = FastAPI(title="clip-serve", version="0.1.0", lifespan=lifespan,
-                  description="CLIP image and text embeddings and zero-shot classification.")
+    # require_api_key on the app: every API route, including ones added later, needs the key when one is set
+    app = FastAPI(title="clip-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="CLIP image and text embeddings and zero-shot classification.",
+                  dependencies=[Depends(require_api_key)])
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
+    app.state.url_fetcher = UrlFetcher.from_settings(settings)  # None unless CLIP_ALLOW_URLS
     app.state.labelsets = OrderedDict()
     install_error_handlers(app)
-    for router in (health.router, embed.router, classify.router, labelsets.router):
+    for router in (health.router, embed.router, classify.router, labelsets.router, openai_compat.router):
         app.include_router(router)
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",
-                           "DELETE"], allow_headers=["Authorization", "Content-Type"])
+    install_web(app)  # demo page at /, offline /docs and /redoc (no CDN)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)
+    if settings.cors_origins:  # added last = outermost: the 413s and 503s answered early carry CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",
+                           "DELETE"], allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -1,7 +1,8 @@
 """Dynamic batching: one bounded queue per modality, filled until max batch or max wait, run off the loop.
 
-    submit(items) -> admission (cap on queued + in-flight items) -> queue -> collect() -> drop items whose
-    client left or whose deadline passed -> encoder in the inference thread -> futures resolved.
+    admit(n) (cap on reserved + queued + in-flight items, checked before any preprocessing) -> submit(items)
+    -> queue -> collect() -> drop items whose client left or whose deadline passed -> encoder in the
+    inference thread -> futures resolved.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from service.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded
+from service.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
 from service.metrics import Metrics
 
 log = logging.getLogger("service.batcher")
@@ -94,18 +95,32 @@ class Batcher:
         self.depth += delta
         self.metrics.queue_depth.labels(self.modality).set(self.depth)
 
-    async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
-        """Queue items (all or none) and wait for their embeddings, in order."""
+    def admit(self, n: int) -> None:
+        """Reserve room for n items (all or none) or refuse at once with 503. Call before preprocessing, so a
+        full queue answers in microseconds instead of after decoding; then submit(..., admitted=True) or
+        release(n)."""
         if self.closed:
             self.metrics.rejected.labels("draining").inc()
             raise NotReady("server is shutting down", retry_after=1)
-        if self.depth + len(payloads) > self.max_queue:
+        if n > self.max_queue:  # would never fit: retrying cannot help, so not a 503
+            raise PayloadTooLarge(f"{n} {self.modality} items in one request can never fit the queue of "
+                                  f"{self.max_queue} (CLIP_MAX_QUEUE); send fewer per request")
+        if self.depth + n > self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(f"{self.modality} queue is full ({self.depth}/{self.max_queue} items); retry later",
-                             retry_after=1)
+            raise Overloaded(f"{self.modality} queue is full ({self.depth}/{self.max_queue} items, "
+                             f"CLIP_MAX_QUEUE); retry later", retry_after=1)
+        self._set_depth(n)
+
+    def release(self, n: int) -> None:
+        """Give back a reservation that will not be submitted (preprocessing failed or the client left)."""
+        self._set_depth(-n)
+
+    async def submit(self, payloads: list[np.ndarray], deadline: float, admitted: bool = False) -> list[np.ndarray]:
+        """Queue items (all or none) and wait for their embeddings, in order. `admitted`: admit() was called."""
+        if not admitted:
+            self.admit(len(payloads))
         loop = asyncio.get_running_loop()
         items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
-        self._set_depth(len(items))
         for item in items:
             self.queue.put_nowait(item)
         try:

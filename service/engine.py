@@ -83,8 +83,13 @@ class Engine:
     async def embed_images(self, images: list[bytes]) -> np.ndarray:
         """Image bytes -> L2-normalised embeddings [N, D], in order."""
         deadline = self.deadline()
-        pixels = await self.preprocess_images(images)
-        return np.stack(await self.images.submit(pixels, deadline))
+        self.images.admit(len(images))  # a full queue answers 503 before any decoding
+        try:
+            pixels = await self.preprocess_images(images)
+        except BaseException:
+            self.images.release(len(images))
+            raise
+        return np.stack(await self.images.submit(pixels, deadline, admitted=True))
 
     # --- texts ----------------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> np.ndarray:
@@ -112,8 +117,13 @@ class Engine:
         for i in range(0, len(texts), chunk):
             part = texts[i:i + chunk]
             deadline = self.deadline()
-            tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, part)
-            result.extend(await self.texts.submit(list(tokens), deadline))
+            self.texts.admit(len(part))
+            try:
+                tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, part)
+            except BaseException:
+                self.texts.release(len(part))
+                raise
+            result.extend(await self.texts.submit(list(tokens), deadline, admitted=True))
         return result
 
     # --- classifiers ----------------------------------------------------------------------------------------

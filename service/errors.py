@@ -1,4 +1,8 @@
-"""Domain errors and the one place that maps them to HTTP: {"error": {"type", "message"}}."""
+"""Domain errors and the one place that maps them to HTTP: {"error": {"type", "message"}}.
+
+Paths under /v1 (the OpenAI-compatible API) get OpenAI's shape instead, {"error": {"message", "type", "param",
+"code"}}, so OpenAI clients raise their usual exceptions; `code` carries our specific type.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,27 @@ class ApiError(Exception):
     status = 500
     type = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None):
+    def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.param = param  # the offending request field, when one is to blame (OpenAI's `param`)
 
 
 class BadInput(ApiError):
     status, type = 400, "invalid_input"
+
+
+class UrlRefused(BadInput):
+    """An image URL this server will not fetch: not https, host not allowed, or a non-public address."""
+
+    type = "url_refused"
+
+
+class UrlFetchFailed(BadInput):
+    """An allowed image URL that did not give an image: unreachable, too slow, not 200, too many redirects."""
+
+    type = "url_fetch_failed"
 
 
 class Unauthorized(ApiError):
@@ -34,6 +51,10 @@ class Unauthorized(ApiError):
 
 class NotFound(ApiError):
     status, type = 404, "not_found"
+
+
+class ModelNotFound(NotFound):
+    type = "model_not_found"
 
 
 class PayloadTooLarge(ApiError):
@@ -68,11 +89,32 @@ def error_body(type_: str, message: str) -> dict:
     return {"error": {"type": type_, "message": message}}
 
 
-def error_response(exc: ApiError) -> JSONResponse:
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+OPENAI_CODES = {"unauthorized": "invalid_api_key"}  # our type -> OpenAI's code, where OpenAI has its own word
+
+
+def openai_error_body(status: int, type_: str, message: str, param: str | None = None) -> dict:
+    """OpenAI's shape: `type` is the broad class (invalid_request_error / server_error), `code` the precise one."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": OPENAI_CODES.get(type_, type_)}}
+
+
+def error_payload(path: str, status: int, type_: str, message: str, param: str | None = None) -> dict:
+    """The error body for a request to `path`: OpenAI's shape under /v1, ours elsewhere."""
+    if is_openai_path(path):
+        return openai_error_body(status, type_, message, param)
+    return error_body(type_, message)
+
+
+def error_response(exc: ApiError, path: str = "") -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     if exc.status == 503:
         headers["Retry-After"] = str(max(1, round(exc.retry_after or 1)))
-    return JSONResponse(error_body(exc.type, exc.message), status_code=exc.status, headers=headers)
+    return JSONResponse(error_payload(path, exc.status, exc.type, exc.message, exc.param), status_code=exc.status,
+                        headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -88,19 +130,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body("invalid_request", _validation_message(exc)), status_code=422)
+        return JSONResponse(error_payload(request.url.path, 422, "invalid_request", _validation_message(exc)),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(error_payload(request.url.path, exc.status_code, kind, str(exc.detail)),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        return JSONResponse(error_payload(request.url.path, 500, "internal_error", "internal server error"),
+                            status_code=500)

@@ -19,16 +19,21 @@ from models.preprocess import PreprocessConfig, eval_transform
 from service.errors import BadInput, PayloadTooLarge, UnsupportedMedia
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-Image.MAX_IMAGE_PIXELS = None  # we enforce our own cap (CLIP_MAX_IMAGE_PIXELS) before decoding
+# Pillow's decompression-bomb warning is an error here, process-wide: a global filter, because
+# warnings.catch_warnings() is not thread-safe and decoding runs in a thread pool. Pillow's own limit
+# (Image.MAX_IMAGE_PIXELS) is set to CLIP_MAX_IMAGE_PIXELS by ImagePreprocessor; open_image also checks it.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 _OTHER_SIGNATURES = {  # recognisable but unsupported: 415, not 400
-    b"%PDF": "PDF", b"<svg": "SVG", b"<?xml": "XML/SVG", b"\x00\x00\x00\x0cjP": "JPEG 2000",
-    b"8BPS": "PSD", b"\x00\x00\x01\x00": "ICO",
+    b"%PDF": "PDF", b"<svg": "SVG", b"<?xml": "XML/SVG", b"<!DOCTYPE svg": "SVG", b"\x00\x00\x00\x0cjP": "JPEG 2000",
+    b"\xff\x4f\xff\x51": "JPEG 2000", b"8BPS": "PSD", b"\x00\x00\x01\x00": "ICO", b"icns": "ICNS",
+    b"%!PS": "PostScript", b"\xff\x0a": "JPEG XL", b"\x00\x00\x00\x0cJXL ": "JPEG XL", b"DDS ": "DDS",
+    b"\x76\x2f\x31\x01": "OpenEXR", b"gimp xcf": "XCF",
 }
 
 
 def _sniff_unsupported(data: bytes) -> str | None:
-    head = data[:64].lstrip()
+    head = data[:64].removeprefix(b"\xef\xbb\xbf").lstrip()  # a UTF-8 BOM may precede SVG/XML
     for sig, name in _OTHER_SIGNATURES.items():
         if head.startswith(sig):
             return name
@@ -48,6 +53,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         if other:
             raise UnsupportedMedia(f"{other} images are not supported; send JPEG, PNG, WebP, GIF, BMP or TIFF")
         raise BadInput("not a decodable image (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise PayloadTooLarge(f"image refused as a decompression bomb (CLIP_MAX_IMAGE_PIXELS): {exc}")
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadInput(f"not a decodable image: {exc}")
     w, h = img.size
@@ -91,13 +98,11 @@ def decode(data: bytes, max_pixels: int, reduce_for: int | None = None) -> Image
     if reduce_for:
         draft_for(img, reduce_for)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return to_rgb(img)
-    except Image.DecompressionBombWarning as exc:
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise PayloadTooLarge(f"image looks like a decompression bomb: {exc}")
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadInput(f"image data is truncated or corrupt: {exc}")
@@ -108,6 +113,7 @@ class ImagePreprocessor:
 
     def __init__(self, pre: PreprocessConfig, max_pixels: int, reduced_jpeg_decode: bool = True):
         self.pre, self.max_pixels = pre, max_pixels
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns (= errors, see above) past this; one cap per process
         self.reduce_for = min(pre.size) if reduced_jpeg_decode else None
         self._transform: Callable = eval_transform(pre)
 

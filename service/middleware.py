@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_body
+from service.errors import PayloadTooLarge, error_payload
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 
@@ -26,8 +26,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_json(send, 413, error_body(
-                "payload_too_large", f"body of {int(length):,} bytes exceeds {self.max_bytes:,} (CLIP_MAX_BODY_BYTES)"))
+            message = f"body of {int(length):,} bytes exceeds {self.max_bytes:,} (CLIP_MAX_BODY_BYTES)"
+            return await _send_json(send, 413, error_payload(scope["path"], 413, "payload_too_large", message))
         seen = 0
 
         async def limited() -> Message:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,3 +86,53 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- OpenAI-compatible API (/v1) ---------------------------------------------------------------------------
+class OpenAIEmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request. Unknown fields are ignored: OpenAI clients add optional ones over time."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., description="the served model id, its fingerprint, or the alias 'clip'",
+                       examples=["clip"])
+    input: Union[str, list[str], list[int], list[list[int]]] = Field(
+        ..., description="a string or a list of strings: plain strings are texts; data:image/...;base64,... URIs "
+                         "(and http(s) image URLs when URL fetching is enabled) are images. Token arrays are "
+                         "refused: this server tokenises with the model's own tokenizer",
+        examples=[["a red circle", "data:image/png;base64,iVBORw0KGgo..."]])
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="'base64': each embedding is the base64 of its little-endian float32 bytes")
+    dimensions: Optional[int] = Field(None, ge=1, description="keep the first N values and renormalise "
+                                                              "(CLIP is not trained for this; quality drops)")
+    user: Optional[str] = Field(None, description="accepted and ignored")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]

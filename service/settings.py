@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.factory import DEFAULT_MODEL
 
@@ -59,14 +59,33 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="bind port")
     api_key: Optional[str] = Field(None, description="if set, inference/admin routes need 'Authorization: "
                                                      "Bearer <key>'")
-    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (off if empty)")
+    public_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        description="paths that stay open when CLIP_API_KEY is set (comma-separated); every other API route "
+                    "needs the key")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="allowed CORS origins (off if empty)")
     drain_s: float = Field(25.0, ge=0, description="on SIGTERM, time to finish queued work before exit")
+
+    # --- image URLs (off by default; see service/urls.py) ---------------------------------------------------
+    allow_urls: bool = Field(False, description="accept https image URLs in JSON image fields")
+    url_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="hosts image URLs may name (comma-separated): 'img.example.com', "
+                                          "'*.example.com' (subdomains) or '*' (any public host)")
+    url_timeout_s: float = Field(5.0, gt=0, le=60, description="whole-fetch deadline per URL, redirects included")
+    url_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest image a URL may return -> 413")
+    url_ca_bundle: Optional[str] = Field(None, description="PEM file of CAs trusted for URL fetches "
+                                                           "(default: the certifi bundle)")
+    url_allow_loopback_for_tests: bool = Field(False, description="UNSAFE, tests only: let URLs reach "
+                                                                  "127.0.0.0/8 and ::1")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "public_paths", "url_allowed_hosts", mode="before")
     @classmethod
-    def _split_origins(cls, v):  # accept "a,b" as well as JSON lists
-        if isinstance(v, str) and not v.strip().startswith("["):
+    def _split_list(cls, v):  # accept "a,b" as well as JSON lists
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
@@ -77,6 +96,9 @@ class Settings(BaseSettings):
                              f"`python -m export onnx ...`)")
         if self.pretrained and self.checkpoint:
             raise ValueError("set CLIP_PRETRAINED or CLIP_CHECKPOINT, not both")
+        if self.allow_urls and not self.url_allowed_hosts:
+            raise ValueError("CLIP_ALLOW_URLS=true needs CLIP_URL_ALLOWED_HOSTS (e.g. 'images.example.com', "
+                             "'*.example.com', or '*' for any public host)")
         return self
 
     def resolved_device(self) -> str:

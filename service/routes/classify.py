@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request
 
 from service.auth import require_api_key
 from service.errors import InvalidField, UnsupportedMedia
-from service.inputs import content_type, decode_image_string, int_field, read_json, read_multipart, single_field
+from service.engine import Engine
+from service.inputs import (content_type, images_from_strings, int_field, read_json, read_multipart, single_field,
+                            validate)
 from service.routes.common import (ERROR_RESPONSES, body_doc, check_count, engine, note_items, settings,
                                    until_done_or_gone)
 from service.routes.labelsets import stored_labelset
@@ -44,9 +46,10 @@ async def _parse(request: Request, s: Settings) -> tuple[list[bytes], ClassifyRe
     if ctype == "multipart/form-data":
         form = await read_multipart(request, max_files=s.max_images_per_request, max_fields=s.max_labels + 200)
         templates = form.fields.get("templates")
-        body = ClassifyRequest(labels=form.fields.get("labels"), labelset=single_field(form.fields, "labelset"),
-                               templates=templates[0] if templates and len(templates) == 1 and "{}" not in
-                               templates[0] else templates, top_k=int_field(form.fields, "top_k"))
+        body = validate(ClassifyRequest, dict(
+            labels=form.fields.get("labels"), labelset=single_field(form.fields, "labelset"),
+            templates=templates[0] if templates and len(templates) == 1 and "{}" not in templates[0] else templates,
+            top_k=int_field(form.fields, "top_k")))
         return form.images, body
     if ctype in ("application/json", ""):
         body = await read_json(request, ClassifyRequest)
@@ -54,12 +57,12 @@ async def _parse(request: Request, s: Settings) -> tuple[list[bytes], ClassifyRe
             raise InvalidField("give either `images` or `image`, not both")
         strings = body.images if body.images is not None else ([body.image] if body.image is not None else [])
         check_count("images", len(strings), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
-        return [decode_image_string(x, i) for i, x in enumerate(strings)], body
+        return await images_from_strings(request, strings), body
     raise UnsupportedMedia(f"content type {ctype!r} not supported; use multipart/form-data or application/json")
 
 
-async def _classifier(request: Request, body: ClassifyRequest, s: Settings) -> tuple[tuple[str, ...], np.ndarray]:
-    eng = engine(request)
+async def _classifier(request: Request, eng: Engine, body: ClassifyRequest,
+                      s: Settings) -> tuple[tuple[str, ...], np.ndarray]:
     if body.labelset is not None:
         if body.labels is not None:
             raise InvalidField("give either `labels` or `labelset`, not both")
@@ -93,7 +96,7 @@ async def classify(request: Request) -> dict:
     note_items(request, len(images))
 
     async def work():
-        labels, proto = await _classifier(request, body, s)
+        labels, proto = await _classifier(request, eng, body, s)
         emb = await eng.embed_images(images)
         return labels, eng.scores(emb, proto)
 

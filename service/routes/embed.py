@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, Request
 
 from service.auth import require_api_key
 from service.errors import UnsupportedMedia
-from service.inputs import content_type, decode_image_string, read_json, read_multipart
+from service.engine import Engine
+from service.inputs import content_type, images_from_strings, read_json, read_multipart
 from service.routes.common import (ERROR_RESPONSES, body_doc, check_count, engine, note_items, settings,
                                    until_done_or_gone)
 from service.schemas import EmbeddingsResponse, EmbedImagesRequest, EmbedTextsRequest
@@ -25,12 +26,12 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
     if ctype in ("application/json", ""):
         body = await read_json(request, EmbedImagesRequest)
         check_count("images", len(body.images), max_images, "CLIP_MAX_IMAGES_PER_REQUEST")
-        return [decode_image_string(s, i) for i, s in enumerate(body.images)], {}
+        return await images_from_strings(request, body.images), {}
     raise UnsupportedMedia(f"content type {ctype!r} not supported; use multipart/form-data or application/json")
 
 
-def embeddings_response(request: Request, emb) -> dict:
-    backend = engine(request).backend
+def embeddings_response(eng: Engine, emb) -> dict:
+    backend = eng.backend  # not engine(request): a request admitted before SIGTERM must still answer 200
     return {"model": backend.model_id, "fingerprint": backend.fingerprint, "dimensions": backend.embed_dim,
             "embeddings": emb.tolist()}
 
@@ -46,7 +47,7 @@ async def embed_image(request: Request) -> dict:
     check_count("images", len(images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
     note_items(request, len(images))
     emb = await until_done_or_gone(request, eng.embed_images(images))
-    return embeddings_response(request, emb)
+    return embeddings_response(eng, emb)
 
 
 @router.post("/embed/text", response_model=EmbeddingsResponse, summary="Embed texts",
@@ -60,4 +61,4 @@ async def embed_text(request: Request) -> dict:
     check_count("texts", len(body.texts), settings(request).max_texts_per_request, "CLIP_MAX_TEXTS_PER_REQUEST")
     note_items(request, len(body.texts))
     emb = await until_done_or_gone(request, eng.embed_texts(body.texts))
-    return embeddings_response(request, emb)
+    return embeddings_response(eng, emb)

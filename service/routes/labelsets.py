@@ -26,6 +26,10 @@ class StoredLabelSet:
     templates: tuple[str, ...]
     fingerprint: str
 
+    @property
+    def text_bytes(self) -> int:
+        return sum(len(x.encode()) for x in (*self.labels, *self.templates))
+
     def info(self) -> dict:
         return {"name": self.name, "labels": list(self.labels), "templates": list(self.templates),
                 "fingerprint": self.fingerprint}
@@ -57,6 +61,12 @@ async def put_labelset(name: str, request: Request) -> dict:
     store = _store(request)
     if name not in store and len(store) >= s.max_labelsets:
         raise PayloadTooLarge(f"already {len(store)} label sets (CLIP_MAX_LABELSETS); delete one first")
+    # stored definitions are bounded by bytes too (their classifiers live in the byte-bounded labelset cache)
+    held = sum(ls.text_bytes for n, ls in store.items() if n != name)
+    new_bytes = StoredLabelSet(name, labels, templates, "").text_bytes
+    if held + new_bytes > s.labelset_cache_mb * 1024 * 1024:
+        raise PayloadTooLarge(f"label sets would hold {held + new_bytes:,} bytes of text, over "
+                              f"CLIP_LABELSET_CACHE_MB={s.labelset_cache_mb:g}; delete one first")
     await until_done_or_gone(request, eng.classifier(labels, templates))
     store[name] = StoredLabelSet(name, labels, templates, eng.backend.fingerprint)
     return store[name].info()

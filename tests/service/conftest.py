@@ -40,3 +40,15 @@ def shape_image(colour: str, shape: str, seed: int = 0) -> Image.Image:
     from models.data.shapes import ShapeObject, render
 
     return render((ShapeObject(colour, shape, "large", "center"),), random.Random(seed), 64)
+
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(bundled_dir, tmp_path_factory):
+    """A second real server that requires `Authorization: Bearer test-key-123`."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_API_KEY": API_KEY},
+                         tmp_path_factory.mktemp("keyed") / "server.log").wait_ready()
+    yield proc
+    proc.stop()

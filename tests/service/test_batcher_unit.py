@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher, WorkItem, collect
-from service.errors import BackendFailure, DeadlineExceeded, Overloaded
+from service.errors import BackendFailure, DeadlineExceeded, Overloaded, PayloadTooLarge
 from service.metrics import Metrics
 
 
@@ -110,10 +110,14 @@ def test_oom_halves_the_batch_down_to_what_fits():
 def test_admission_cap_rejects_at_once():
     async def go():
         b, m = _batcher(FakeEncoder(), max_queue=3)
+        b.admit(2)  # reserved before preprocessing: counts against the cap
         with pytest.raises(Overloaded):
+            await b.submit([np.array([1.0])] * 2, 1e12)
+        b.release(2)
+        with pytest.raises(PayloadTooLarge):  # could never fit: not worth a retry, so 413 rather than 503
             await b.submit([np.array([1.0])] * 4, 1e12)
-        return m.rejected.labels("queue_full")._value.get()
-    assert run(go()) == 1
+        return m.rejected.labels("queue_full")._value.get(), b.depth
+    assert run(go()) == (1, 0)
 
 
 def test_expired_and_abandoned_items_are_not_computed():

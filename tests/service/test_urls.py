@@ -1,0 +1,162 @@
+"""Image URLs: off by default; when on, https only, allow-listed hosts, public addresses only (checked on every
+redirect), one deadline, a streaming size cap. Exercised against a local HTTPS server with its own CA."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+
+import httpx
+import numpy as np
+import pytest
+
+from service.errors import PayloadTooLarge, UrlFetchFailed, UrlRefused
+from service.urls import UrlFetcher, address_problem, host_allowed
+from tests.service.conftest import encode, shape_image
+from tests.service.https_server import ImageHost, chunked_body, slow_body
+from tests.service.server import ServerProcess
+
+PNG = encode(shape_image("red", "circle"))
+MAX_BYTES = 100_000
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    routes = {
+        "/red.png": (200, {"Content-Type": "image/png"}, PNG),
+        "/hop": (302, {"Location": "/red.png"}, b""),
+        "/to-private": (302, {"Location": "https://10.0.0.1/red.png"}, b""),
+        "/to-metadata": (302, {"Location": "https://169.254.169.254/latest/meta-data/"}, b""),
+        "/to-http": (302, {"Location": "http://localhost/red.png"}, b""),
+        "/to-other-host": (302, {"Location": "https://evil.example/red.png"}, b""),
+        "/loop": (302, {"Location": "/loop"}, b""),
+        "/big": (200, {}, b"\0" * (MAX_BYTES + 1)),
+        "/big-chunked": chunked_body(MAX_BYTES * 3),
+        "/slow": slow_body(0.05),
+        "/gone": (404, {}, b"no"),
+    }
+    h = ImageHost(tmp_path_factory.mktemp("tls"), routes)
+    yield h
+    h.close()
+
+
+def fetcher(host, **kw) -> UrlFetcher:
+    opts = dict(timeout_s=1.0, max_bytes=MAX_BYTES, ca_bundle=str(host.ca), allow_loopback_for_tests=True)
+    return UrlFetcher(["localhost", "10.0.0.1", "169.254.169.254"], **{**opts, **kw})
+
+
+def fetch(f: UrlFetcher, url: str) -> bytes:
+    return asyncio.run(f.fetch(url))
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "::1", "0.0.0.0",
+                                     "169.254.169.254", "fd00:ec2::254", "fe80::1", "224.0.0.1", "100.64.0.1",
+                                     "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::1", "fc00::1", "240.0.0.1"])
+def test_non_public_addresses_are_refused(address):
+    assert address_problem(ipaddress.ip_address(address)), address
+
+
+def test_public_addresses_pass_and_the_test_switch_opens_loopback_only():
+    for address in ("93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"):
+        assert address_problem(ipaddress.ip_address(address)) is None
+    for address in ("127.0.0.1", "::1"):
+        assert address_problem(ipaddress.ip_address(address), allow_loopback=True) is None
+    for address in ("10.0.0.1", "169.254.169.254", "fd00:ec2::254", "192.168.0.1"):
+        assert address_problem(ipaddress.ip_address(address), allow_loopback=True), address
+
+
+def test_host_allow_list():
+    assert host_allowed("img.example.com", ["img.example.com"])
+    assert host_allowed("IMG.example.com.", ["img.example.com"])
+    assert host_allowed("a.b.example.com", ["*.example.com"]) and not host_allowed("example.com", ["*.example.com"])
+    assert not host_allowed("evilexample.com", ["*.example.com"]) and not host_allowed("x.com", ["img.example.com"])
+    assert host_allowed("anything.org", ["*"])
+
+
+@pytest.mark.parametrize("url,words", [
+    ("http://localhost/red.png", "only https"),
+    ("file:///etc/passwd", "only https"),
+    ("ftp://localhost/x", "only https"),
+    ("https://user:pw@localhost/red.png", "credentials"),
+    ("https://evil.example/red.png", "not in CLIP_URL_ALLOWED_HOSTS"),
+    ("https://10.0.0.1/red.png", "private"),
+    ("https://169.254.169.254/latest/meta-data/", "metadata"),
+])
+def test_urls_refused_before_any_connection(host, url, words):
+    with pytest.raises(UrlRefused, match=words):
+        fetch(fetcher(host), url)
+
+
+def test_allowed_host_is_fetched_also_through_a_redirect(host):
+    assert fetch(fetcher(host), host.url("/red.png")) == PNG
+    assert fetch(fetcher(host), host.url("/hop")) == PNG
+
+
+def test_loopback_is_refused_without_the_test_switch(host):
+    with pytest.raises(UrlRefused, match="loopback"):
+        fetch(fetcher(host, allow_loopback_for_tests=False), host.url("/red.png"))
+
+
+@pytest.mark.parametrize("path,error,words", [
+    ("/to-private", UrlRefused, "private"),
+    ("/to-metadata", UrlRefused, "metadata"),
+    ("/to-http", UrlRefused, "only https"),
+    ("/to-other-host", UrlRefused, "not in CLIP_URL_ALLOWED_HOSTS"),
+    ("/loop", UrlFetchFailed, "redirects"),
+    ("/big", PayloadTooLarge, "CLIP_URL_MAX_BYTES"),
+    ("/big-chunked", PayloadTooLarge, "CLIP_URL_MAX_BYTES"),
+    ("/slow", UrlFetchFailed, "CLIP_URL_TIMEOUT_S"),
+    ("/gone", UrlFetchFailed, "404"),
+])
+def test_every_hop_and_body_is_checked(host, path, error, words):
+    with pytest.raises(error, match=words):
+        fetch(fetcher(host), host.url(path))
+
+
+def test_an_untrusted_certificate_is_refused(host):
+    with pytest.raises(UrlFetchFailed, match="could not fetch"):
+        fetch(fetcher(host, ca_bundle=None), host.url("/red.png"))
+
+
+# --- through the real server ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def url_server(bundled_dir, host, tmp_path_factory):
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_ALLOW_URLS": "true",
+                          "CLIP_URL_ALLOWED_HOSTS": "localhost,10.0.0.1", "CLIP_URL_CA_BUNDLE": str(host.ca),
+                          "CLIP_URL_ALLOW_LOOPBACK_FOR_TESTS": "true", "CLIP_URL_TIMEOUT_S": "1",
+                          "CLIP_URL_MAX_BYTES": str(MAX_BYTES), "CLIP_IMAGE_MAX_BATCH": "8"},
+                         tmp_path_factory.mktemp("urls") / "server.log").wait_ready()
+    yield proc
+    proc.stop()
+
+
+def test_server_embeds_and_classifies_an_image_url(url_server, host):
+    by_url = httpx.post(url_server.url + "/embed/image", json={"images": [host.url("/red.png"), host.url("/hop")]})
+    assert by_url.status_code == 200, by_url.text
+    by_bytes = httpx.post(url_server.url + "/embed/image", json={"images": [base64.b64encode(PNG).decode()]})
+    a, b = np.array(by_url.json()["embeddings"]), np.array(by_bytes.json()["embeddings"])
+    assert np.allclose(a[0], b[0], atol=1e-5) and np.allclose(a[1], b[0], atol=1e-5)
+    r = httpx.post(url_server.url + "/classify", json={"image": host.url("/red.png"),
+                                                      "labels": ["red circle", "blue square"]})
+    assert r.status_code == 200 and r.json()["results"][0][0]["label"] == "red circle", r.text
+
+
+@pytest.mark.parametrize("url,status,etype", [
+    ("/to-private", 400, "url_refused"),
+    ("/big", 413, "payload_too_large"),
+    ("/slow", 400, "url_fetch_failed"),
+    ("http://localhost/red.png", 400, "url_refused"),
+    ("file:///etc/passwd", 400, "url_refused"),
+    ("/etc/passwd", 400, "invalid_input"),
+])
+def test_server_refuses_bad_urls_with_the_right_status(url_server, host, url, status, etype):
+    target = host.url(url) if url.startswith("/") and url != "/etc/passwd" else url
+    r = httpx.post(url_server.url + "/embed/image", json={"images": [base64.b64encode(PNG).decode(), target]})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["type"] == etype and r.json()["error"]["message"].startswith("images[1]: ")
+
+
+def test_urls_are_off_by_default(server, host):
+    r = httpx.post(server.url + "/embed/image", json={"images": [host.url("/red.png")]})
+    assert r.status_code == 400 and "CLIP_ALLOW_URLS" in r.json()["error"]["message"]
