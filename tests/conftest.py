@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "models" / "checkpoints" / "shapes-vit-s"
+BUNDLED = ROOT / "models" / "checkpoints" / "shapes-rn-s"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,8 +12,8 @@ from models.train import TrainConfig, _param_groups, parse_args, train, train_st
 
 def test_a_few_steps_lower_the_loss_on_a_tiny_batch():
     torch.manual_seed(0)
-    model = create_model("shapes-vit-s").train()
-    tok = tokenizer_for("shapes-vit-s")
+    model = create_model("shapes-rn-s").train()
+    tok = tokenizer_for("shapes-rn-s")
     pool = ShapesPool(0, 16, ShapesConfig(image_size=64), progress=False)
     batch = pool.batch(torch.arange(16), random.Random(0), preprocess_of(model))
     opt = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-3)
@@ -31,7 +31,7 @@ def test_schedule_warms_up_then_decays():
 def test_cli_parses_every_field():
     cfg = parse_args(["--steps", "5", "--lr", "0.5", "--pretrained", "x", "--data", "p.csv"])
     assert (cfg.steps, cfg.lr, cfg.pretrained, cfg.data) == (5, 0.5, "x", "p.csv")
-    assert TrainConfig().model == "shapes-vit-s"
+    assert TrainConfig().model == "shapes-rn-s"
 
 
 def test_short_run_writes_checkpoint_log_curve_card_and_resumes(tmp_path):
