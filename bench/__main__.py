@@ -1,0 +1,121 @@
+"""`python -m bench` (what `make bench` runs): encoder limit, served load, decoding, ratios, plots.
+
+    python -m bench                     # full run, about 15 minutes on 2 cores; writes docs/benchmarks/
+    python -m bench --quick             # a smoke run in about 2 minutes (bundled model only, short points)
+    python -m bench --only encoder,decode --out /tmp/b
+
+Measurements are only as good as the machine is quiet: the load average at the start of each stage is kept in
+results.json, and the run warns when the machine is already busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from bench import assets, decode, encoder, machine, ratios, report, served
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("encoder", "decode", "served")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small budgets and the bundled model only (smoke test)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default docs/benchmarks, or docs/benchmarks/raw/quick with --quick)")
+    p.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages from {','.join(STAGES)}")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    p.add_argument("--seconds", type=float, default=None, help="measurement window per served point")
+    return p
+
+
+def config(args: argparse.Namespace) -> dict:
+    """Budgets of a full or a quick run."""
+    if args.quick:
+        return {"models": ["bundled"], "served": ["bundled"], "batch_sizes": (1, 8), "encoder_s": 0.3,
+                "decode_s": 0.5, "budget": served.Budget(seconds=args.seconds or 1.5, warmup_s=5,
+                                                         concurrency=(1, 8), cold_concurrency=(1,),
+                                                         labelset_build_s=20)}
+    return {"models": ["vit-b-32", "bundled"], "served": ["vit-b-32", "bundled"], "batch_sizes": (1, 8, 32),
+            "encoder_s": 3.0, "decode_s": 3.0, "budget": served.Budget(seconds=args.seconds or 10.0)}
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def served_setup(device: str) -> tuple[str, dict[str, str], str]:
+    """(backend, extra env, precision): ONNX Runtime on CPU; torch fp16 on a GPU (the issue's GPU target)."""
+    if device == "cuda":
+        return "torch", {"CLIP_DEVICE": "cuda", "CLIP_PRECISION": "fp16"}, "fp16"
+    return "onnx", {"CLIP_DEVICE": "cpu"}, "fp32"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bench").setLevel(logging.INFO)
+    stages = [s.strip() for s in args.only.split(",") if s.strip()]
+    out = args.out or ROOT / ("docs/benchmarks/raw/quick" if args.quick else "docs/benchmarks")
+    raw = out / "raw" if out.name != "quick" else out
+    cfg = config(args)
+    device = resolve_device(args.device)
+    backend, extra_env, precision = served_setup(device)
+    results: dict = {"quick": args.quick, "device": device, "machine": machine.describe(), "load_average": {},
+                     "encoder": [], "served": {}, "ratios": {}, "not_run": []}
+    print("machine:", machine.summary(results["machine"]))
+    if results["machine"]["load_average_at_start"] and \
+            results["machine"]["load_average_at_start"][0] > 0.5 * results["machine"]["cores"]:
+        print("warning: the machine is busy (load average above half the cores); numbers will be low and noisy")
+
+    models = {"vit-b-32": assets.vit_b_32, "bundled": assets.bundled}
+    loaded = {key: models[key]() for key in cfg["models"]}
+    results["models"] = {key: {"source": m.model, "checkpoint": m.checkpoint, "export_dir": str(m.export_dir)}
+                         for key, m in loaded.items()}
+    started = time.time()
+
+    if "encoder" in stages:
+        results["load_average"]["encoder"] = machine.load_average()
+        for m in loaded.values():
+            rows = encoder.measure(m, backends=("torch", backend) if backend != "torch" else ("torch",),
+                                   batch_sizes=cfg["batch_sizes"], seconds=cfg["encoder_s"], device=device,
+                                   precision=precision)
+            results["encoder"] += encoder.to_json(rows)
+    if "decode" in stages:
+        results["load_average"]["decode"] = machine.load_average()
+        results["decode"] = decode.measure(list(loaded.values()), seconds=cfg["decode_s"])
+    if "served" in stages:
+        for key in cfg["served"]:
+            results["load_average"][f"served-{key}"] = machine.load_average()
+            m = loaded[key]
+            text_rate = max((r["items_per_s"] for r in results["encoder"]
+                             if (r["model"], r["backend"], r["tower"]) == (key, backend, "text")), default=None)
+            only = None if key == cfg["served"][0] else ("image-224", "classify-10x80", "classify-1000x80")
+            results["served"][key] = served.measure(m, backend, cfg["budget"], raw, text_rate, extra_env,
+                                                    quick=args.quick, only=only)
+    for key, s in results["served"].items():
+        results["ratios"][key] = ratios.compute(results["encoder"], s, results.get("decode", {}), key)
+    if device == "cpu":
+        results["not_run"].append("GPU targets (ViT-B-32 fp16 over HTTP >= 3,000 img/s, nvJPEG decoding, peak "
+                                  "device memory): no GPU on this machine")
+    results["seconds"] = round(time.time() - started, 1)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    files = report.write(results, out)
+    for key, r in results["ratios"].items():
+        print(f"\nratios ({key}, {r['backend']}):\n" + ratios.table(r))
+    print(f"\nwrote {', '.join(str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f) for f in files)} "
+          f"in {results['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

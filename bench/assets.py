@@ -1,0 +1,113 @@
+"""What the benchmarks run on: cached ONNX exports of the models, and test images (synthetic and real photos).
+
+Exports are made once under `exports/` (git-ignored) and reused while their source is unchanged:
+- `exports/bench-vit-b-32/`: ViT-B-32 with random (seeded) weights, saved first as a local state dict so the
+  eager torch model and the ONNX graphs are the same model (same fingerprint);
+- `exports/bench-<name>/`: the bundled model (`models.factory.DEFAULT_MODEL`), keyed "bundled" in results.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORTS = ROOT / "exports"
+VIT_B_32_WEIGHTS = EXPORTS / "bench-vit-b-32-weights" / "vit-b-32-random-seed0.safetensors"
+
+log = logging.getLogger("bench.assets")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One model the suite measures: how to serve it with torch and where its ONNX export lives."""
+
+    key: str  # short name used in result keys: "vit-b-32" | "bundled"
+    model: str  # CLIP_MODEL
+    checkpoint: str | None  # CLIP_CHECKPOINT
+    export_dir: Path  # CLIP_EXPORT_DIR for the onnx backend
+
+    def server_env(self, backend: str) -> dict[str, str]:
+        env = {"CLIP_MODEL": self.model, "CLIP_BACKEND": backend}
+        if self.checkpoint:
+            env["CLIP_CHECKPOINT"] = self.checkpoint
+        if backend != "torch":
+            env["CLIP_EXPORT_DIR"] = str(self.export_dir)
+        return env
+
+
+def _vit_b_32_weights() -> Path:
+    """A ViT-B-32 state dict with seeded random weights (speed does not depend on the weights' values)."""
+    if VIT_B_32_WEIGHTS.is_file():
+        return VIT_B_32_WEIGHTS
+    import torch
+    from safetensors.torch import save_file
+
+    from models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("ViT-B-32")
+    VIT_B_32_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = VIT_B_32_WEIGHTS.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.rename(VIT_B_32_WEIGHTS)
+    return VIT_B_32_WEIGHTS
+
+
+def _ensure_export(model: str, checkpoint: str | None, out: Path) -> Path:
+    """`python -m export onnx` once; an export whose manifest exists and verifies is reused."""
+    from export.manifest import read_manifest
+
+    try:
+        read_manifest(out, verify=True)
+        return out
+    except Exception:  # noqa: BLE001 - missing, partial or stale: export again
+        pass
+    cmd = [sys.executable, "-m", "export", "onnx", "--model", model, "--out", str(out), "--parity-shapes", "16"]
+    if checkpoint:
+        cmd += ["--checkpoint", checkpoint]
+    log.info("exporting %s to %s (once; reused by later runs)", model, out)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return out
+
+
+def vit_b_32() -> BenchModel:
+    weights = str(_vit_b_32_weights())
+    return BenchModel("vit-b-32", "ViT-B-32", weights, _ensure_export("ViT-B-32", weights, EXPORTS / "bench-vit-b-32"))
+
+
+def bundled() -> BenchModel:
+    """The model `make serve` serves (models.factory.DEFAULT_MODEL, a checkpoint directory)."""
+    from models.factory import DEFAULT_MODEL
+
+    path = Path(DEFAULT_MODEL)
+    if not (path / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"the bundled checkpoint {path} is missing (run `make train`)")
+    return BenchModel("bundled", str(path), None, _ensure_export(str(path), None, EXPORTS / f"bench-{path.name}"))
+
+
+# --- images -------------------------------------------------------------------------------------------------
+def photos() -> dict[str, np.ndarray]:
+    """Real photographs shipped with scikit-image (RGB uint8 [H, W, 3])."""
+    from skimage import data
+
+    return {"chelsea": data.chelsea(), "astronaut": data.astronaut(), "coffee": data.coffee(),
+            "rocket": data.rocket()}
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def photo_jpegs(width: int, height: int) -> list[bytes]:
+    """Each real photo resized (bicubic, aspect ignored) to width x height, as JPEG quality 90."""
+    return [jpeg(Image.fromarray(a).resize((width, height), Image.BICUBIC)) for a in photos().values()]

@@ -1,0 +1,114 @@
+"""Encoder limit: in-process items/s per backend (eager torch, ONNX Runtime), tower and batch size.
+
+No HTTP, no decoding: random pixels [B, 3, H, W] and real token ids [B, L] straight into the encoder, with the
+same thread count the server uses. This is the ceiling the served numbers are divided by (ratio a).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from bench.assets import BenchModel
+from bench.machine import OtherLoad, cores, own_cpu_seconds
+
+log = logging.getLogger("bench.encoder")
+
+Encode = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class EncoderRow:
+    model: str  # BenchModel.key
+    backend: str  # "torch" | "onnx"
+    device: str  # "cpu" | "cuda"
+    precision: str  # "fp32" | "fp16"
+    tower: str  # "image" | "text"
+    batch: int
+    items_per_s: float
+    ms_per_batch: float  # median
+    calls: int  # timed calls behind the median
+    other_processes_cores: float | None = None  # cores other processes kept busy meanwhile (0 = quiet)
+
+
+def time_calls(encode: Encode, x: np.ndarray, seconds: float, min_calls: int = 2) -> tuple[float, int]:
+    """(median seconds per call, calls): one warm-up call, then calls until `seconds` pass (at least min_calls)."""
+    encode(x)  # warm-up: lazy allocation, ORT arena growth, oneDNN primitive caches
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        encode(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), len(times)
+
+
+def encoders(model: BenchModel, backend: str, device: str, threads: int, precision: str = "fp32") -> dict[str, Encode]:
+    """numpy-in / numpy-out encoders of one backend, built as the server builds them (TorchBackend / ORT)."""
+    if backend == "torch":
+        import torch
+
+        from models.factory import load_model
+
+        torch.set_num_threads(threads or cores())  # eager gets the same cores as ONNX Runtime
+        m = load_model(model.model, checkpoint=model.checkpoint, device=device, precision=precision).model
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+
+        @torch.inference_mode()
+        def image(x: np.ndarray) -> np.ndarray:  # [B, 3, H, W] -> [B, D]; host->device copy included
+            return m.encode_image(torch.from_numpy(x).to(device, dtype), normalize=True).float().cpu().numpy()
+
+        @torch.inference_mode()
+        def text(x: np.ndarray) -> np.ndarray:  # [B, L] -> [B, D]
+            return m.encode_text(torch.from_numpy(x).to(device), normalize=True).float().cpu().numpy()
+
+        return {"image": image, "text": text}
+    from export.runtime import load_encoders
+
+    enc = load_encoders(model.export_dir, backend=backend, device=device, threads=threads)
+    return {"image": enc.encode_image, "text": enc.encode_text}
+
+
+def inputs(model: BenchModel, batch: int) -> dict[str, np.ndarray]:
+    """Random pixels [B, 3, H, W] and token ids [B, L] of short distinct captions."""
+    from export.manifest import load_tokenizer, read_manifest
+
+    manifest = read_manifest(model.export_dir, verify=False)
+    h, w = manifest.image_size
+    tokens = np.asarray(load_tokenizer(manifest, model.export_dir)([f"a photo of object number {i}"
+                                                                    for i in range(batch)]), dtype=np.int64)
+    return {"image": np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32), "text": tokens}
+
+
+def measure(model: BenchModel, backends: Sequence[str] = ("torch", "onnx"), towers: Sequence[str] = ("image", "text"),
+            batch_sizes: Sequence[int] = (1, 8, 32), seconds: float = 3.0, device: str = "cpu",
+            threads: int = 0, precision: str = "fp32") -> list[EncoderRow]:
+    """Every (backend, tower, batch) cell of one model."""
+    rows: list[EncoderRow] = []
+    cells = [(b, t, n) for b in backends for t in towers for n in batch_sizes]
+    loaded: dict[str, dict[str, Encode]] = {}
+    data = {n: inputs(model, n) for n in batch_sizes}
+    for backend, tower, batch in tqdm(cells, desc=f"encoder {model.key}", unit="cell"):
+        if backend not in loaded:
+            loaded[backend] = encoders(model, backend, device, threads, precision if backend == "torch" else "fp32")
+        with OtherLoad(own_cpu_seconds) as other:
+            sec, calls = time_calls(loaded[backend][tower], data[batch][tower], seconds)
+        prec = precision if backend == "torch" else "fp32"
+        rows.append(EncoderRow(model.key, backend, device, prec, tower, batch, batch / sec, sec * 1000, calls,
+                               other.cores))
+    return rows
+
+
+def best(rows: list[EncoderRow], model: str, backend: str, tower: str) -> EncoderRow | None:
+    """The batch size with the most items/s for one (model, backend, tower)."""
+    mine = [r for r in rows if (r.model, r.backend, r.tower) == (model, backend, tower)]
+    return max(mine, key=lambda r: r.items_per_s, default=None)
+
+
+def to_json(rows: list[EncoderRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

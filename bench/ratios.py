@@ -1,0 +1,134 @@
+"""The four ratios of issue 7, each with its target, from one run's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {  # (comparison, threshold): on a 2-core CPU, ViT-B-32 shape through ONNX Runtime
+    "serving_efficiency": (">=", 0.85),
+    "batching_gain": (">=", 1.3),
+    "cached_classify_over_embed": ("<=", 1.2),
+    "reduced_decode_speedup": (">=", 3.0),
+    "reduced_decode_min_cosine": (">=", 0.99),
+}
+
+
+def _points(served: dict, scenario: str) -> list[dict]:
+    return served.get("scenarios", {}).get(scenario, {}).get("points", [])
+
+
+def _best_point(served: dict, scenario: str) -> dict | None:
+    return max(_points(served, scenario), key=lambda p: p["items_per_s"], default=None)
+
+
+def _point_at(served: dict, scenario: str, concurrency: int) -> dict | None:
+    return next((p for p in _points(served, scenario) if p["concurrency"] == concurrency), None)
+
+
+def _encoder_best(encoder: list[dict], model: str, backend: str, tower: str) -> dict | None:
+    rows = [r for r in encoder if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)]
+    return max(rows, key=lambda r: r["items_per_s"], default=None)
+
+
+def _verdict(name: str, value: float | None) -> str:
+    if value is None:
+        return "not measured"
+    op, threshold = TARGETS[name]
+    ok = value >= threshold if op == ">=" else value <= threshold
+    return "met" if ok else "NOT met"
+
+
+def compute(encoder: list[dict], served: dict, decode: dict, model: str = "vit-b-32") -> dict[str, Any]:
+    """Ratios for one served model (same backend on both sides of a)."""
+    backend = served.get("backend", "onnx")
+    out: dict[str, Any] = {"model": model, "backend": backend}
+
+    # a. serving efficiency, per image/text scenario
+    eff = {}
+    for scenario, tower in (("image-224", "image"), ("image-1080p", "image"), ("text", "text")):
+        best, enc = _best_point(served, scenario), _encoder_best(encoder, model, backend, tower)
+        if best and enc:
+            eff[scenario] = {"value": best["items_per_s"] / enc["items_per_s"],
+                             "served_items_per_s": best["items_per_s"], "at_concurrency": best["concurrency"],
+                             "encoder_items_per_s": enc["items_per_s"], "at_batch": enc["batch"]}
+    out["serving_efficiency"] = eff
+
+    # b. batching gain at concurrency 32 (at the batch-1 point's concurrency in a quick run)
+    one = next(iter(_points(served, "image-224-batch1")), None)
+    dyn = _point_at(served, "image-224", one["concurrency"]) if one else None
+    out["batching_gain"] = ({"value": dyn["items_per_s"] / one["items_per_s"], "at_concurrency": one["concurrency"],
+                             "dynamic_items_per_s":
+                             dyn["items_per_s"], "max_batch_1_items_per_s": one["items_per_s"],
+                             "dynamic_mean_batch": dyn.get("mean_batch")} if dyn and one else None)
+
+    # c. cached classify latency / embed latency, one image at concurrency 1 (p50)
+    embed = _point_at(served, "image-224", 1)
+    cls = {}
+    for scenario in ("classify-10x80", "classify-1000x80", "classify-cold"):
+        p = _point_at(served, scenario, 1)
+        if p and embed and p["latency_ms"] and embed["latency_ms"]:
+            cls[scenario] = {"value": p["latency_ms"]["p50"] / embed["latency_ms"]["p50"],
+                             "classify_p50_ms": p["latency_ms"]["p50"], "embed_p50_ms": embed["latency_ms"]["p50"]}
+    out["cached_classify_over_embed"] = cls
+
+    # d. reduced-size decoding
+    d = decode.get("models", {}).get(model)
+    out["reduced_decode"] = ({"speedup": d["speedup"], "min_cosine": d["min_cosine_reduced_vs_full"],
+                              "full_items_per_s": d["full_items_per_s"],
+                              "reduced_items_per_s": d["reduced_items_per_s"]} if d else None)
+    out["verdicts"] = verdicts(out)
+    return out
+
+
+def verdicts(r: dict) -> dict[str, str]:
+    eff = r["serving_efficiency"].get("image-224", {}).get("value")
+    gain = (r["batching_gain"] or {}).get("value")
+    cached = r["cached_classify_over_embed"]
+    worst_cached = max((v["value"] for k, v in cached.items() if k != "classify-cold"), default=None)
+    d = r["reduced_decode"] or {}
+    return {"serving_efficiency": _verdict("serving_efficiency", eff),
+            "batching_gain": _verdict("batching_gain", gain),
+            "cached_classify_over_embed": _verdict("cached_classify_over_embed", worst_cached),
+            "reduced_decode_speedup": _verdict("reduced_decode_speedup", d.get("speedup")),
+            "reduced_decode_min_cosine": _verdict("reduced_decode_min_cosine", d.get("min_cosine"))}
+
+
+def table(r: dict) -> str:
+    """Markdown: each ratio, its value, its target, met or not."""
+    def f(x: float | None, digits: int = 2) -> str:
+        return "–" if x is None else f"{x:.{digits}f}"
+
+    eff = r["serving_efficiency"]
+    gain = r["batching_gain"] or {}
+    cached = r["cached_classify_over_embed"]
+    d = r["reduced_decode"] or {}
+    v = r["verdicts"]
+    rows = [("a. serving efficiency, 224×224 JPEG", eff.get("image-224", {}).get("value"), "≥ 0.85",
+             v["serving_efficiency"],
+             _detail_eff(eff.get("image-224"))),
+            ("a. serving efficiency, 1920×1080 JPEG", eff.get("image-1080p", {}).get("value"), "–", "",
+             _detail_eff(eff.get("image-1080p"))),
+            ("a. serving efficiency, text", eff.get("text", {}).get("value"), "–", "", _detail_eff(eff.get("text"))),
+            (f"b. batching gain at concurrency {gain.get('at_concurrency', 32)}", gain.get("value"), "≥ 1.3", v["batching_gain"],
+             f"{f(gain.get('dynamic_items_per_s'), 1)} vs {f(gain.get('max_batch_1_items_per_s'), 1)} img/s; "
+             f"mean batch {gain.get('dynamic_mean_batch')}" if gain else "")]
+    for name, c in cached.items():
+        rows.append((f"c. {name} ÷ embed, p50 at concurrency 1", c["value"],
+                     "≤ 1.2" if name != "classify-cold" else "–",
+                     v["cached_classify_over_embed"] if name != "classify-cold" else "",
+                     f"{c['classify_p50_ms']:.1f} vs {c['embed_p50_ms']:.1f} ms"))
+    rows.append(("d. reduced ÷ full decoding, 1920×1080 JPEG", d.get("speedup"), "≥ 3", v["reduced_decode_speedup"],
+                 f"{f(d.get('reduced_items_per_s'), 1)} vs {f(d.get('full_items_per_s'), 1)} img/s, one thread"))
+    rows.append(("d. min cosine reduced vs full (real photos)", d.get("min_cosine"), "≥ 0.99",
+                 v["reduced_decode_min_cosine"], ""))
+    lines = ["| ratio | value | target | | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {f(val, 4 if 'cosine' in name else 2)} | {target} | {verdict} | {detail} |"
+              for name, val, target, verdict, detail in rows]
+    return "\n".join(lines)
+
+
+def _detail_eff(e: dict | None) -> str:
+    if not e:
+        return ""
+    return (f"{e['served_items_per_s']:.1f} items/s served (c={e['at_concurrency']}) vs "
+            f"{e['encoder_items_per_s']:.1f} in-process (batch {e['at_batch']})")

@@ -1,0 +1,82 @@
+"""results.json -> results.md (tables) and the PNG plots, all under the output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import plots, ratios
+from bench.machine import summary
+
+
+def encoder_table(rows: list[dict]) -> str:
+    lines = ["| model | backend | tower | batch | items/s | ms/batch | other processes (cores) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['backend']} {r['device']} {r['precision']} | {r['tower']} | {r['batch']} | "
+                     f"{r['items_per_s']:.1f} | {r['ms_per_batch']:.1f} | {r.get('other_processes_cores')} |")
+    return "\n".join(lines)
+
+
+def served_table(served: dict) -> str:
+    lines = ["| scenario | concurrency | items/s | p50 ms | p99 ms | mean batch | server CPU ms/item | errors | "
+             "peak RSS MiB | other processes (cores) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in served["scenarios"].items():
+        for p in s["points"]:
+            lat = p["latency_ms"] or {}
+            errors = ", ".join(f"{k}: {v}" for k, v in p["errors"].items()) or "0"
+            lines.append(f"| {name} | {p['concurrency']} | {p['items_per_s']:.1f} | {lat.get('p50', 0):.1f} | "
+                         f"{lat.get('p99', 0):.1f} | {p['mean_batch']} | {p.get('server_cpu_ms_per_item')} | {errors} | "
+                         f"{s['peak_rss_mib']} | {p.get('other_processes_cores')} |")
+    return "\n".join(lines)
+
+
+def decode_table(decode: dict) -> str:
+    lines = ["| model (input) | full decode img/s | reduced img/s | speed-up | min cos reduced vs full | "
+             "max cos between different photos |", "|---|---|---|---|---|---|"]
+    for key, d in decode.get("models", {}).items():
+        lines.append(f"| {key} ({d['input_size'][0]}×{d['input_size'][1]}) | {d['full_items_per_s']:.1f} | "
+                     f"{d['reduced_items_per_s']:.1f} | {d['speedup']:.2f}× | {d['min_cosine_reduced_vs_full']:.4f} | "
+                     f"{d['max_cosine_between_different_photos']:.4f} |")
+    return "\n".join(lines)
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    """results.json, results.md and one set of plots per served model; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "results.json"]
+    files[0].write_text(json.dumps(results, indent=2) + "\n")
+    md = [f"# Benchmark results ({'quick' if results['quick'] else 'full'} run, {results['finished']})", "",
+          f"Machine: {summary(results['machine'])}.", "",
+          f"Written by `python -m bench{' --quick' if results['quick'] else ''}`; raw numbers in `results.json`. "
+          f"The log of what each change bought is in [README.md](README.md).", ""]
+    for key, r in results.get("ratios", {}).items():
+        md += [f"## Ratios: {key}", "", ratios.table(r), ""]
+    md += ["## Encoder limit (in-process, no HTTP)", "", encoder_table(results.get("encoder", [])), ""]
+    for key, served in results.get("served", {}).items():
+        info = served["info"]
+        title = f"{info.get('model', served['model'])} via {served['backend']} ({info.get('device', '?')})"
+        md += [f"## Served: {title}", "", served_table(served), ""]
+        md += [f"- {name}: {note}" for name, note in served.get("notes", {}).items()] + [""]
+        limit = {f"encoder limit, image ({r['backend']} b{r['batch']})": r["items_per_s"]
+                 for r in [_best(results.get("encoder", []), served["model"], served["backend"], "image")] if r}
+        for name, fn in (("throughput", lambda p: plots.throughput(served, limit, p, title)),
+                         ("latency", lambda p: plots.latency(served, p, title)),
+                         ("batch-sizes", lambda p: plots.batch_sizes(served, p, title))):
+            path = fn(out / f"{name}-{key}.png")
+            files.append(path)
+            md.append(f"![{name} {key}]({path.name})")
+        md.append("")
+    if results.get("decode"):
+        md += ["## 1920×1080 JPEG preprocessing: reduced-size vs full decoding", "", results["decode"]["image"], "",
+               decode_table(results["decode"]), ""]
+    if results.get("not_run"):
+        md += ["## Not run", ""] + [f"- {x}" for x in results["not_run"]] + [""]
+    (out / "results.md").write_text("\n".join(md))
+    files.append(out / "results.md")
+    return files
+
+
+def _best(rows: list[dict], model: str, backend: str, tower: str) -> dict | None:
+    mine = [r for r in rows if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)]
+    return max(mine, key=lambda r: r["items_per_s"], default=None)

@@ -1,0 +1,176 @@
+"""Served throughput and latency: the real server under closed-loop load, per endpoint and concurrency.
+
+Scenarios (one server per configuration, default settings unless named):
+    image-224       POST /embed/image, one 224x224 JPEG (real photos) per request, multipart
+    image-1080p     POST /embed/image, one 1920x1080 JPEG per request
+    text            POST /embed/text, one text per request, unique (every prompt misses the cache)
+    classify-cold   POST /classify, one 224x224 JPEG + 10 labels never seen before (default template)
+    classify-10x80  POST /classify with a stored label set of 10 labels x 80 templates (top_k 5)
+    classify-1000x80  the same with 1,000 labels, where building the set fits the time budget
+    image-224 @ CLIP_IMAGE_MAX_BATCH=1  (batching gain, ratio b)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+from tqdm import tqdm
+
+from bench import load
+from bench.assets import BenchModel, photo_jpegs
+from bench.load import Request
+from bench.machine import OtherLoad, own_cpu_seconds
+from bench.server import BenchServer, batch_histogram, mean_batch
+
+log = logging.getLogger("bench.served")
+
+OPENAI_TEMPLATES = 80
+
+
+@dataclass
+class Budget:
+    """How long each point runs; `quick` shrinks everything for a smoke test."""
+
+    seconds: float = 10.0  # measurement window per point
+    warmup_s: float = 20.0  # at most, before the window starts
+    concurrency: Sequence[int] = (1, 8, 32, 128)
+    cold_concurrency: Sequence[int] = (1, 8)  # cold classify encodes 10 prompts per request: keep it short
+    labelset_build_s: float = 150.0  # build a cached label set only if its estimated encode time fits this
+
+
+@dataclass
+class Scenario:
+    name: str
+    make: load.RequestFactory
+    concurrency: Sequence[int]
+    modality: str = "image"  # whose batch sizes to record
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    points: list[dict] = field(default_factory=list)  # load.PointResult + batch stats, one per concurrency
+    peak_rss_mib: float | None = None
+    peak_gpu_mib: int | None = None
+    note: str = ""
+
+
+def image_request(blobs: list[bytes]) -> load.RequestFactory:
+    bodies = [load.multipart([("file", b, f"photo{i}.jpg")]) for i, b in enumerate(blobs)]
+
+    def make(n: int) -> Request:
+        body, ctype = bodies[n % len(bodies)]
+        return Request("/embed/image", body, ctype)
+    return make
+
+
+def text_request(run_id: str) -> load.RequestFactory:
+    def make(n: int) -> Request:
+        return Request("/embed/text", json.dumps({"texts": [f"a photo of object {run_id}-{n}"]}).encode(),
+                       "application/json")
+    return make
+
+
+def classify_cold_request(blobs: list[bytes], run_id: str, n_labels: int = 10) -> load.RequestFactory:
+    def make(n: int) -> Request:
+        labels = [(f"labels", f"thing {run_id}-{n}-{k}", None) for k in range(n_labels)]
+        body, ctype = load.multipart([("file", blobs[n % len(blobs)], "photo.jpg"), *labels])
+        return Request("/classify", body, ctype)
+    return make
+
+
+def classify_cached_request(blobs: list[bytes], labelset: str, top_k: int = 5) -> load.RequestFactory:
+    bodies = [load.multipart([("file", b, "photo.jpg"), ("labelset", labelset, None), ("top_k", str(top_k), None)])
+              for b in blobs]
+
+    def make(n: int) -> Request:
+        body, ctype = bodies[n % len(bodies)]
+        return Request("/classify", body, ctype)
+    return make
+
+
+def put_labelset(url: str, name: str, n_labels: int) -> float:
+    """PUT /labelsets/{name} with n labels x the 80 OpenAI templates; returns seconds it took."""
+    t0 = time.perf_counter()
+    r = httpx.put(f"{url}/labelsets/{name}", timeout=3600,
+                  json={"labels": [f"category {i}" for i in range(n_labels)], "templates": "openai_imagenet"})
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def run_scenario(server: BenchServer, s: Scenario, budget: Budget) -> ScenarioResult:
+    out = ScenarioResult(s.name)
+    with server.memory() as mem:
+        for c in tqdm(s.concurrency, desc=s.name, unit="point", leave=False):
+            before, cpu0 = server.metrics(), server.cpu_seconds()
+            with OtherLoad(lambda: (server.cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
+                p = load.run(server.url, s.make, c, budget.seconds, warmup_s=budget.warmup_s)
+                cpu1 = server.cpu_seconds()
+            server.wait_idle()
+            after = server.metrics()
+            point = load.to_json(p)
+            # CPU per item is steadier than items/s on a shared machine: it says what each item costs
+            point["server_cpu_ms_per_item"] = (round(1000 * (cpu1 - cpu0) / p.total_items, 2)
+                                               if cpu0 is not None and cpu1 is not None and p.total_items else None)
+            point["other_processes_cores"] = other.cores  # how quiet the machine was (0 = only us)
+            point["client_cpu_ms_per_item"] = round(1000 * p.client_cpu_s / p.total_items, 2) if p.total_items else None
+            point["mean_batch"] = mean_batch(before, after, s.modality)
+            point["batch_histogram"] = batch_histogram(before, after, s.modality)
+            out.points.append(point)
+            tqdm.write(f"  {s.name:<16} {p.line()}  mean batch {point['mean_batch']}, server CPU "
+                       f"{point['server_cpu_ms_per_item']} ms/item, other processes {other.cores} cores")
+    out.peak_rss_mib, out.peak_gpu_mib = mem.peak_rss_mib, mem.peak_gpu_mib
+    return out
+
+
+def scenarios(url: str, budget: Budget, text_items_per_s: float | None, quick: bool) -> tuple[list[Scenario], dict]:
+    """The scenario list for one server; label sets are stored first (their build time is reported)."""
+    small, large = photo_jpegs(224, 224), photo_jpegs(1920, 1080)
+    run_id = f"{time.time_ns() % 10**9}"
+    conc = budget.concurrency
+    out = [Scenario("image-224", image_request(small), conc),
+           Scenario("image-1080p", image_request(large), conc),
+           Scenario("text", text_request(run_id), conc, "text"),
+           Scenario("classify-cold", classify_cold_request(small, run_id), budget.cold_concurrency)]
+    notes: dict = {}
+    for n_labels in (10, 1000):
+        name = f"classify-{n_labels}x{OPENAI_TEMPLATES}"
+        prompts = n_labels * OPENAI_TEMPLATES
+        estimate = prompts / text_items_per_s if text_items_per_s else None
+        if estimate is not None and estimate > budget.labelset_build_s:
+            notes[name] = (f"not run: building {prompts:,} prompt embeddings would take about {estimate:.0f}s at "
+                           f"{text_items_per_s:.0f} texts/s (budget {budget.labelset_build_s:.0f}s)")
+            continue
+        seconds = put_labelset(url, f"bench{n_labels}", n_labels)
+        notes[name] = f"label set built once in {seconds:.1f}s ({prompts:,} prompts), then served from cache"
+        out.append(Scenario(name, classify_cached_request(small, f"bench{n_labels}"),
+                            conc if not quick else conc[:2]))
+    return out, notes
+
+
+def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text_items_per_s: float | None = None,
+            extra_env: dict[str, str] | None = None, quick: bool = False,
+            only: Sequence[str] | None = None) -> dict:
+    """All scenarios against one server, then image-224 at concurrency 32 with max batch 1 (ratio b)."""
+    env = {**model.server_env(backend), **(extra_env or {})}
+    result: dict = {"model": model.key, "backend": backend, "env": env, "scenarios": {}, "notes": {}}
+    with BenchServer(env, raw_dir / f"server-{model.key}-{backend}.log") as server:
+        result["info"] = httpx.get(server.url + "/info", timeout=10).json()
+        todo, result["notes"] = scenarios(server.url, budget, text_items_per_s, quick)
+        for s in todo:
+            if only and s.name not in only:
+                continue
+            result["scenarios"][s.name] = run_scenario(server, s, budget).__dict__
+    if not only or "image-224-batch1" in only:
+        env1 = {**env, "CLIP_IMAGE_MAX_BATCH": "1"}
+        with BenchServer(env1, raw_dir / f"server-{model.key}-{backend}-batch1.log") as server:
+            c = 32 if 32 in budget.concurrency else max(budget.concurrency)  # ratio b is defined at 32
+            s = Scenario("image-224-batch1", image_request(photo_jpegs(224, 224)), (c,))
+            result["scenarios"][s.name] = run_scenario(server, s, budget).__dict__
+    return result

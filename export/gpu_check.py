@@ -1,0 +1,227 @@
+"""Short GPU report: for torch-CUDA, ORT-CUDA, ORT-TensorRT and TensorRT, did it run, how fast, how exact.
+
+    python -m export.gpu_check [--work DIR] [--json FILE] [--seconds 1.0]
+
+Uses ViT-B-32 with random (seeded) weights, so it needs no download. Every path is tried; one that cannot
+run is reported with the reason (no CUDA, onnxruntime without that provider, TensorRT not installed, ...).
+Each path's line is printed as soon as it finishes, so a run cut short still reports what it reached.
+Called by scripts/gpu_check.sh; budgeted to finish in about four minutes on one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from export.bench import time_encode
+from export.parity import MIN_COSINE, check_parity
+from models.eval import EVAL_TEMPLATES
+
+log = logging.getLogger("export.gpu_check")
+
+BATCHES = (1, 32, 128)
+PATHS = ("torch-CUDA", "ORT-CUDA", "ORT-TensorRT", "TensorRT")
+
+
+@dataclass
+class PathResult:
+    path: str  # one of PATHS, plus the precision
+    ran: bool
+    why_not: str = ""
+    providers: str = ""
+    image_min_cosine: float | None = None  # vs eager fp32 on CPU, parity inputs
+    text_min_cosine: float | None = None
+    parity_passed: bool | None = None
+    image_items_per_s: dict[int, float] = field(default_factory=dict)  # batch -> images/s
+    text_items_per_s: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of this path, builds included
+
+    def line(self) -> str:
+        if not self.ran:
+            return f"{self.path:<22} NOT RUN: {self.why_not}"
+        img = ", ".join(f"b{b}: {v:.0f}" for b, v in self.image_items_per_s.items())
+        txt = ", ".join(f"b{b}: {v:.0f}" for b, v in self.text_items_per_s.items())
+        return (f"{self.path:<22} RAN on {self.providers}; parity {'PASS' if self.parity_passed else 'FAIL'} "
+                f"(image min cos {self.image_min_cosine:.6f}, text {self.text_min_cosine:.6f}); "
+                f"image/s {img}; text/s {txt}; {self.seconds:.0f}s")
+
+
+def environment() -> dict:
+    """What this machine has, in one dict."""
+    env: dict = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+        env["ort_providers"] = onnxruntime.get_available_providers()
+    except ImportError as e:
+        env["onnxruntime"] = f"not installed ({e})"
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError as e:
+        env["tensorrt"] = f"not installed ({e})"
+    return env
+
+
+def make_exports(work: Path, model: str = "ViT-B-32") -> tuple[object, dict[str, Path]]:
+    """The model exported to ONNX in fp32 (parity-checked on CPU) and fp16 (checked on the GPU paths).
+
+    "ViT-B-32" gets random (seeded) weights, so nothing is downloaded; anything else is a models.factory
+    source such as the bundled checkpoint directory (a quick smoke run).
+    """
+    from export.onnx_export import OnnxOptions, export_onnx
+    from export.source import load_source, source_spec
+
+    spec = _random_vit_b_32(work) if model == "ViT-B-32" else source_spec(model)
+    loaded = load_source(spec)
+    dirs = {"fp32": work / "onnx-fp32", "fp16": work / "onnx-fp16"}
+    export_onnx(loaded, spec, dirs["fp32"], OnnxOptions(parity_shapes=16, parity_templates=EVAL_TEMPLATES[:1]))
+    export_onnx(loaded, spec, dirs["fp16"], OnnxOptions(fp16=True, parity=False))  # checked on the GPU below
+    return loaded, dirs
+
+
+def _random_vit_b_32(work: Path):
+    from export.source import source_spec
+    from models.factory import create_model
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ckpt = work / "vit-b-32-random.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("ViT-B-32").state_dict().items()}, str(ckpt))
+    return source_spec("ViT-B-32", checkpoint=str(ckpt))
+
+
+def measure(name: str, loaded, make: Callable[[], tuple[object, str]], precision: str,
+            seconds: float) -> PathResult:
+    """Build the encoders with `make`, then parity against eager CPU fp32 and throughput per batch size."""
+    t0 = time.perf_counter()
+    try:
+        enc, providers = make()
+        report = check_parity(loaded, enc, precision, n_shapes=16, templates=EVAL_TEMPLATES[:1])
+        result = PathResult(name, True, providers=providers, image_min_cosine=report.image_min_cosine,
+                            text_min_cosine=report.text_min_cosine, parity_passed=report.passed)
+        _throughput(enc, loaded, result, seconds)
+    except Exception as e:  # report, never crash: the next path still runs
+        log.debug("%s failed:\n%s", name, traceback.format_exc())
+        result = PathResult(name, False, why_not=f"{type(e).__name__}: {e}".split("\n")[0][:400])
+    result.seconds = time.perf_counter() - t0
+    print(result.line(), flush=True)
+    return result
+
+
+def _throughput(enc, loaded, result: PathResult, seconds: float) -> None:
+    h, w = loaded.preprocess.size
+    rng = np.random.default_rng(0)
+    for b in BATCHES:
+        x = rng.standard_normal((b, 3, h, w), dtype=np.float32)
+        result.image_items_per_s[b] = b / time_encode(enc.encode_image, x, seconds)
+    tokens = loaded.tokenizer(["a photo of a cat"] * BATCHES[-1]).numpy()
+    result.text_items_per_s[BATCHES[-1]] = BATCHES[-1] / time_encode(enc.encode_text, tokens, seconds)
+
+
+class TorchEncoders:
+    """Eager model on CUDA behind the Encoders interface (numpy in, numpy out)."""
+
+    def __init__(self, loaded, precision: str) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch.cuda.is_available() is False (no GPU, or a CPU build of torch)")
+        import copy
+
+        self.model = copy.deepcopy(loaded.model).cuda()
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = self.model.to(self.dtype)
+
+    @torch.inference_mode()
+    def encode_image(self, x: np.ndarray) -> np.ndarray:
+        out = self.model.encode_image(torch.from_numpy(x).cuda().to(self.dtype), normalize=True)
+        return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_text(self, x: np.ndarray) -> np.ndarray:
+        return self.model.encode_text(torch.from_numpy(x).cuda(), normalize=True).float().cpu().numpy()
+
+
+def _torch(loaded, precision: str) -> Callable[[], tuple[object, str]]:
+    return lambda: (TorchEncoders(loaded, precision), f"torch {torch.__version__} cuda {precision}")
+
+
+def _ort(root: Path, only: str) -> Callable[[], tuple[object, str]]:
+    def make():
+        from export.runtime import load_encoders
+        from export.runtime.deps import require_onnxruntime
+
+        available = require_onnxruntime().get_available_providers()
+        if only not in available:
+            raise RuntimeError(f"{only} not in this onnxruntime build (it has {available}; install the `gpu` "
+                               f"extra: pip install 'clip-serve[gpu]')")
+        enc = load_encoders(root, backend="onnx", device="cuda", max_batch=max(BATCHES), ort_providers=[only])
+        if enc.providers[0] != only:
+            raise RuntimeError(f"{only} failed to initialise: onnxruntime runs {enc.providers} (missing CUDA, "
+                               f"cuDNN or TensorRT libraries? see the onnxruntime error above)")
+        return enc, ", ".join(enc.providers)
+    return make
+
+
+def _trt(root: Path, work: Path) -> Callable[[], tuple[object, str]]:
+    def make():
+        from export.runtime import load_encoders
+
+        enc = load_encoders(root, backend="tensorrt", device="cuda", max_batch=max(BATCHES),
+                            cache_dir=work / f"trt-cache-{root.name}")
+        return enc, ", ".join(enc.providers)
+    return make
+
+
+def run(work: Path, seconds: float, model: str = "ViT-B-32") -> dict:
+    env = environment()
+    print("environment:", json.dumps(env), flush=True)
+    t0 = time.perf_counter()
+    loaded, dirs = make_exports(work, model)
+    print(f"exported {loaded.model_id} to ONNX fp32 + fp16 in {time.perf_counter() - t0:.0f}s", flush=True)
+    plan = [  # cheap paths first; engine builds (minutes) last, so a cut-short run still reports the rest
+        *[(f"torch-CUDA {p}", _torch(loaded, p), p) for p in ("fp32", "fp16")],
+        *[(f"ORT-CUDA {p}", _ort(dirs[p], "CUDAExecutionProvider"), p) for p in ("fp32", "fp16")],
+        *[(f"{name} {p}", make, p) for p in ("fp16", "fp32") for name, make in
+          (("TensorRT", _trt(dirs[p], work)), ("ORT-TensorRT", _ort(dirs[p], "TensorrtExecutionProvider")))],
+    ]
+    results = [measure(name, loaded, make, p, seconds) for name, make, p in plan]
+    return {"environment": env, "model": loaded.model_id, "min_cosine_required": MIN_COSINE,
+            "results": [asdict(r) for r in results]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", help="scratch directory (default: a temporary one)")
+    p.add_argument("--json", help="write the report here too")
+    p.add_argument("--seconds", type=float, default=1.0, help="timing per (path, batch size)")
+    p.add_argument("--model", default="ViT-B-32",
+                   help="ViT-B-32 (random weights, default) or a models.factory source for a quick smoke run")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        report = run(work, args.seconds, args.model)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    ran = [r["path"] for r in report["results"] if r["ran"]]
+    print(f"ran: {', '.join(ran) or 'nothing'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

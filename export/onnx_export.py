@@ -1,0 +1,178 @@
+"""Export a model's two towers to ONNX, write the manifest, and check parity before declaring success.
+
+Uses torch.onnx's TorchScript-based exporter (dynamo=False): it traces open_clip's ViT and argmax text pooling
+with a dynamic batch axis in seconds. fp16 exports trace a half-precision copy of the model, with casts at
+the graph edges so callers still pass float32 pixels / int64 tokens and get float32 embeddings back.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import torch
+from tqdm import tqdm
+
+from export.errors import ExportError
+from export.manifest import (MANIFEST_FILE, TOKENIZER_CONFIG, GraphSpec, Manifest, SourceSpec, hash_files,
+                             write_manifest)
+from export.towers import ImageTower, TextTower
+from models.eval import EVAL_TEMPLATES
+from models.factory import LoadedModel, model_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17  # first opset with LayerNormalization; ONNX Runtime and TensorRT 10 both take it
+TRACE_BATCH = 2  # trace with B=2 so no size-1 broadcast gets baked into the graph
+IMAGE_FILE, TEXT_FILE = "image.onnx", "text.onnx"
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """How to export."""
+
+    fp16: bool = False  # arithmetic in float16 inside the graphs (I/O stays float32 / int64)
+    opset: int = DEFAULT_OPSET
+    parity: bool = True  # check against eager PyTorch and refuse to write manifest.json on failure
+    parity_shapes: int = 64  # shapes evaluation images in the parity check
+    parity_templates: tuple[str, ...] = EVAL_TEMPLATES  # zero-shot prompts per label in the parity check
+
+
+def export_onnx(loaded: LoadedModel, source: SourceSpec, out_dir: str | Path,
+                options: OnnxOptions = OnnxOptions()) -> Manifest:
+    """Write image.onnx, text.onnx, open_clip_config.json and (after parity passes) manifest.json."""
+    out = _prepare_dir(Path(out_dir))
+    precision = "fp16" if options.fp16 else "fp32"
+    graph_model = _graph_model(loaded.model, options.fp16)
+    h, w = loaded.preprocess.size
+    pixels = torch.zeros(TRACE_BATCH, 3, h, w)  # [B, 3, H, W]
+    tokens = loaded.tokenizer(["a photo of a cat", "a diagram"])  # [B, L] int64
+    compute_dtype = torch.float16 if options.fp16 else torch.float32
+    steps = [(IMAGE_FILE, ImageTower(graph_model, compute_dtype), pixels, "pixels"),
+             (TEXT_FILE, TextTower(graph_model), tokens, "tokens")]
+    files = []
+    for file, tower, example, input_name in tqdm(steps, desc=f"export onnx ({precision})", unit="tower"):
+        files += [file, *export_tower(tower, example, out / file, input_name, loaded.embed_dim, options.opset)]
+    tokenizer_source = _write_tokenizer_config(source, loaded, out)
+    if tokenizer_source == ".":
+        files.append(TOKENIZER_CONFIG)
+    manifest = build_manifest(loaded, source, out, files, tokenizer_source, precision, options.opset)
+    if options.parity:
+        manifest.parity = _parity(loaded, out, manifest, options)
+    write_manifest(manifest, out)
+    log.info("wrote %s", out / MANIFEST_FILE)
+    return manifest
+
+
+def _prepare_dir(out: Path) -> Path:
+    """Create the directory; drop a previous manifest first so a failed re-export cannot look finished."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    return out
+
+
+def _graph_model(model: torch.nn.Module, fp16: bool) -> torch.nn.Module:
+    """The module to trace: the model itself (fp32) or a half-precision copy (fp16; the original is untouched)."""
+    if not fp16:
+        return model
+    return copy.deepcopy(model).to(torch.float16).eval()
+
+
+def export_tower(tower: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, embed_dim: int,
+                 opset: int) -> list[str]:
+    """Trace one tower to ONNX with a dynamic batch axis, output [B, D]; returns external weight files.
+
+    Weights stay inside the .onnx file unless the tower passes protobuf's 2 GB limit, where the exporter
+    writes them beside it (those files are returned so the manifest hashes them too).
+    """
+    tower.eval()
+    with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings and the dynamo=False deprecation notice
+        torch.onnx.export(tower, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=["embedding"],
+                          dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+                          do_constant_folding=True)
+    external = _fix_output_shape(path, embed_dim)
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"exported {path.name} is not a valid ONNX graph ({e}); try another --opset.") from e
+    return external
+
+
+@contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """nn.MultiheadAttention's inference fast path (a fused op with no ONNX symbolic) is off while tracing."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _fix_output_shape(path: Path, embed_dim: int) -> list[str]:
+    """The tracer leaves D symbolic ("Divembedding_dim_1"): make it static. Returns external data files."""
+    model = onnx.load(str(path), load_external_data=False)
+    dim = model.graph.output[0].type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_value = embed_dim
+    onnx.save(model, str(path))
+    return sorted({entry.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in t.external_data if entry.key == "location"})
+
+
+def _write_tokenizer_config(source: SourceSpec, loaded: LoadedModel, out: Path) -> str:
+    """Copy open_clip_config.json in, so `tokenizer_for(<export dir>)` rebuilds the tokenizer offline.
+
+    Returns the manifest's tokenizer_source: "." (this directory), or the hf-hub: id, whose config and
+    tokenizer open_clip fetches from the hub itself.
+    """
+    if source.model.startswith("hf-hub:"):
+        return source.model
+    config = {"model_cfg": model_config(source.model), "preprocess_cfg": loaded.preprocess.to_open_clip()}
+    (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return "."
+
+
+def graph_specs(loaded: LoadedModel) -> tuple[GraphSpec, GraphSpec]:
+    """The image and text GraphSpecs of an ONNX export of this model."""
+    h, w = loaded.preprocess.size
+    image = GraphSpec(IMAGE_FILE, "pixels", "embedding", "float32", [-1, 3, h, w])
+    text = GraphSpec(TEXT_FILE, "tokens", "embedding", "int64", [-1, loaded.context_length])
+    return image, text
+
+
+def build_manifest(loaded: LoadedModel, source: SourceSpec, out: Path, files: list[str], tokenizer_source: str,
+                   precision: str, opset: int) -> Manifest:
+    """The manifest of a fresh ONNX export in `out`, with the sha256 of each of `files`."""
+    image, text = graph_specs(loaded)
+    return Manifest(
+        kind="onnx", model_id=loaded.model_id, fingerprint=loaded.fingerprint, source=source,
+        embed_dim=loaded.embed_dim, logit_scale=loaded.logit_scale, preprocess=loaded.preprocess.to_dict(),
+        tokenizer_source=tokenizer_source, context_length=loaded.context_length, opset=opset, precision=precision,
+        image=image, text=text, files=hash_files(out, files), created_with=tool_versions())
+
+
+def tool_versions() -> dict[str, str]:
+    import open_clip
+
+    return {"torch": torch.__version__, "open_clip": open_clip.__version__, "onnx": onnx.__version__}
+
+
+def _parity(loaded: LoadedModel, out: Path, manifest: Manifest, options: OnnxOptions) -> dict:
+    """Run the parity check on ONNX Runtime CPU; raises ParityError (and no manifest is written) on failure."""
+    from export.parity import check_parity, require_parity
+    from export.runtime import encoders_from_manifest
+
+    encoders = encoders_from_manifest(out, manifest, device="cpu")
+    report = check_parity(loaded, encoders, manifest.precision, options.parity_shapes, options.parity_templates)
+    require_parity(report, str(out))
+    return report.to_dict()

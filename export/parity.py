@@ -1,0 +1,216 @@
+"""Parity: exported graphs against eager PyTorch on real photos, the shapes evaluation images and varied texts.
+
+Checks, per export:
+- cosine(exported, eager) of every image and text embedding >= 0.99999 (fp32) or >= 0.999 (fp16);
+- zero-shot argmax (all colour x shape labels, the evaluation templates; class prototypes built from each
+  side's own text tower) is the same on every shapes evaluation image the eager model has *decided*: its
+  top-1 probability (softmax of logit_scale x cosine) beats the runner-up by at least DECIDED_MARGIN.
+  Near-ties may flip under fp16 rounding without anything being wrong (a random-weight model is all
+  near-ties); they are counted and reported, and the test suite requires full agreement on the bundled model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from export.errors import ParityError
+from models.data.shapes import ShapesConfig, all_pairs, class_label, generate
+from models.eval import EVAL_SEED, EVAL_TEMPLATES
+from models.factory import LoadedModel
+from models.preprocess import PreprocessConfig, eval_transform
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999}
+DECIDED_MARGIN = 0.01  # top-1 minus top-2 probability above which an eager zero-shot decision must be kept
+PHOTO_DIR = Path(__file__).parent / "parity_images"
+BATCH = 64
+
+PARITY_TEXTS: tuple[str, ...] = (
+    "a photo of a cat",
+    "an astronaut in a white suit in front of a flag",
+    "a cup of coffee on a saucer",
+    "a rocket lifting off",
+    "a red circle on the left and a blue square on the right",
+    "",  # empty: only start and end tokens
+    " ",
+    "日本語のテキスト：猫の写真",
+    "Ünïcödé façade — naïve café ☕ 🚀 🐱",
+    "1234567890 !!! ??? ... ### $$$",
+    "A RED CIRCLE",
+    "<b>bold</b> &amp; <i>tags</i>",
+    "line one\nline two\tand a tab",
+    " ".join(["a very long caption that keeps going well past the context length"] * 20),  # truncated
+)
+
+
+@dataclass
+class ParityReport:
+    """Worst-case agreement of one export with eager PyTorch."""
+
+    precision: str
+    min_cosine_required: float
+    image_min_cosine: float
+    text_min_cosine: float
+    zero_shot_agreement: float  # fraction of shapes images whose zero-shot argmax matches eager
+    zero_shot_decided: int  # shapes images where eager's top-1 beats top-2 by >= DECIDED_MARGIN probability
+    zero_shot_decided_flips: int  # of those, how many the export classifies differently (must be 0)
+    n_photos: int
+    n_shape_images: int
+    n_texts: int
+    eager_zero_shot_top1: float  # accuracy against the true label, for context
+    exported_zero_shot_top1: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def table(self) -> str:
+        """A short human-readable table."""
+        rows = [("precision", self.precision), ("required min cosine", f"{self.min_cosine_required}"),
+                ("image min cosine", f"{self.image_min_cosine:.9f}"),
+                ("text min cosine", f"{self.text_min_cosine:.9f}"),
+                ("zero-shot argmax agreement", f"{self.zero_shot_agreement:.4f} (flips on decided images: "
+                                               f"{self.zero_shot_decided_flips} of {self.zero_shot_decided})"),
+                ("zero-shot top-1 eager / exported",
+                 f"{self.eager_zero_shot_top1:.4f} / {self.exported_zero_shot_top1:.4f}"),
+                ("inputs", f"{self.n_photos} photos, {self.n_shape_images} shapes images, {self.n_texts} texts"),
+                ("result", "PASS" if self.passed else "FAIL: " + "; ".join(self.failures))]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+@dataclass
+class ParityInputs:
+    """What both sides are fed."""
+
+    photos: torch.Tensor  # [P, 3, H, W] float32, preprocessed
+    shapes: torch.Tensor  # [S, 3, H, W] float32, preprocessed
+    shape_labels: list[int]  # [S] index into labels
+    texts: torch.Tensor  # [T, L] int64: PARITY_TEXTS
+    prompts: torch.Tensor  # [C * K, L] int64: every label under every template, label-major
+    n_labels: int
+
+
+def parity_inputs(loaded: LoadedModel, n_shapes: int = 64, templates: Sequence[str] = EVAL_TEMPLATES
+                  ) -> ParityInputs:
+    """Photos from export/parity_images, shapes evaluation images (half held-out, half seen), texts, prompts."""
+    pre = loaded.preprocess
+    labels = [class_label(c, s) for c, s in all_pairs()]
+    shapes, truth = shape_images(pre, n_shapes, labels)
+    prompts = [t.format(label) for label in labels for t in templates]
+    return ParityInputs(photos=photo_pixels(pre), shapes=shapes, shape_labels=truth,
+                        texts=loaded.tokenizer(list(PARITY_TEXTS)), prompts=loaded.tokenizer(prompts),
+                        n_labels=len(labels))
+
+
+def photo_pixels(pre: PreprocessConfig) -> torch.Tensor:
+    """[P, 3, H, W] the bundled photos through the model's own eval transform."""
+    transform = eval_transform(pre)
+    paths = sorted(PHOTO_DIR.glob("*.jpg"))
+    if not paths:
+        raise ParityError(f"no parity photos in {PHOTO_DIR}: the package is incomplete; reinstall clip-serve.")
+    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+
+
+def shape_images(pre: PreprocessConfig, n: int, labels: list[str]) -> tuple[torch.Tensor, list[int]]:
+    """[S, 3, H, W] shapes evaluation images (the models.eval seed) and their true label indices."""
+    transform = eval_transform(pre)
+    cfg = ShapesConfig(image_size=pre.height)  # type: ignore[call-arg]
+    samples = list(generate(EVAL_SEED, n - n // 2, "heldout", cfg)) + list(generate(EVAL_SEED, n // 2, "seen", cfg))
+    pixels = torch.stack([transform(s.image) for s in samples])
+    truth = [labels.index(class_label(s.objects[0].colour, s.objects[0].shape)) for s in samples]
+    return pixels, truth
+
+
+@torch.inference_mode()
+def eager_embeddings(loaded: LoadedModel, x: torch.Tensor, tower: str) -> np.ndarray:
+    """[N, ...] -> float32 [N, D] from the eager model, L2-normalised, in batches."""
+    model = loaded.model
+    device = next(model.parameters()).device
+    encode = model.encode_image if tower == "image" else model.encode_text
+    out = [encode(x[i:i + BATCH].to(device), normalize=True).float().cpu() for i in range(0, len(x), BATCH)]
+    return torch.cat(out).numpy()
+
+
+def exported_embeddings(encoders, x: torch.Tensor, tower: str) -> np.ndarray:
+    """[N, ...] -> float32 [N, D] from an export (export.runtime.Encoders), in batches."""
+    encode = encoders.encode_image if tower == "image" else encoders.encode_text
+    return np.concatenate([encode(x[i:i + BATCH].numpy()) for i in range(0, len(x), BATCH)])
+
+
+def prototypes(prompt_embeddings: np.ndarray, n_labels: int) -> np.ndarray:
+    """[C * K, D] template embeddings -> [D, C] class prototypes (mean over templates, renormalised)."""
+    e = prompt_embeddings.reshape(n_labels, -1, prompt_embeddings.shape[-1]).mean(axis=1)  # [C, D]
+    return (e / np.linalg.norm(e, axis=-1, keepdims=True)).T
+
+
+def decision_margin(cosines: np.ndarray, logit_scale: float) -> np.ndarray:
+    """[S, C] cosines -> [S] top-1 minus top-2 zero-shot probability (softmax of logit_scale x cosine)."""
+    logits = logit_scale * cosines.astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    top2 = np.sort(p, axis=-1)[:, -2:]  # [S, 2] ascending
+    return top2[:, 1] - top2[:, 0]
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, D], [N, D] -> [N] cosine similarity per row (in float64, so the check does not add its own error)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def check_parity(loaded: LoadedModel, encoders, precision: str, n_shapes: int = 64,
+                 templates: Sequence[str] = EVAL_TEMPLATES) -> ParityReport:
+    """Compare an export (export.runtime.Encoders) with the eager model it came from."""
+    inputs = parity_inputs(loaded, n_shapes, templates)
+    images = torch.cat([inputs.photos, inputs.shapes])  # [P + S, 3, H, W]
+    texts = torch.cat([inputs.texts, inputs.prompts])  # [T + C * K, L]
+    img_e, img_x = eager_embeddings(loaded, images, "image"), exported_embeddings(encoders, images, "image")
+    txt_e, txt_x = eager_embeddings(loaded, texts, "text"), exported_embeddings(encoders, texts, "text")
+    n_photos, n_texts = len(inputs.photos), len(inputs.texts)
+    cos_e = img_e[n_photos:] @ prototypes(txt_e[n_texts:], inputs.n_labels)  # [S, C]
+    pred_e, pred_x = cos_e.argmax(-1), (img_x[n_photos:] @ prototypes(txt_x[n_texts:], inputs.n_labels)).argmax(-1)
+    decided = decision_margin(cos_e, loaded.logit_scale) >= DECIDED_MARGIN  # [S] bool
+    truth = np.asarray(inputs.shape_labels)
+    report = ParityReport(
+        precision=precision, min_cosine_required=MIN_COSINE[precision],
+        image_min_cosine=float(row_cosine(img_e, img_x).min()), text_min_cosine=float(row_cosine(txt_e, txt_x).min()),
+        zero_shot_agreement=float((pred_e == pred_x).mean()), zero_shot_decided=int(decided.sum()),
+        zero_shot_decided_flips=int((decided & (pred_e != pred_x)).sum()), n_photos=n_photos,
+        n_shape_images=len(truth), n_texts=len(texts), eager_zero_shot_top1=float((pred_e == truth).mean()),
+        exported_zero_shot_top1=float((pred_x == truth).mean()))
+    report.failures = _failures(report)
+    return report
+
+
+def _failures(r: ParityReport) -> list[str]:
+    out = []
+    for tower, cos in (("image", r.image_min_cosine), ("text", r.text_min_cosine)):
+        if not cos >= r.min_cosine_required:  # `not >=` also catches NaN
+            out.append(f"{tower} min cosine {cos:.7f} < {r.min_cosine_required}")
+    if r.zero_shot_decided_flips:
+        out.append(f"zero-shot argmax differs on {r.zero_shot_decided_flips} of the {r.zero_shot_decided} shapes "
+                   f"images eager PyTorch classifies with a clear margin")
+    return out
+
+
+def require_parity(report: ParityReport, where: str) -> None:
+    """Raise ParityError with the full table when the report failed."""
+    log.info("parity of %s:\n%s", where, report.table())
+    if not report.passed:
+        raise ParityError(f"exported graphs in {where} do not match eager PyTorch:\n{report.table()}\n"
+                          f"Do not serve this export. Try fp32 (drop --fp16), another --opset, or report the "
+                          f"model; details: {json.dumps(report.to_dict())}")

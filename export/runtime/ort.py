@@ -1,0 +1,126 @@
+"""ONNX Runtime sessions, one per tower: provider choice, thread settings on CPU, I/O binding on GPU."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from export.errors import GPU_EXTRA, ExportError
+from export.manifest import GraphSpec
+from export.runtime.deps import require_onnxruntime
+
+log = logging.getLogger(__name__)
+
+TRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+GPU_EPS = (TRT_EP, CUDA_EP)
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32}
+
+
+def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], str]:
+    """Providers to ask for, best first (TensorRT EP -> CUDA EP -> CPU), and a sentence saying why."""
+    if device == "cpu":
+        return [CPU_EP], "device=cpu"
+    if device != "cuda":
+        raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    chosen = [ep for ep in GPU_EPS if ep in available]
+    missing = [ep for ep in GPU_EPS if ep not in available]
+    why = "; ".join(f"{ep} not available in this onnxruntime build (install the `gpu` extra: {GPU_EXTRA})"
+                    for ep in missing)
+    if not chosen:
+        return [CPU_EP], f"device=cuda but falling back to CPU: {why}"
+    return chosen + [CPU_EP], f"device=cuda, using {chosen[0]}" + (f"; {why}" if why else "")
+
+
+def session_options(ort: Any, threads: int):
+    """CPU settings: `threads` intra-op threads (0 = one per core), all graph optimisations, sequential."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(0, int(threads))  # 0 lets ORT use every physical core
+    opts.inter_op_num_threads = 1  # towers are one chain of ops: no parallel branches to run
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
+    return opts
+
+
+def disabled_optimizers(precision: str) -> list[str]:
+    """Optimisers to switch off: onnxruntime 1.32's NCHWc layout pass crashes (SIGSEGV) on fp16 CPU graphs."""
+    return ["NchwcTransformer"] if precision == "fp16" else []
+
+
+def provider_options(provider: str, cache_dir: Path, input_name: str, input_shape: Sequence[int],
+                     max_batch: int, precision: str) -> dict[str, Any]:
+    """Per-provider options: TensorRT EP gets an engine/timing cache and a batch profile 1..max_batch."""
+    if provider != TRT_EP:
+        return {}
+    dims = "x".join(str(d) for d in input_shape[1:])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_path": str(cache_dir),
+        "trt_fp16_enable": "True" if precision == "fp16" else "False",
+        "trt_profile_min_shapes": f"{input_name}:1x{dims}",
+        "trt_profile_opt_shapes": f"{input_name}:{min(32, max_batch)}x{dims}",
+        "trt_profile_max_shapes": f"{input_name}:{max_batch}x{dims}",
+    }
+
+
+class OrtTower:
+    """One tower's InferenceSession: numpy [B, ...] in, float32 [B, D] out."""
+
+    def __init__(self, path: Path, spec: GraphSpec, device: str = "cpu", threads: int = 0,
+                 precision: str = "fp32", cache_dir: Path | None = None, max_batch: int = 256,
+                 only: Sequence[str] | None = None) -> None:
+        ort = require_onnxruntime()
+        if not path.is_file():
+            raise ExportError(f"graph {path} is missing; re-export with `python -m export onnx`.")
+        available = [p for p in ort.get_available_providers() if only is None or p in only or p == CPU_EP]
+        wanted, why = choose_providers(device, available)
+        cache = (cache_dir or path.parent / "cache") / "ort-trt"
+        opts = [provider_options(p, cache, spec.input, spec.input_shape, max_batch, precision) for p in wanted]
+        self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision)
+        self.providers: list[str] = self.session.get_providers()  # what ORT actually enabled
+        _log_choice(path, device, wanted, self.providers, why)
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_dtype = ORT_DTYPES.get(inp.type, np.float32)  # float16 if the graph takes half pixels
+        self.on_gpu = self.providers[0] in GPU_EPS
+        self.max_batch = max_batch if self.providers[0] == TRT_EP else None  # TRT EP profile caps the batch
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """[B, ...] -> float32 [B, D]."""
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        if self.on_gpu:
+            return self._run_bound(x)
+        return self.session.run([self.output_name], {self.input_name: x})[0].astype(np.float32, copy=False)
+
+    def _run_bound(self, x: np.ndarray) -> np.ndarray:
+        """I/O binding: one host->device copy in, output allocated on the device, one copy back."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
+
+
+def _open_session(ort: Any, path: Path, providers: list, threads: int, precision: str):
+    try:
+        return ort.InferenceSession(str(path), session_options(ort, threads), providers=providers,
+                                    disabled_optimizers=disabled_optimizers(precision))
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+        raise ExportError(f"onnxruntime cannot load {path}: {e}. The file is damaged or not an ONNX graph; "
+                          f"re-export with `python -m export onnx`.") from e
+
+
+def _log_choice(path: Path, device: str, wanted: list[str], providers: list[str], why: str) -> None:
+    """One line per tower: what runs and why; a WARNING when CUDA was asked for and CPU is what runs."""
+    if providers[0] != wanted[0]:  # e.g. CUDA EP listed but its CUDA/cuDNN libraries failed to load
+        why += f"; {wanted[0]} failed to initialise (see the onnxruntime error above)"
+    degraded = device == "cuda" and providers[0] == CPU_EP
+    log.log(logging.WARNING if degraded else logging.INFO, "onnxruntime %s: running on %s (%s)", path.name,
+            providers, why)

@@ -1,0 +1,41 @@
+"""`python -m bench --quick` on the bundled model with tiny budgets: every stage runs and the JSON is complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_writes_complete_results(tmp_path):
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--seconds", "0.5", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+
+    assert {"machine", "encoder", "decode", "served", "ratios", "load_average"} <= set(results)
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    cells = {(r["backend"], r["tower"]) for r in results["encoder"]}
+    assert {("torch", "image"), ("onnx", "image"), ("torch", "text"), ("onnx", "text")} <= cells
+    assert all(r["items_per_s"] > 0 for r in results["encoder"])
+
+    d = results["decode"]["models"]["bundled"]
+    assert d["full_items_per_s"] > 0 and d["reduced_items_per_s"] > 0 and -1 <= d["min_cosine_reduced_vs_full"] <= 1
+
+    scenarios = results["served"]["bundled"]["scenarios"]
+    for name in ("image-224", "image-1080p", "text", "classify-cold", "classify-10x80", "image-224-batch1"):
+        points = scenarios[name]["points"]
+        assert points and all(p["items_per_s"] > 0 and p["latency_ms"]["p50"] > 0 for p in points), name
+        assert scenarios[name]["peak_rss_mib"] > 0
+
+    r = results["ratios"]["bundled"]
+    assert r["serving_efficiency"]["image-224"]["value"] > 0
+    assert r["cached_classify_over_embed"]["classify-10x80"]["value"] > 0
+    assert r["reduced_decode"]["speedup"] > 0
+    assert set(r["verdicts"]) == {"serving_efficiency", "batching_gain", "cached_classify_over_embed",
+                                  "reduced_decode_speedup", "reduced_decode_min_cosine"}
+    assert (out / "results.md").is_file() and list(out.glob("throughput-*.png"))

@@ -1,0 +1,112 @@
+"""GPU paths. Skipped on CPU machines (see tests/conftest.py); run them with scripts/gpu_check.sh.
+
+A path whose runtime is not installed on the GPU machine (onnxruntime-gpu, TensorRT) is skipped with the
+reason, so the report says what ran and what did not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from export.parity import MIN_COSINE, check_parity, row_cosine
+from export.runtime import load_encoders
+from export.runtime.ort import CUDA_EP, TRT_EP
+
+
+def _require_ep(ep: str) -> None:
+    import onnxruntime
+
+    if ep not in onnxruntime.get_available_providers():
+        pytest.skip(f"{ep} not in this onnxruntime build ({onnxruntime.get_available_providers()}); "
+                    f"install the `gpu` extra")
+
+
+@pytest.mark.gpu
+def test_torch_cuda_matches_cpu(bundled):
+    x = torch.randn(8, 3, *bundled.preprocess.size)
+    with torch.no_grad():
+        cpu = bundled.model.encode_image(x, normalize=True).numpy()
+        gpu_model = bundled.model.to("cuda")
+        try:
+            gpu = gpu_model.encode_image(x.cuda(), normalize=True).cpu().numpy()
+        finally:
+            bundled.model.to("cpu")
+    assert row_cosine(cpu, gpu).min() >= MIN_COSINE["fp32"] - 1e-5  # TF32 may be on
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which,precision", [("bundled_export", "fp32"), ("bundled_export_fp16", "fp16")])
+def test_ort_cuda_parity(which, precision, request, bundled):
+    _require_ep(CUDA_EP)
+    root, _ = request.getfixturevalue(which)
+    enc = load_encoders(root, backend="onnx", device="cuda")
+    assert enc.providers[0] in (CUDA_EP, TRT_EP)
+    report = check_parity(bundled, enc, precision, n_shapes=32)
+    assert report.passed, report.table()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_ort_cuda_io_binding_batches(bundled_export, batch):
+    _require_ep(CUDA_EP)
+    cpu = load_encoders(bundled_export[0], device="cpu")
+    gpu = load_encoders(bundled_export[0], device="cuda")
+    x = np.random.default_rng(0).standard_normal((batch, 3, 64, 64), dtype=np.float32)
+    assert row_cosine(cpu.encode_image(x), gpu.encode_image(x)).min() >= 0.9999
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_engines_build_and_match(bundled_export, bundled, tmp_path):
+    from export.tensorrt_build import BuildOptions, Profile, build_tensorrt_export
+
+    out = tmp_path / "trt"
+    manifest = build_tensorrt_export(bundled_export[0], out, BuildOptions(profile=Profile(1, 16, 64)))
+    assert manifest.kind == "tensorrt" and manifest.parity["passed"]
+    enc = load_encoders(out, backend="tensorrt", device="cuda")
+    assert enc.max_batch == 64
+    x = np.random.default_rng(0).standard_normal((100, 3, 64, 64), dtype=np.float32)  # > max: chunked
+    ref = load_encoders(bundled_export[0]).encode_image(x)
+    assert row_cosine(enc.encode_image(x), ref).min() >= 0.9999
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_engines_from_onnx_are_cached_across_restarts(bundled_export, copy_export):
+    root = copy_export(bundled_export[0])
+    load_encoders(root, backend="tensorrt", device="cuda", max_batch=32)
+    engine = root / "cache" / "tensorrt" / "image.engine"
+    built = engine.stat().st_mtime_ns
+    enc = load_encoders(root, backend="tensorrt", device="cuda", max_batch=32)  # a "restart"
+    assert engine.stat().st_mtime_ns == built
+    assert (root / "cache" / "tensorrt" / "timing.cache").is_file()
+    tokens = enc.tokenizer()(["a red circle"]).numpy()  # batch 1: padded to the profile's min if needed
+    assert enc.encode_text(tokens).shape == (1, 128)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_ort_tensorrt_ep_parity(bundled_export, bundled):
+    _require_ep(TRT_EP)
+    enc = load_encoders(bundled_export[0], backend="onnx", device="cuda", max_batch=64)
+    assert enc.providers[0] == TRT_EP
+    report = check_parity(bundled, enc, "fp32", n_shapes=16)
+    assert report.passed, report.table()
+
+
+def test_gpu_check_reports_every_path_and_why_not(bundled_dir, tmp_path, capsys, monkeypatch):
+    """The GPU report's own logic, on CPU: every path is listed, and one that cannot run says why."""
+    from export import gpu_check
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine scripts/gpu_check.sh runs the real thing")
+    monkeypatch.setattr(gpu_check, "BATCHES", (1, 2))
+    report = gpu_check.run(tmp_path, seconds=0.01, model=str(bundled_dir))
+    names = [r["path"] for r in report["results"]]
+    assert sorted(names) == sorted(f"{p} {q}" for p in gpu_check.PATHS for q in ("fp32", "fp16"))
+    assert all(not r["ran"] and r["why_not"] for r in report["results"])
+    out = capsys.readouterr().out
+    assert "torch-CUDA fp32" in out and "NOT RUN: RuntimeError: torch.cuda.is_available() is False" in out
+    assert "ORT-CUDA fp32" in out and "clip-serve[gpu]" in out
