@@ -4,8 +4,8 @@ the model cannot be loaded."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
-import signal
 import sys
 
 import uvicorn
@@ -88,5 +88,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    # SIGPIPE stays ignored (Python's default): a client that resets its connection while we write the answer
+    # must give that one request an EPIPE, not kill the process. faulthandler prints a traceback on a crash in
+    # native code (ONNX Runtime, libjpeg) instead of a silent exit.
+    faulthandler.enable()
     sys.exit(main())

@@ -1,0 +1,49 @@
+"""A client that resets its connection (load balancers, killed indexing jobs, benchmark workers stopping) costs
+that one request and nothing else: the process must not die of SIGPIPE when it writes to the dead socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from pathlib import Path
+
+import httpx
+
+SIGPIPE_BIT = 1 << (13 - 1)  # SIGPIPE is signal 13; /proc/<pid>/status SigIgn bit n-1
+
+
+def ignored_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigIgn line")
+
+
+def test_the_server_process_ignores_sigpipe(server):
+    assert ignored_signals(server.proc.pid) & SIGPIPE_BIT, "SIGPIPE is not ignored: a client reset can kill the server"
+
+
+def send_then_reset(port: int, body: bytes, wait_s: float) -> None:
+    """Send one full request, wait a little (the answer is being computed or written), then RST the connection."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(wait_s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+    finally:
+        s.close()
+
+
+def test_connections_reset_mid_answer_leave_the_server_serving(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    # large answers (many 128-d embeddings) so the server is still writing when the reset arrives
+    body = json.dumps({"texts": [f"a red circle number {i}" for i in range(256)]}).encode()
+    for i in range(40):
+        send_then_reset(port, body, wait_s=(i % 8) * 0.005)
+    assert server.proc.poll() is None, f"the server died:\n{server.log()}"
+    r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
