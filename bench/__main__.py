@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     backend, extra_env, precision = served_setup(device)
     results: dict = {"quick": args.quick, "device": device, "machine": machine.describe(), "load_average": {},
-                     "encoder": [], "served": {}, "ratios": {}, "not_run": []}
+                     "encoder": [], "served": {}, "ratios": {}, "not_run": [], "errors": []}
     print("machine:", machine.summary(results["machine"]))
     if results["machine"]["load_average_at_start"] and \
             results["machine"]["load_average_at_start"][0] > 0.5 * results["machine"]["cores"]:
@@ -100,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             text_rate = max((r["items_per_s"] for r in results["encoder"]
                              if (r["model"], r["backend"], r["tower"]) == (key, backend, "text")), default=None)
             only = None if key == cfg["served"][0] else ("image-224", "classify-10x80", "classify-1000x80")
-            results["served"][key] = served.measure(m, backend, cfg["budget"], raw, text_rate, extra_env,
-                                                    quick=args.quick, only=only)
+            try:
+                results["served"][key] = served.measure(m, backend, cfg["budget"], raw, text_rate, extra_env,
+                                                        quick=args.quick, only=only)
+            except Exception as exc:  # noqa: BLE001 - keep what the other stages measured, say what failed
+                results["errors"].append(f"served {key}: {type(exc).__name__}: {exc}"[:500])
+                print(f"error: served {key} failed: {exc!r}; its results are left out", file=sys.stderr)
     for key, s in results["served"].items():
         results["ratios"][key] = ratios.compute(results["encoder"], s, results.get("decode", {}), key)
     if device == "cpu":
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nratios ({key}, {r['backend']}):\n" + ratios.table(r))
     print(f"\nwrote {', '.join(str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f) for f in files)} "
           f"in {results['seconds']:.0f}s")
-    return 0
+    return 1 if results["errors"] else 0
 
 
 if __name__ == "__main__":

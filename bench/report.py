@@ -70,6 +70,8 @@ def write(results: dict, out: Path) -> list[Path]:
     if results.get("decode"):
         md += ["## 1920×1080 JPEG preprocessing: reduced-size vs full decoding", "", results["decode"]["image"], "",
                decode_table(results["decode"]), ""]
+    if results.get("errors"):
+        md += ["## Errors", ""] + [f"- {x}" for x in results["errors"]] + [""]
     if results.get("not_run"):
         md += ["## Not run", ""] + [f"- {x}" for x in results["not_run"]] + [""]
     (out / "results.md").write_text("\n".join(md))

@@ -12,6 +12,7 @@ Scenarios (one server per configuration, default settings unless named):
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -26,11 +27,12 @@ from bench import load
 from bench.assets import BenchModel, photo_jpegs
 from bench.load import Request
 from bench.machine import OtherLoad, own_cpu_seconds
-from bench.server import BenchServer, batch_histogram, mean_batch
+from bench.server import BenchServer, batch_histogram, mean_batch, metric
 
 log = logging.getLogger("bench.served")
 
 OPENAI_TEMPLATES = 80
+LABELSET_SIZES = (10, 1000)  # labels in the cached label sets (x 80 templates)
 
 
 @dataclass
@@ -71,15 +73,20 @@ def image_request(blobs: list[bytes]) -> load.RequestFactory:
 
 
 def text_request(run_id: str) -> load.RequestFactory:
+    unique = itertools.count()  # across points too: a text seen before would be a cache hit
+
     def make(n: int) -> Request:
-        return Request("/embed/text", json.dumps({"texts": [f"a photo of object {run_id}-{n}"]}).encode(),
+        return Request("/embed/text", json.dumps({"texts": [f"a photo of object {run_id}-{next(unique)}"]}).encode(),
                        "application/json")
     return make
 
 
 def classify_cold_request(blobs: list[bytes], run_id: str, n_labels: int = 10) -> load.RequestFactory:
+    unique = itertools.count()
+
     def make(n: int) -> Request:
-        labels = [(f"labels", f"thing {run_id}-{n}-{k}", None) for k in range(n_labels)]
+        u = next(unique)
+        labels = [("labels", f"thing {run_id}-{u}-{k}", None) for k in range(n_labels)]
         body, ctype = load.multipart([("file", blobs[n % len(blobs)], "photo.jpg"), *labels])
         return Request("/classify", body, ctype)
     return make
@@ -122,6 +129,8 @@ def run_scenario(server: BenchServer, s: Scenario, budget: Budget) -> ScenarioRe
             point["client_cpu_ms_per_item"] = round(1000 * p.client_cpu_s / p.total_items, 2) if p.total_items else None
             point["mean_batch"] = mean_batch(before, after, s.modality)
             point["batch_histogram"] = batch_histogram(before, after, s.modality)
+            point["text_cache_hits"] = int(metric(after, "clip_cache_hits_total", cache="text") -
+                                           metric(before, "clip_cache_hits_total", cache="text"))
             out.points.append(point)
             tqdm.write(f"  {s.name:<16} {p.line()}  mean batch {point['mean_batch']}, server CPU "
                        f"{point['server_cpu_ms_per_item']} ms/item, other processes {other.cores} cores")
@@ -129,8 +138,8 @@ def run_scenario(server: BenchServer, s: Scenario, budget: Budget) -> ScenarioRe
     return out
 
 
-def scenarios(url: str, budget: Budget, text_items_per_s: float | None, quick: bool) -> tuple[list[Scenario], dict]:
-    """The scenario list for one server; label sets are stored first (their build time is reported)."""
+def scenarios(budget: Budget, text_items_per_s: float | None, quick: bool) -> tuple[list[Scenario], dict]:
+    """The scenario list, and why a label-set scenario is left out when building its set would take too long."""
     small, large = photo_jpegs(224, 224), photo_jpegs(1920, 1080)
     run_id = f"{time.time_ns() % 10**9}"
     conc = budget.concurrency
@@ -139,7 +148,7 @@ def scenarios(url: str, budget: Budget, text_items_per_s: float | None, quick: b
            Scenario("text", text_request(run_id), conc, "text"),
            Scenario("classify-cold", classify_cold_request(small, run_id), budget.cold_concurrency)]
     notes: dict = {}
-    for n_labels in (10, 1000):
+    for n_labels in LABELSET_SIZES:
         name = f"classify-{n_labels}x{OPENAI_TEMPLATES}"
         prompts = n_labels * OPENAI_TEMPLATES
         estimate = prompts / text_items_per_s if text_items_per_s else None
@@ -147,11 +156,37 @@ def scenarios(url: str, budget: Budget, text_items_per_s: float | None, quick: b
             notes[name] = (f"not run: building {prompts:,} prompt embeddings would take about {estimate:.0f}s at "
                            f"{text_items_per_s:.0f} texts/s (budget {budget.labelset_build_s:.0f}s)")
             continue
-        seconds = put_labelset(url, f"bench{n_labels}", n_labels)
-        notes[name] = f"label set built once in {seconds:.1f}s ({prompts:,} prompts), then served from cache"
-        out.append(Scenario(name, classify_cached_request(small, f"bench{n_labels}"),
-                            conc if not quick else conc[:2]))
+        out.append(Scenario(name, classify_cached_request(small, f"bench{n_labels}"), conc if not quick else conc[:2]))
     return out, notes
+
+
+def store_labelsets(url: str, todo: list[Scenario]) -> dict:
+    """PUT the label sets the classify-NxT scenarios use; returns how long each took."""
+    notes = {}
+    for s in todo:
+        if s.name.startswith("classify-") and s.name != "classify-cold":
+            n_labels = int(s.name.split("-")[1].split("x")[0])
+            seconds = put_labelset(url, f"bench{n_labels}", n_labels)
+            notes[s.name] = (f"label set built once in {seconds:.1f}s ({n_labels * OPENAI_TEMPLATES:,} prompts), "
+                             f"then served from cache")
+    return notes
+
+
+def run_all(env: dict[str, str], log_path: Path, todo: list[Scenario], budget: Budget, notes: dict) -> dict:
+    """Run scenarios against one server; if it dies, the error carries its exit status and log tail."""
+    out: dict = {}
+    with BenchServer(env, log_path) as server:
+        notes.update(store_labelsets(server.url, todo))
+        out["info"] = httpx.get(server.url + "/info", timeout=30).json()
+        for s in todo:
+            try:
+                out[s.name] = run_scenario(server, s, budget).__dict__
+            except httpx.HTTPError as exc:
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with status {server.proc.returncode} during {s.name}:\n"
+                                       f"{server.log()[-2000:]}") from exc
+                raise
+    return out
 
 
 def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text_items_per_s: float | None = None,
@@ -159,18 +194,16 @@ def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text
             only: Sequence[str] | None = None) -> dict:
     """All scenarios against one server, then image-224 at concurrency 32 with max batch 1 (ratio b)."""
     env = {**model.server_env(backend), **(extra_env or {})}
-    result: dict = {"model": model.key, "backend": backend, "env": env, "scenarios": {}, "notes": {}}
-    with BenchServer(env, raw_dir / f"server-{model.key}-{backend}.log") as server:
-        result["info"] = httpx.get(server.url + "/info", timeout=10).json()
-        todo, result["notes"] = scenarios(server.url, budget, text_items_per_s, quick)
-        for s in todo:
-            if only and s.name not in only:
-                continue
-            result["scenarios"][s.name] = run_scenario(server, s, budget).__dict__
+    todo, notes = scenarios(budget, text_items_per_s, quick)
+    todo = [s for s in todo if not only or s.name in only]
+    scenarios_out = run_all(env, raw_dir / f"server-{model.key}-{backend}.log", todo, budget, notes)
+    result: dict = {"model": model.key, "backend": backend, "env": env, "info": scenarios_out.pop("info"),
+                    "scenarios": scenarios_out, "notes": notes}
     if not only or "image-224-batch1" in only:
-        env1 = {**env, "CLIP_IMAGE_MAX_BATCH": "1"}
-        with BenchServer(env1, raw_dir / f"server-{model.key}-{backend}-batch1.log") as server:
-            c = 32 if 32 in budget.concurrency else max(budget.concurrency)  # ratio b is defined at 32
-            s = Scenario("image-224-batch1", image_request(photo_jpegs(224, 224)), (c,))
-            result["scenarios"][s.name] = run_scenario(server, s, budget).__dict__
+        c = 32 if 32 in budget.concurrency else max(budget.concurrency)  # ratio b is defined at 32
+        batch1 = [Scenario("image-224-batch1", image_request(photo_jpegs(224, 224)), (c,))]
+        out = run_all({**env, "CLIP_IMAGE_MAX_BATCH": "1"}, raw_dir / f"server-{model.key}-{backend}-batch1.log",
+                      batch1, budget, result["notes"])
+        out.pop("info")
+        result["scenarios"].update(out)
     return result
