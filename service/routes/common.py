@@ -14,7 +14,6 @@ from service.schemas import ErrorResponse
 from service.settings import Settings
 
 T = TypeVar("T")
-POLL_S = 0.05
 
 
 class ClientGone(ApiError):
@@ -34,19 +33,30 @@ def engine(request: Request) -> Engine:
 
 
 async def until_done_or_gone(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (so its queued items are dropped) if the client disconnects."""
+    """Await `work`, cancelling it (so its queued items are dropped) if the client disconnects.
+
+    Waits on the ASGI disconnect message instead of polling: polling every 50 ms cost about a fifth of a
+    core with 128 requests waiting (docs/benchmarks/README.md). Call it only after the body has been read.
+    """
     task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                raise ClientGone("client closed the connection")
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        if gone.exception() is None:
+            raise ClientGone("client closed the connection")
+        return await task  # the connection could not be watched: just wait for the work
     finally:
-        if not task.done():
-            task.cancel()
+        for t in (task, gone):
+            if not t.done():
+                t.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has gone: once the body is read, the next ASGI message is http.disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def check_count(kind: str, n: int, limit: int, setting: str) -> None:

@@ -47,3 +47,31 @@ def test_connections_reset_mid_answer_leave_the_server_serving(server):
     r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
     assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_client_that_leaves_gets_its_queued_work_dropped(bundled_dir, tmp_path):
+    """Texts still queued when their client closes the connection are not encoded (clip_dropped_total), the
+    request is logged as 499, and the server goes on serving."""
+    from tests.service.server import ServerProcess, metric_value
+
+    n = 2000
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_TEXT_MAX_BATCH": "1", "CLIP_MAX_QUEUE": str(n),
+                            "CLIP_MAX_TEXTS_PER_REQUEST": str(n)}, tmp_path / "server.log").wait_ready()
+    try:
+        body = json.dumps({"texts": [f"a green star number {i}" for i in range(n)]}).encode()
+        s = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10)
+        s.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.3)  # admitted and queued; one text per encoder call takes well over a second for 2000
+        s.close()
+        deadline = time.monotonic() + 30
+        while (dropped := metric_value(httpx.get(server.url + "/metrics").text, "clip_dropped_total",
+                                       modality="text")) == 0:
+            assert time.monotonic() < deadline, f"nothing was dropped:\n{server.log()}"
+            time.sleep(0.1)
+        assert 0 < dropped < n
+        r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
+        assert r.status_code == 200
+        assert '"status": 499' in server.log()
+    finally:
+        server.stop()
