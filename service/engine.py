@@ -24,6 +24,19 @@ from service.settings import Settings
 from service.templates import prompts_for
 
 MB = 1024 * 1024
+# ONNX Runtime on CPU gains nothing from batches above 8, and served ViT-B-32 lost throughput at larger ones
+# (images 16.7 vs 12.8/s, texts 21.6 vs 12.7/s at 128 clients); docs/benchmarks/README.md
+ORT_CPU_MAX_BATCH = 8
+
+
+def max_batch(settings: Settings, backend: Backend, modality: str) -> int:
+    """CLIP_{IMAGE,TEXT}_MAX_BATCH capped by the engine's own limit; left unset, 8 for ONNX Runtime on CPU."""
+    field = f"{modality}_max_batch"
+    limit = getattr(settings, field)
+    where = (getattr(backend, "name", None), getattr(backend, "device", None))
+    if field not in settings.model_fields_set and where == ("onnx", "cpu"):
+        limit = min(limit, ORT_CPU_MAX_BATCH)
+    return min(limit, backend.max_batch or limit)
 
 
 class Engine:
@@ -36,8 +49,7 @@ class Engine:
         self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
         self.preprocessor = ImagePreprocessor(backend.preprocess, settings.max_image_pixels,
                                               settings.reduced_jpeg_decode)
-        image_max = min(settings.image_max_batch, backend.max_batch or settings.image_max_batch)
-        text_max = min(settings.text_max_batch, backend.max_batch or settings.text_max_batch)
+        image_max, text_max = max_batch(settings, backend, "image"), max_batch(settings, backend, "text")
         common = dict(metrics=metrics, max_queue=settings.max_queue, on_fatal=on_fatal)
         self.images = Batcher("image", backend.encode_image, inference_pool, max_batch=image_max,
                               max_wait_s=settings.image_max_wait_ms / 1000, **common)
