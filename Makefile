@@ -34,6 +34,10 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
 	  else echo "note: install Debian's 'chromium' and 'chromium-driver' packages for the browser tests"; fi; fi
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	  else echo "note: install Debian's 'wrk' package for the wrk cross-check of the benchmarks"; fi; fi
 
 serve: $(STAMP)
 	CLIP_HOST=$(HOST) CLIP_PORT=$(PORT) $(PY) -m service
