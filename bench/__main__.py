@@ -56,7 +56,7 @@ def resolve_device(device: str) -> str:
 def served_setup(device: str) -> tuple[str, dict[str, str], str]:
     """(backend, extra env, precision): ONNX Runtime on CPU; torch fp16 on a GPU (the issue's GPU target)."""
     if device == "cuda":
-        return "torch", {"CLIP_DEVICE": "cuda", "CLIP_PRECISION": "fp16"}, "fp16"
+        return "torch", {"CLIP_DEVICE": "cuda", "CLIP_PRECISION": "fp16", "CLIP_JPEG_DECODE": "cuda"}, "fp16"
     return "onnx", {"CLIP_DEVICE": "cpu"}, "fp32"
 
 

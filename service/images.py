@@ -98,9 +98,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def decode(data: bytes, max_pixels: int, reduce_for: int | None = None) -> Image.Image:
-    """Bytes -> upright RGB PIL image (first frame). `reduce_for`: target side for reduced JPEG decoding."""
-    img = open_image(data, max_pixels)
+def decode(data: bytes, max_pixels: int, reduce_for: int | None = None,
+           img: Image.Image | None = None) -> Image.Image:
+    """Bytes -> upright RGB PIL image (first frame). `reduce_for`: target side for reduced JPEG decoding;
+    `img`: the result of open_image(data) when the caller has it already."""
+    img = img or open_image(data, max_pixels)
     if reduce_for:
         draft_for(img, reduce_for)
     try:
@@ -117,12 +119,24 @@ def decode(data: bytes, max_pixels: int, reduce_for: int | None = None) -> Image
 class ImagePreprocessor:
     """Bytes -> float32 [3, H, W] exactly as the model's own open_clip transform produces."""
 
-    def __init__(self, pre: PreprocessConfig, max_pixels: int, reduced_jpeg_decode: bool = True):
+    def __init__(self, pre: PreprocessConfig, max_pixels: int, reduced_jpeg_decode: bool = True,
+                 jpeg_decode: str = "cpu"):
         self.pre, self.max_pixels = pre, max_pixels
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns (= errors, see above) past this; one cap per process
         self.reduce_for = min(pre.size) if reduced_jpeg_decode else None
         self._transform: Callable = eval_transform(pre)
+        self.jpeg_on_device: Callable[[bytes], np.ndarray] | None = None
+        if jpeg_decode != "cpu":  # CLIP_JPEG_DECODE=cuda: nvJPEG, see service/jpeg_tensor.py
+            from service.jpeg_tensor import TensorJpegPreprocessor
+
+            self.jpeg_on_device = TensorJpegPreprocessor(pre, jpeg_decode)
 
     def __call__(self, data: bytes) -> np.ndarray:
-        img = decode(data, self.max_pixels, self.reduce_for)
+        img = open_image(data, self.max_pixels)  # format and pixel cap from the header, before any decoding
+        if self.jpeg_on_device is not None and img.format == "JPEG":
+            try:
+                return self.jpeg_on_device(data)
+            except RuntimeError:
+                pass  # nvJPEG refused it (CMYK, unusual sampling, corrupt): Pillow decodes it or names the error
+        img = decode(data, self.max_pixels, self.reduce_for, img)
         return self._transform(img).numpy().astype(np.float32, copy=False)  # [3, H, W]

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_templates: int = Field(100, ge=1, description="templates per classify / label set")
     max_image_pixels: int = Field(40_000_000, ge=1, description="pixel cap checked before decoding -> 413")
     reduced_jpeg_decode: bool = Field(True, description="decode large JPEGs at reduced size (Pillow draft)")
+    jpeg_decode: Literal["cpu", "cuda"] = Field("cpu", description="where JPEGs are decoded: cpu (Pillow) or "
+                                                 "cuda (nvJPEG; needs a CUDA device; not yet run on a GPU)")
 
     # --- network / security --------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
@@ -96,6 +98,8 @@ class Settings(BaseSettings):
                              f"`python -m export onnx ...`)")
         if self.pretrained and self.checkpoint:
             raise ValueError("set CLIP_PRETRAINED or CLIP_CHECKPOINT, not both")
+        if self.jpeg_decode == "cuda" and self.device == "cpu":
+            raise ValueError("CLIP_JPEG_DECODE=cuda needs a CUDA device (CLIP_DEVICE=cuda or auto)")
         if self.allow_urls and not self.url_allowed_hosts:
             raise ValueError("CLIP_ALLOW_URLS=true needs CLIP_URL_ALLOWED_HOSTS (e.g. 'images.example.com', "
                              "'*.example.com', or '*' for any public host)")

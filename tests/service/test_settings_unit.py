@@ -58,3 +58,9 @@ def test_onnx_on_cpu_caps_batches_at_8_unless_the_user_sets_them(monkeypatch):
     assert max_batch(s, trt, "text") == 16  # the engine's own profile limit wins
     monkeypatch.setenv("CLIP_IMAGE_MAX_BATCH", "32")
     assert max_batch(Settings(), ort_cpu, "image") == 32  # set explicitly: respected
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"CLIP_{name.upper()}" for name in Settings.model_fields if f"`CLIP_{name.upper()}`" not in readme]
+    assert not missing, f"settings missing from README's table: {missing}"
