@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("service.errors")
 
@@ -85,6 +86,12 @@ class BackendFailure(ApiError):
     status, type = 503, "backend_error"
 
 
+class ClientGone(ApiError):
+    """The client closed the connection before its answer (nginx's 499): logged and counted, never sent."""
+
+    status, type = 499, "client_closed_request"
+
+
 def error_body(type_: str, message: str) -> dict:
     return {"error": {"type": type_, "message": message}}
 
@@ -131,6 +138,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc, request.url.path)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_disconnect(request: Request, exc: ClientDisconnect):  # left while sending the body
+        return error_response(ClientGone("client closed the connection while sending the body"), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

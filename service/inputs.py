@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ApiError, BadInput, InvalidField, PayloadTooLarge, UnsupportedMedia
 from service.urls import ByteBudget
@@ -133,7 +133,7 @@ async def read_multipart(request: Request, max_files: int, max_fields: int) -> P
     """multipart/form-data: parts named `file` are images; other parts are fields (repeatable)."""
     try:
         form = await request.form(max_files=max_files + 1, max_fields=max_fields + 16)
-    except ApiError:  # e.g. BodyLimit's 413 raised while the body streams in: keep its status
+    except (ApiError, ClientDisconnect):  # BodyLimit's 413 while the body streams in, or the client left: as is
         raise
     except Exception as exc:  # python-multipart raises several types for malformed bodies
         msg = str(exc)

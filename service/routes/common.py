@@ -8,16 +8,12 @@ from typing import Any, Awaitable, TypeVar
 from fastapi import Request
 
 from service.engine import Engine
-from service.errors import ApiError, InvalidField, PayloadTooLarge
+from service.errors import ClientGone, InvalidField, PayloadTooLarge
 from service.lifecycle import Lifecycle
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
 T = TypeVar("T")
-
-
-class ClientGone(ApiError):
-    status, type = 499, "client_closed_request"
 
 
 def lifecycle(request: Request) -> Lifecycle:

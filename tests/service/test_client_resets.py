@@ -4,6 +4,7 @@ that one request and nothing else: the process must not die of SIGPIPE when it w
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import time
@@ -75,3 +76,32 @@ def test_a_client_that_leaves_gets_its_queued_work_dropped(bundled_dir, tmp_path
         assert '"status": 499' in server.log()
     finally:
         server.stop()
+
+
+def statuses(server, path: str) -> list[int]:
+    """Statuses of every access-log line for `path` so far (the whole log, not server.log()'s tail)."""
+    log = server.log_path.read_text(errors="replace")
+    return [int(m) for m in re.findall(r'"path": "%s".*?"status": (\d+)' % re.escape(path), log)]
+
+
+def test_a_client_that_leaves_mid_body_is_logged_499_not_a_client_error(server):
+    """Half a multipart or JSON body, then the connection closes: that is the client leaving (499), not a
+    malformed request (400) nor a server error (500)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    start = len(server.log_path.read_text(errors="replace"))
+    cases = [("/embed/image", "multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; '
+              b'name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\xff\xe0' + b"\0" * 1000),
+             ("/embed/text", "application/json", b'{"texts": ["a red ci')]
+    for path, ctype, partial in cases:
+        before = statuses(server, path)
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: 100000\r\n\r\n"
+                  .encode() + partial)
+        time.sleep(0.2)
+        s.close()
+        deadline = time.monotonic() + 10
+        while len(statuses(server, path)) == len(before):
+            assert time.monotonic() < deadline, f"no access-log line for {path}:\n{server.log()[-3000:]}"
+            time.sleep(0.05)
+        assert statuses(server, path)[len(before):] == [499], server.log()[-3000:]
+    assert "unhandled error" not in server.log_path.read_text(errors="replace")[start:]
