@@ -1,4 +1,6 @@
-"""The real server (`python -m service`) in a child process on a loopback port, with memory and metrics probes."""
+"""The real server (`python -m service`) in a child process on a loopback port, with memory and metrics probes.
+
+The tests start their servers with the same class (tests/service/server.py)."""
 
 from __future__ import annotations
 
@@ -95,8 +97,8 @@ class MemoryProbe:
 class BenchServer:
     """`python -m service` with CLIP_* settings from `env` (CLIP_THREADS defaults to all cores)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, cmd: list[str] | None = None):
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, cmd: list[str] | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +159,9 @@ class BenchServer:
 
     def memory(self) -> MemoryProbe:
         return MemoryProbe(self.proc.pid)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
