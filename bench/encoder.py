@@ -7,7 +7,6 @@ same thread count the server uses. This is the ceiling the served numbers are di
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from bench.assets import BenchModel
 from bench.machine import OtherLoad, cores, own_cpu_seconds
+from export.bench import time_calls  # one warm-up call, then timed calls for `seconds`
 
 log = logging.getLogger("bench.encoder")
 
@@ -34,18 +34,6 @@ class EncoderRow:
     ms_per_batch: float  # median
     calls: int  # timed calls behind the median
     other_processes_cores: float | None = None  # cores other processes kept busy meanwhile (0 = quiet)
-
-
-def time_calls(encode: Encode, x: np.ndarray, seconds: float, min_calls: int = 2) -> tuple[float, int]:
-    """(median seconds per call, calls): one warm-up call, then calls until `seconds` pass (at least min_calls)."""
-    encode(x)  # warm-up: lazy allocation, ORT arena growth, oneDNN primitive caches
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        encode(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), len(times)
 
 
 def encoders(model: BenchModel, backend: str, device: str, threads: int, precision: str = "fp32") -> dict[str, Encode]:
@@ -97,7 +85,8 @@ def measure(model: BenchModel, backends: Sequence[str] = ("torch", "onnx"), towe
         if backend not in loaded:
             loaded[backend] = encoders(model, backend, device, threads, precision if backend == "torch" else "fp32")
         with OtherLoad(own_cpu_seconds) as other:
-            sec, calls = time_calls(loaded[backend][tower], data[batch][tower], seconds)
+            times = time_calls(loaded[backend][tower], data[batch][tower], seconds, min_calls=2)
+            sec, calls = float(np.median(times)), len(times)
         prec = precision if backend == "torch" else "fp32"
         rows.append(EncoderRow(model.key, backend, device, prec, tower, batch, batch / sec, sec * 1000, calls,
                                other.cores))
