@@ -9,6 +9,9 @@ path on real photos, running the same code with `device="cpu"`.
 NOT YET RUN ON A GPU: no GPU was available while this was written; the CUDA device path is exercised only by
 the `gpu`-marked tests (scripts/gpu_check.sh). Header checks (format, pixel cap) stay in Pillow, before any
 decoding; a JPEG nvJPEG refuses (CMYK, unusual sampling) falls back to the Pillow path, which gives the error.
+Images are decoded one per call, from the preprocessing threads. Handing nvJPEG a list of images per call
+(batched decoding, which can also move Huffman decoding onto the GPU) is the next step once a GPU run shows
+where the time goes.
 """
 
 from __future__ import annotations
