@@ -52,6 +52,7 @@ class Scenario:
     make: load.RequestFactory
     concurrency: Sequence[int]
     modality: str = "image"  # whose batch sizes to record
+    labelset: int = 0  # labels of the stored label set `bench<N>` it classifies against (0: none)
 
 
 @dataclass
@@ -156,7 +157,8 @@ def scenarios(budget: Budget, text_items_per_s: float | None, quick: bool) -> tu
             notes[name] = (f"not run: building {prompts:,} prompt embeddings would take about {estimate:.0f}s at "
                            f"{text_items_per_s:.0f} texts/s (budget {budget.labelset_build_s:.0f}s)")
             continue
-        out.append(Scenario(name, classify_cached_request(small, f"bench{n_labels}"), conc if not quick else conc[:2]))
+        out.append(Scenario(name, classify_cached_request(small, f"bench{n_labels}"), conc if not quick else conc[:2],
+                            labelset=n_labels))
     return out, notes
 
 
@@ -164,20 +166,21 @@ def store_labelsets(url: str, todo: list[Scenario]) -> dict:
     """PUT the label sets the classify-NxT scenarios use; returns how long each took."""
     notes = {}
     for s in todo:
-        if s.name.startswith("classify-") and s.name != "classify-cold":
-            n_labels = int(s.name.split("-")[1].split("x")[0])
-            seconds = put_labelset(url, f"bench{n_labels}", n_labels)
-            notes[s.name] = (f"label set built once in {seconds:.1f}s ({n_labels * OPENAI_TEMPLATES:,} prompts), "
+        if s.labelset:
+            seconds = put_labelset(url, f"bench{s.labelset}", s.labelset)
+            notes[s.name] = (f"label set built once in {seconds:.1f}s ({s.labelset * OPENAI_TEMPLATES:,} prompts), "
                              f"then served from cache")
     return notes
 
 
-def run_all(env: dict[str, str], log_path: Path, todo: list[Scenario], budget: Budget, notes: dict) -> dict:
-    """Run scenarios against one server; if it dies, the error carries its exit status and log tail."""
+def run_all(env: dict[str, str], log_path: Path, todo: list[Scenario], budget: Budget,
+            notes: dict) -> tuple[dict, dict]:
+    """Run scenarios against one server -> (its /info, results by scenario name). If the server dies, the
+    error carries its exit status and log tail."""
     out: dict = {}
     with BenchServer(env, log_path) as server:
         notes.update(store_labelsets(server.url, todo))
-        out["info"] = httpx.get(server.url + "/info", timeout=30).json()
+        info = httpx.get(server.url + "/info", timeout=30).json()
         for s in todo:
             try:
                 out[s.name] = run_scenario(server, s, budget).__dict__
@@ -186,7 +189,7 @@ def run_all(env: dict[str, str], log_path: Path, todo: list[Scenario], budget: B
                     raise RuntimeError(f"the server exited with status {server.proc.returncode} during {s.name}:\n"
                                        f"{server.log()[-2000:]}") from exc
                 raise
-    return out
+    return info, out
 
 
 def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text_items_per_s: float | None = None,
@@ -196,14 +199,13 @@ def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text
     env = {**model.server_env(backend), **(extra_env or {})}
     todo, notes = scenarios(budget, text_items_per_s, quick)
     todo = [s for s in todo if not only or s.name in only]
-    scenarios_out = run_all(env, raw_dir / f"server-{model.key}-{backend}.log", todo, budget, notes)
-    result: dict = {"model": model.key, "backend": backend, "env": env, "info": scenarios_out.pop("info"),
+    info, scenarios_out = run_all(env, raw_dir / f"server-{model.key}-{backend}.log", todo, budget, notes)
+    result: dict = {"model": model.key, "backend": backend, "env": env, "info": info,
                     "scenarios": scenarios_out, "notes": notes}
     if not only or "image-224-batch1" in only:
         c = 32 if 32 in budget.concurrency else max(budget.concurrency)  # ratio b is defined at 32
         batch1 = [Scenario("image-224-batch1", image_request(photo_jpegs(224, 224)), (c,))]
-        out = run_all({**env, "CLIP_IMAGE_MAX_BATCH": "1"}, raw_dir / f"server-{model.key}-{backend}-batch1.log",
-                      batch1, budget, result["notes"])
-        out.pop("info")
+        _, out = run_all({**env, "CLIP_IMAGE_MAX_BATCH": "1"}, raw_dir / f"server-{model.key}-{backend}-batch1.log",
+                         batch1, budget, result["notes"])
         result["scenarios"].update(out)
     return result
