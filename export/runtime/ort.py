@@ -9,12 +9,14 @@ session options) is off.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from export.cache_files import exclusive_lock
 from export.errors import GPU_EXTRA, ExportError
 from export.manifest import GraphSpec
 from export.runtime.deps import require_onnxruntime
@@ -107,7 +109,8 @@ class OrtTower:
         why = "; ".join(w for w in (why, skipped) if w)
         cache = (cache_dir or path.parent / "cache") / "ort-trt"
         opts = [provider_options(p, cache, spec.input, spec.input_shape, max_batch, precision) for p in wanted]
-        self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision)
+        with _engine_cache_lock(cache if TRT_EP in wanted else None):
+            self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision)
         self.providers: list[str] = self.session.get_providers()  # what ORT actually enabled
         _require_started(ort, path, wanted, self.providers)
         _log_choice(path, device, wanted, self.providers, why)
@@ -131,6 +134,12 @@ class OrtTower:
         binding.bind_output(self.output_name, "cuda")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
+
+
+def _engine_cache_lock(cache: Path | None):
+    """The TensorRT EP builds its engines while the session is created and writes them into `cache` itself, not
+    atomically: replicas sharing the cache take turns, so the later ones load finished engines."""
+    return exclusive_lock(cache, "building ONNX Runtime TensorRT engines") if cache else contextlib.nullcontext()
 
 
 def _open_session(ort: Any, path: Path, providers: list, threads: int, precision: str):

@@ -97,6 +97,29 @@ def test_without_tensorrt_libraries_the_tensorrt_ep_is_skipped_and_says_why(grap
     assert "TensorrtExecutionProvider skipped: TensorRT libraries not loadable" in caplog.text
 
 
+def test_tensorrt_ep_sessions_are_created_under_the_engine_cache_lock(graph, fake_trt_libs, monkeypatch, tmp_path):
+    """ORT's TensorRT EP writes its engine cache itself while the session is created: replicas take turns."""
+    import fcntl
+
+    held: list[bool] = []
+    fake = FakeOrt([TRT_EP, CUDA_EP, CPU_EP], {TRT_EP, CUDA_EP}, fake_trt_libs)
+    make = fake.InferenceSession
+
+    def session(*args, **kwargs):
+        with open(tmp_path / "cache" / "ort-trt" / ".build.lock", "a+b") as f:  # another replica's attempt
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return make(*args, **kwargs)
+
+    fake.InferenceSession = session
+    use(monkeypatch, fake)
+    OrtTower(graph, SPEC, device="cuda", cache_dir=tmp_path / "cache")
+    assert held == [True]
+
+
 def test_a_provider_that_did_not_start_is_an_error(graph, monkeypatch):
     """ORT skips a provider whose CUDA/cuDNN libraries fail to load with a warning only; here that is an error."""
     use(monkeypatch, FakeOrt([CUDA_EP, CPU_EP], set(), []))
