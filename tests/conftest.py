@@ -22,10 +22,10 @@ def pytest_collection_modifyitems(config, items):
     Runtime's TensorRT provider work in tests while the server (which never imports tensorrt) falls back."""
     has_cuda = torch.cuda.is_available()
     has_trt = tensorrt_installed()
-    for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+    for item in items:  # markers, not keywords: keywords also hold directory names (tests/gpu)
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "tensorrt" in item.keywords and not has_trt:
+        if item.get_closest_marker("tensorrt") and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install '.[gpu]')"))
 
 
