@@ -23,6 +23,7 @@ import re
 import sys
 from typing import Any
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 TENSORRT_LIBS = "tensorrt_libs"  # module of pip's tensorrt-cuXX-libs wheel
 NVINFER = "libnvinfer.so.10"  # what ORT's TensorRT provider links (the `gpu` extra pins tensorrt < 11)
 
@@ -125,7 +126,10 @@ def check(need_gpu: bool = False, allow_cpu_build: bool = False) -> int:
         return 1 if problems or not allow_cpu_build else 0
     available = ort.get_available_providers()
     print(f"onnxruntime {ort.__version__} (built for CUDA {getattr(ort, 'cuda_version', '') or '-'}): {available}")
-    for provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+    if importlib.util.find_spec("onnx") is None and any(p in available for p in GPU_PROVIDERS):
+        problems.append("onnx is not installed: cannot build the one-node graph that opens a session")
+        available = []
+    for provider in GPU_PROVIDERS:
         if provider not in available:
             print(f"{provider}: not in this onnxruntime build")
             if not allow_cpu_build:

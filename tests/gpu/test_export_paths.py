@@ -27,6 +27,18 @@ def _require_ep(ep: str) -> None:
                     f"install the `gpu` extra")
 
 
+# Session-scoped so that they run before the session-scoped exports they come before in a test's arguments:
+# a machine without the provider skips without paying for an export first.
+@pytest.fixture(scope="session")
+def cuda_ep() -> None:
+    _require_ep(CUDA_EP)
+
+
+@pytest.fixture(scope="session")
+def trt_ep() -> None:
+    _require_ep(TRT_EP)
+
+
 @pytest.mark.gpu
 def test_torch_cuda_matches_cpu(bundled):
     x = torch.randn(8, 3, *bundled.preprocess.size)
@@ -55,8 +67,7 @@ def test_torch_cuda_fp16_as_served_matches_cpu(bundled_dir, bundled):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("which,precision", [("bundled_export", "fp32"), ("bundled_export_fp16", "fp16")])
-def test_ort_cuda_parity(which, precision, request, bundled):
-    _require_ep(CUDA_EP)
+def test_ort_cuda_parity(cuda_ep, which, precision, request, bundled):
     root, _ = request.getfixturevalue(which)
     enc = load_encoders(root, backend="onnx", device="cuda")
     assert enc.providers[0] in (CUDA_EP, TRT_EP)
@@ -66,8 +77,7 @@ def test_ort_cuda_parity(which, precision, request, bundled):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 7, 64])
-def test_ort_cuda_io_binding_batches(bundled_export, batch):
-    _require_ep(CUDA_EP)
+def test_ort_cuda_io_binding_batches(cuda_ep, bundled_export, batch):
     cpu = load_encoders(bundled_export[0], device="cpu")
     gpu = load_encoders(bundled_export[0], device="cuda")
     x = np.random.default_rng(0).standard_normal((batch, 3, 64, 64), dtype=np.float32)
@@ -105,9 +115,8 @@ def test_tensorrt_engines_from_onnx_are_cached_across_restarts(bundled_export, c
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-def test_ort_tensorrt_ep_starts_in_a_process_that_never_imported_tensorrt(bundled_export):
+def test_ort_tensorrt_ep_starts_in_a_process_that_never_imported_tensorrt(trt_ep, bundled_export):
     """The server never imports tensorrt: ORT's TensorRT EP must find TensorRT's libraries by our loading alone."""
-    _require_ep(TRT_EP)
     code = ("import sys; from export.runtime import load_encoders; "
             f"enc = load_encoders({str(bundled_export[0])!r}, backend='onnx', device='cuda', max_batch=8); "
             "assert 'tensorrt' not in sys.modules, 'tensorrt was imported'; print(enc.providers)")
@@ -119,8 +128,7 @@ def test_ort_tensorrt_ep_starts_in_a_process_that_never_imported_tensorrt(bundle
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-def test_ort_tensorrt_ep_parity(bundled_export, bundled):
-    _require_ep(TRT_EP)
+def test_ort_tensorrt_ep_parity(trt_ep, bundled_export, bundled):
     enc = load_encoders(bundled_export[0], backend="onnx", device="cuda", max_batch=64)
     assert enc.providers[0] == TRT_EP
     report = check_parity(bundled, enc, "fp32", n_shapes=16)
