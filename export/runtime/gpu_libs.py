@@ -10,6 +10,9 @@ finds the provider and one that did not (the server) silently runs on the CUDA p
 loads them on purpose, without importing the TensorRT bindings. The CUDA provider needs libcudart, libcublas and
 libcudnn of the CUDA major onnxruntime-gpu was built for; `import torch` loads torch's, so the two must agree.
 The Dockerfile runs this module at image build, so a mismatch fails the build rather than the first request.
+A build has no NVIDIA driver, and onnxruntime-gpu's CUDA provider library links the driver's libcuda.so.1, so
+there the check dlopens what the providers link (CUDA, cuBLAS, cuDNN of onnxruntime's CUDA major, TensorRT's
+files) instead of opening sessions; with a driver it opens a one-node session per provider.
 """
 
 from __future__ import annotations
@@ -21,11 +24,21 @@ import importlib.metadata
 import importlib.util
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 TENSORRT_LIBS = "tensorrt_libs"  # module of pip's tensorrt-cuXX-libs wheel
 NVINFER = "libnvinfer.so.10"  # what ORT's TensorRT provider links (the `gpu` extra pins tensorrt < 11)
+DRIVER = "libcuda.so.1"  # the driver's library; a `docker build` has none (the toolkit mounts it at run time)
+# What each provider's library links, by soname ({M}: onnxruntime's CUDA major), read with readelf from
+# onnxruntime-gpu 1.31 (libcuda.so.1 aside); cuDNN 9 is what ORT's own message requires.
+PROVIDER_LIBS = {
+    "CUDAExecutionProvider": ["libcudart.so.{M}", "libcublasLt.so.{M}", "libcublas.so.{M}", "libcurand.so.10",
+                              "libcudnn.so.9"],
+    "TensorrtExecutionProvider": ["libcudart.so.{M}", "libcublas.so.{M}", "libcudnn.so.9"],
+}
+TENSORRT_FILES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
 
 
 def tensorrt_installed() -> bool:
@@ -100,6 +113,34 @@ def try_provider(ort: Any, provider: str) -> tuple[str, str]:
     return "runs", f"a session runs on {session.get_providers()[0]}"
 
 
+def driver_present() -> bool:
+    try:
+        ctypes.CDLL(DRIVER)
+    except OSError:
+        return False
+    return True
+
+
+def libraries_present(provider: str, cuda_major: str | None) -> tuple[str, str]:
+    """Without a driver ORT cannot even open its CUDA provider library (it links libcuda.so.1), so check what
+    else the provider links instead: ("present" | "missing", what). torch must be imported first (it loads its
+    CUDA libraries, which must be the ones ORT finds)."""
+    missing = []
+    for name in PROVIDER_LIBS[provider]:
+        try:
+            ctypes.CDLL(name.format(M=cuda_major))
+        except OSError as e:
+            missing.append(str(e))
+    if provider == "TensorrtExecutionProvider":
+        spec = importlib.util.find_spec(TENSORRT_LIBS)
+        where = Path(spec.origin).parent if spec and spec.origin else None
+        missing += [f"{f}: not in {TENSORRT_LIBS} ({where or 'not installed'})" for f in TENSORRT_FILES
+                    if where is None or not (where / f).is_file()]
+    if missing:
+        return "missing", "; ".join(missing)
+    return "present", "no driver here (so no session opened); the libraries it links are present"
+
+
 def _tiny_graph() -> bytes:
     """y = x + x on float [1, 4]: enough for a provider to claim a node."""
     from onnx import TensorProto, helper
@@ -107,7 +148,9 @@ def _tiny_graph() -> bytes:
     node = helper.make_node("Add", ["x", "x"], ["y"])
     graph = helper.make_graph([node], "gpu_libs_check", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime 1.14 and later read; newer onnx writes versions older ORTs refuse
+    return model.SerializeToString()
 
 
 def check(need_gpu: bool = False, allow_cpu_build: bool = False) -> int:
@@ -135,6 +178,12 @@ def check(need_gpu: bool = False, allow_cpu_build: bool = False) -> int:
             if not allow_cpu_build:
                 problems.append(f"{provider} is not in onnxruntime {ort.__version__} (is the CPU package "
                                 f"onnxruntime installed beside onnxruntime-gpu? install only one)")
+            continue
+        if not driver_present():
+            status, what = libraries_present(provider, majors["onnxruntime"])
+            print(f"{provider}: {status}: {what}")
+            if status == "missing" or need_gpu:
+                problems.append(f"{provider}: {what}")
             continue
         why_not = preload_tensorrt() if provider == "TensorrtExecutionProvider" else None
         status, what = ("missing", why_not) if why_not else try_provider(ort, provider)

@@ -167,3 +167,28 @@ def test_cuda_major_disagreement_is_named():
     assert gpu_libs.disagreement({"torch": "13", "onnxruntime": "13", "tensorrt": None}) is None
     msg = gpu_libs.disagreement({"torch": "13", "onnxruntime": "12", "tensorrt": "13"})
     assert msg and "onnxruntime built for CUDA 12" in msg and "torch built for CUDA 13" in msg
+
+
+def test_without_a_driver_the_image_check_looks_at_the_linked_libraries(monkeypatch, tmp_path):
+    """A `docker build` has no libcuda.so.1, which onnxruntime-gpu's CUDA provider links: there the check dlopens
+    the CUDA libraries of onnxruntime's CUDA major and looks for TensorRT's files instead of opening sessions."""
+    loadable = {"libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcudnn.so.9"}
+
+    def cdll(name):
+        if name not in loadable:
+            raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(gpu_libs.ctypes, "CDLL", cdll)
+    assert not gpu_libs.driver_present()
+    assert gpu_libs.libraries_present(CUDA_EP, "13")[0] == "present"
+    status, what = gpu_libs.libraries_present(CUDA_EP, "12")  # onnxruntime built for CUDA 12, torch's are 13
+    assert status == "missing" and "libcublas.so.12" in what
+    libs = tmp_path / "tensorrt_libs"
+    libs.mkdir()
+    (libs / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt_libs", raising=False)
+    assert "libnvinfer.so.10: not in tensorrt_libs" in gpu_libs.libraries_present(TRT_EP, "13")[1]
+    for f in gpu_libs.TENSORRT_FILES:
+        (libs / f).write_bytes(b"")
+    assert gpu_libs.libraries_present(TRT_EP, "13")[0] == "present"
