@@ -50,6 +50,13 @@ COPY export ./export
 COPY service ./service
 RUN pip install '.[gpu]' \
  && pip uninstall -y pip
+# Fail the build rather than the first request when torch, onnxruntime-gpu and TensorRT are built for different
+# CUDA majors, or when ONNX Runtime's CUDA / TensorRT provider libraries do not load. There is no GPU during a
+# build, so a provider that loads but cannot start passes (export/runtime/gpu_libs.py); on a GPU host,
+# `python -m export.runtime.gpu_libs --need-gpu` checks that a session really runs. --build-arg GPU_LIBS_CHECK=0
+# skips it (for an onnxruntime-gpu built for another CUDA than torch, on purpose).
+ARG GPU_LIBS_CHECK=1
+RUN if [ "$GPU_LIBS_CHECK" != 0 ]; then python -m export.runtime.gpu_libs; fi
 
 # ---------------------------------------------------------------------------------------------------------
 # CPU runtime.
@@ -92,6 +99,8 @@ RUN apt-get update \
  && mkdir -p /cache \
  && chown clip:clip /cache
 COPY --from=gpu-build /opt/venv /opt/venv
+# NVIDIA_DRIVER_CAPABILITIES: compute (CUDA), utility (nvidia-smi) and video, which mounts the driver's codec
+# libraries that the hardware JPEG decoder behind CLIP_JPEG_DECODE=cuda (nvJPEG) uses.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -103,7 +112,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TORCH_HOME=/cache/torch \
     XDG_CACHE_HOME=/cache/xdg \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 USER clip
 WORKDIR /home/clip
 VOLUME ["/cache"]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from export.manifest import Manifest, SourceSpec, load_tokenizer, read_manifest
 from export.runtime import load_encoders
-from export.source import eager_model_for
+from export.source import eager_model_for, load_source
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,13 @@ def sample_inputs(manifest: Manifest, tokenizer, batch: int) -> dict[str, np.nda
 
 
 def eager_encoders(manifest: Manifest, device: str, source: SourceSpec | None) -> tuple[dict[str, Encode], str]:
-    """numpy-in / numpy-out wrappers of the eager model, on `device`, in the export's precision on GPU."""
-    model = eager_model_for(manifest, source).model.to(device)
-    if device == "cuda" and manifest.precision == "fp16":
-        model = model.half()
-    dtype = next(model.parameters()).dtype
+    """numpy-in / numpy-out wrappers of the eager model, on `device`, in the export's precision on GPU, loaded
+    through models.factory exactly as the torch backend serves it (open_clip's mixed fp16, not model.half())."""
+    loaded = eager_model_for(manifest, source)  # fp32 on CPU: checks it is the export's model (fingerprint)
+    precision = manifest.precision if device == "cuda" else "fp32"
+    if device != "cpu":
+        loaded = load_source(source or manifest.source, device, precision)
+    model, dtype = loaded.model, torch.float16 if precision == "fp16" else torch.float32
 
     @torch.inference_mode()
     def image(x: np.ndarray) -> np.ndarray:
@@ -87,7 +89,7 @@ def eager_encoders(manifest: Manifest, device: str, source: SourceSpec | None) -
     def text(x: np.ndarray) -> np.ndarray:
         return model.encode_text(torch.from_numpy(x).to(device), normalize=True).float().cpu().numpy()
 
-    return {"image": image, "text": text}, f"torch {torch.__version__} {device} {str(dtype).split('.')[-1]}"
+    return {"image": image, "text": text}, f"torch {torch.__version__} {device} {precision}"
 
 
 def bench_export(export_dir: str | Path, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 64),

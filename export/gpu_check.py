@@ -4,8 +4,11 @@
 
 Uses ViT-B-32 with random (seeded) weights, so it needs no download. Every path is tried; one that cannot
 run is reported with the reason (no CUDA, onnxruntime without that provider, TensorRT not installed, ...).
-Each path's line is printed as soon as it finishes, so a run cut short still reports what it reached.
-Called by scripts/gpu_check.sh; budgeted to finish in about four minutes on one GPU.
+torch-CUDA runs first and needs nothing but torch and open_clip; the ONNX export the other paths share is made
+on first use, inside their own error handling, so a machine without onnx or onnxruntime still measures
+torch-CUDA and says why the rest did not run. Each path's line is printed as soon as it finishes, so a run cut
+short still reports what it reached. Called by scripts/gpu_check.sh; budgeted to finish in about four minutes
+on one GPU.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import numpy as np
 import torch
 
 from export.bench import time_encode
+from export.manifest import SourceSpec
 from export.parity import MIN_COSINE, check_parity
 from models.eval import EVAL_TEMPLATES
+from models.factory import LoadedModel
 
 log = logging.getLogger("export.gpu_check")
 
@@ -57,8 +62,12 @@ class PathResult:
 
 
 def environment() -> dict:
-    """What this machine has, in one dict."""
-    env: dict = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+    """What this machine has, in one dict. TensorRT is looked up, not imported (importing it loads libraries that
+    would let ORT's TensorRT provider work here whether or not the server's own loading does)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    env: dict = {"torch": torch.__version__, "torch_cuda": torch.version.cuda,
+                 "cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     try:
@@ -69,29 +78,56 @@ def environment() -> dict:
     except ImportError as e:
         env["onnxruntime"] = f"not installed ({e})"
     try:
-        import tensorrt
-
-        env["tensorrt"] = tensorrt.__version__
-    except ImportError as e:
-        env["tensorrt"] = f"not installed ({e})"
+        env["tensorrt"] = version("tensorrt")
+    except PackageNotFoundError:
+        env["tensorrt"] = "not installed"
     return env
 
 
-def make_exports(work: Path, model: str = "ViT-B-32") -> tuple[object, dict[str, Path]]:
-    """The model exported to ONNX in fp32 (parity-checked on CPU) and fp16 (checked on the GPU paths).
+def model_source(work: Path, model: str = "ViT-B-32") -> tuple[SourceSpec, LoadedModel]:
+    """The model's SourceSpec and its eager fp32 CPU copy, the reference every path is compared with.
 
     "ViT-B-32" gets random (seeded) weights, so nothing is downloaded; anything else is a models.factory
     source such as the bundled checkpoint directory (a quick smoke run).
     """
-    from export.onnx_export import OnnxOptions, export_onnx
     from export.source import load_source, source_spec
 
     spec = _random_vit_b_32(work) if model == "ViT-B-32" else source_spec(model)
-    loaded = load_source(spec)
-    dirs = {"fp32": work / "onnx-fp32", "fp16": work / "onnx-fp16"}
-    export_onnx(loaded, spec, dirs["fp32"], OnnxOptions(parity_shapes=16, parity_templates=EVAL_TEMPLATES[:1]))
-    export_onnx(loaded, spec, dirs["fp16"], OnnxOptions(fp16=True, parity=False))  # checked on the GPU below
-    return loaded, dirs
+    return spec, load_source(spec)
+
+
+class Exports:
+    """ONNX exports in fp32 (parity-checked on CPU) and fp16 (checked on the GPU paths), made on first use.
+
+    A failed export (onnx missing, say) is remembered and raised again for every path that needs it, so each of
+    those paths reports the reason without paying for another attempt."""
+
+    def __init__(self, work: Path, loaded: LoadedModel, spec: SourceSpec) -> None:
+        self.work, self.loaded, self.spec = work, loaded, spec
+        self._made: dict[str, Path] | None = None
+        self._error: Exception | None = None
+
+    def dir(self, precision: str) -> Path:
+        if self._error is not None:
+            raise self._error
+        if self._made is None:
+            try:
+                self._made = self._export()
+            except Exception as e:
+                self._error = RuntimeError(f"ONNX export failed: {type(e).__name__}: {e}")
+                raise self._error from e
+        return self._made[precision]
+
+    def _export(self) -> dict[str, Path]:
+        from export.onnx_export import OnnxOptions, export_onnx
+
+        t0 = time.perf_counter()
+        dirs = {"fp32": self.work / "onnx-fp32", "fp16": self.work / "onnx-fp16"}
+        export_onnx(self.loaded, self.spec, dirs["fp32"],
+                    OnnxOptions(parity_shapes=16, parity_templates=EVAL_TEMPLATES[:1]))
+        export_onnx(self.loaded, self.spec, dirs["fp16"], OnnxOptions(fp16=True, parity=False))  # checked below
+        print(f"exported {self.loaded.model_id} to ONNX fp32 + fp16 in {time.perf_counter() - t0:.0f}s", flush=True)
+        return dirs
 
 
 def _random_vit_b_32(work: Path):
@@ -134,20 +170,22 @@ def _throughput(enc, loaded, result: PathResult, seconds: float) -> None:
 
 
 class TorchEncoders:
-    """Eager model on CUDA behind the Encoders interface (numpy in, numpy out)."""
+    """The torch backend's model on CUDA behind the Encoders interface (numpy in, numpy out): loaded through
+    models.factory in `precision` (open_clip's fp16 keeps LayerNorm in fp32), as service/backends/torch_backend.py
+    loads and calls it."""
 
-    def __init__(self, loaded, precision: str) -> None:
+    def __init__(self, spec: SourceSpec, precision: str) -> None:
         if not torch.cuda.is_available():
-            raise RuntimeError("torch.cuda.is_available() is False (no GPU, or a CPU build of torch)")
-        import copy
+            raise RuntimeError(f"no CUDA: torch.cuda.is_available() is False (torch {torch.__version__}, built for "
+                               f"CUDA {torch.version.cuda}; no GPU, or a CPU build of torch)")
+        from export.source import load_source
 
-        self.model = copy.deepcopy(loaded.model).cuda()
+        self.model = load_source(spec, "cuda", precision).model
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.model = self.model.to(self.dtype)
 
     @torch.inference_mode()
     def encode_image(self, x: np.ndarray) -> np.ndarray:
-        out = self.model.encode_image(torch.from_numpy(x).cuda().to(self.dtype), normalize=True)
+        out = self.model.encode_image(torch.from_numpy(x).to("cuda", self.dtype), normalize=True)
         return out.float().cpu().numpy()
 
     @torch.inference_mode()
@@ -155,33 +193,33 @@ class TorchEncoders:
         return self.model.encode_text(torch.from_numpy(x).cuda(), normalize=True).float().cpu().numpy()
 
 
-def _torch(loaded, precision: str) -> Callable[[], tuple[object, str]]:
-    return lambda: (TorchEncoders(loaded, precision), f"torch {torch.__version__} cuda {precision}")
+def _torch(spec: SourceSpec, precision: str) -> Callable[[], tuple[object, str]]:
+    return lambda: (TorchEncoders(spec, precision), f"torch {torch.__version__} cuda {precision}")
 
 
-def _ort(root: Path, only: str) -> Callable[[], tuple[object, str]]:
+def _ort(exports: Exports, precision: str, only: str) -> Callable[[], tuple[object, str]]:
     def make():
         from export.runtime import load_encoders
         from export.runtime.deps import require_onnxruntime
 
         available = require_onnxruntime().get_available_providers()
-        if only not in available:
+        if only not in available:  # before exporting: the answer costs nothing
             raise RuntimeError(f"{only} not in this onnxruntime build (it has {available}; install the `gpu` "
                                f"extra: pip install 'clip-serve[gpu]')")
-        enc = load_encoders(root, backend="onnx", device="cuda", max_batch=max(BATCHES), ort_providers=[only])
-        if enc.providers[0] != only:
-            raise RuntimeError(f"{only} failed to initialise: onnxruntime runs {enc.providers} (missing CUDA, "
-                               f"cuDNN or TensorRT libraries? see the onnxruntime error above)")
+        enc = load_encoders(exports.dir(precision), backend="onnx", device="cuda", max_batch=max(BATCHES),
+                            ort_providers=[only])  # a provider that does not start raises ExportError
         return enc, ", ".join(enc.providers)
     return make
 
 
-def _trt(root: Path, work: Path) -> Callable[[], tuple[object, str]]:
+def _trt(exports: Exports, precision: str, work: Path) -> Callable[[], tuple[object, str]]:
     def make():
         from export.runtime import load_encoders
+        from export.runtime.deps import require_cuda_torch, require_tensorrt
 
-        enc = load_encoders(root, backend="tensorrt", device="cuda", max_batch=max(BATCHES),
-                            cache_dir=work / f"trt-cache-{root.name}")
+        require_tensorrt(), require_cuda_torch()  # before exporting: the answer costs nothing
+        enc = load_encoders(exports.dir(precision), backend="tensorrt", device="cuda", max_batch=max(BATCHES),
+                            cache_dir=work / f"trt-cache-{precision}")
         return enc, ", ".join(enc.providers)
     return make
 
@@ -189,14 +227,14 @@ def _trt(root: Path, work: Path) -> Callable[[], tuple[object, str]]:
 def run(work: Path, seconds: float, model: str = "ViT-B-32") -> dict:
     env = environment()
     print("environment:", json.dumps(env), flush=True)
-    t0 = time.perf_counter()
-    loaded, dirs = make_exports(work, model)
-    print(f"exported {loaded.model_id} to ONNX fp32 + fp16 in {time.perf_counter() - t0:.0f}s", flush=True)
-    plan = [  # cheap paths first; engine builds (minutes) last, so a cut-short run still reports the rest
-        *[(f"torch-CUDA {p}", _torch(loaded, p), p) for p in ("fp32", "fp16")],
-        *[(f"ORT-CUDA {p}", _ort(dirs[p], "CUDAExecutionProvider"), p) for p in ("fp32", "fp16")],
+    spec, loaded = model_source(work, model)
+    exports = Exports(work, loaded, spec)
+    plan = [  # torch-CUDA first (it needs no export); engine builds (minutes) last, so a cut-short run still
+        # reports the rest; ORT-TensorRT before TensorRT, so ORT finds TensorRT's libraries by its own loading
+        *[(f"torch-CUDA {p}", _torch(spec, p), p) for p in ("fp32", "fp16")],
+        *[(f"ORT-CUDA {p}", _ort(exports, p, "CUDAExecutionProvider"), p) for p in ("fp32", "fp16")],
         *[(f"{name} {p}", make, p) for p in ("fp16", "fp32") for name, make in
-          (("TensorRT", _trt(dirs[p], work)), ("ORT-TensorRT", _ort(dirs[p], "TensorrtExecutionProvider")))],
+          (("ORT-TensorRT", _ort(exports, p, "TensorrtExecutionProvider")), ("TensorRT", _trt(exports, p, work)))],
     ]
     results = [measure(name, loaded, make, p, seconds) for name, make, p in plan]
     return {"environment": env, "model": loaded.model_id, "min_cosine_required": MIN_COSINE,

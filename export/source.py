@@ -16,9 +16,12 @@ def source_spec(model: str, pretrained: str | None = None, checkpoint: str | Non
     return SourceSpec(model=model, pretrained=pretrained, checkpoint=checkpoint)
 
 
-def load_source(spec: SourceSpec, device: str = "cpu") -> LoadedModel:
-    """The eager model (fp32) a SourceSpec names."""
-    return load_model(spec.model, pretrained=spec.pretrained, checkpoint=spec.checkpoint, device=device)
+def load_source(spec: SourceSpec, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
+    """The eager model a SourceSpec names, in `precision` as the torch backend serves it (open_clip's fp16 keeps
+    LayerNorm and embeddings in fp32; a plain `model.half()` is another model). Its fingerprint hashes the weights
+    as loaded, so only an fp32 load matches an export's."""
+    return load_model(spec.model, pretrained=spec.pretrained, checkpoint=spec.checkpoint, device=device,
+                      precision=precision)
 
 
 def eager_model_for(manifest: Manifest, override: SourceSpec | None = None, device: str = "cpu") -> LoadedModel:

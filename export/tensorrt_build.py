@@ -6,7 +6,13 @@ r"""Build TensorRT engines (TensorRT 10 Python API) from an ONNX export: one eng
 Engines are specific to the GPU model and TensorRT version that built them, so the manifest records both.
 A timing cache (timing.cache) is reused across builds, which makes rebuilding after a restart or for another
 profile much faster. Precision: an fp16 ONNX export is built strongly typed (the graph's own types); an fp32
-export with --fp16 lets TensorRT pick fp16 kernels (BuilderFlag.FP16, deprecated from TensorRT 10.12 on).
+export with --fp16 lets TensorRT pick fp16 kernels (BuilderFlag.FP16, deprecated from TensorRT 10.12 on). fp32
+engines are built without TF32 (TensorRT allows it by default; its 10-bit mantissa inputs can break fp32 parity
+at 0.99999), and the manifest says so (`tensorrt.tf32`).
+
+Engines and the timing cache are written whole (temporary file + rename) and, for engines built at load time,
+under a lock in the cache directory, so replicas sharing a volume never read a half-written engine and build
+each engine once (export/cache_files.py).
 
 NOT RUN YET: written against the TensorRT 10 documentation; no GPU with TensorRT was available when it was
 written (see docs/export.md, "What has and has not run on a GPU").
@@ -24,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from export.cache_files import exclusive_lock, write_atomic
 from export.errors import ExportError
 from export.manifest import (MANIFEST_FILE, TOKENIZER_CONFIG, GraphSpec, Manifest, hash_files, read_manifest,
                              write_manifest)
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TIMING_CACHE = "timing.cache"
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory; ViT-L fits in far less
+RECIPE = "2"  # part of the engine cache key: bump when the build settings change (2: no TF32 in fp32 engines)
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,8 @@ def build_engine(onnx_path: Path, engine_path: Path, spec: GraphSpec, precision:
     if serialized is None:
         raise ExportError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above); "
                           f"a smaller --max-batch needs less GPU memory.")
-    engine_path.write_bytes(bytes(serialized))
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    write_atomic(engine_path, bytes(serialized))
+    write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
 
 
 def _builder_config(trt: Any, builder: Any, spec: GraphSpec, options: BuildOptions, timing_cache: Path,
@@ -89,12 +97,19 @@ def _builder_config(trt: Any, builder: Any, spec: GraphSpec, options: BuildOptio
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     if options.fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if not uses_tf32(options, strongly_typed):
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(spec.input, *options.profile.shapes(spec.input_shape[1:]))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)  # a cache from another GPU/version is not reused
     return config
+
+
+def uses_tf32(options: BuildOptions, strongly_typed: bool) -> bool:
+    """TF32 stays allowed (TensorRT's default) only in fp16 engines, whose parity bound (0.999) it cannot reach."""
+    return options.fp16 or strongly_typed
 
 
 def build_tensorrt_export(onnx_dir: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),
@@ -146,7 +161,8 @@ def _engine_manifest(onnx_manifest: Manifest, out: Path, engines: dict[str, Grap
         precision="fp16" if options.fp16 else onnx_manifest.precision, parity=None,
         files=hash_files(out, [engines["image"].file, engines["text"].file, *extra_files]),
         tensorrt={"version": trt.__version__, "gpu": gpu, "profile": asdict(options.profile),
-                  "timing_cache": TIMING_CACHE, "built_from_onnx": dict(onnx_manifest.files)},
+                  "timing_cache": TIMING_CACHE, "built_from_onnx": dict(onnx_manifest.files),
+                  "tf32": uses_tf32(options, onnx_manifest.precision == "fp16")},
         created_with={**onnx_manifest.created_with, "tensorrt": trt.__version__})
 
 
@@ -164,25 +180,28 @@ def _parity(out: Path, manifest: Manifest) -> dict:
 
 
 def cached_engines(onnx_dir: Path, manifest: Manifest, engine_dir: Path, profile: Profile) -> tuple[Path, Path]:
-    """Engines for an ONNX export, built on first use and reused on later starts (keyed by graph + GPU + TRT)."""
+    """Engines for an ONNX export, built on first use and reused on later starts (keyed by graph + GPU + TRT).
+
+    Replicas sharing engine_dir take turns under its lock: the first builds, the others wait and then reuse."""
     trt, torch = require_tensorrt(), require_cuda_torch()
     key = _cache_key(manifest, profile, trt.__version__, torch.cuda.get_device_name())
-    engine_dir.mkdir(parents=True, exist_ok=True)
     stamp = engine_dir / "key.json"
     paths = (engine_dir / "image.engine", engine_dir / "text.engine")
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_file() for p in paths):
-        log.info("reusing TensorRT engines in %s", engine_dir)
-        return paths
-    options = BuildOptions(fp16=manifest.precision == "fp16", profile=profile)
-    for spec, path in zip((manifest.image, manifest.text), paths):
-        log.info("building %s for %s (first start on this GPU; reused afterwards)", path.name, onnx_dir)
-        build_engine(onnx_dir / spec.file, path, spec, manifest.precision, options, engine_dir / TIMING_CACHE)
-    stamp.write_text(json.dumps({"key": key}) + "\n")
+    with exclusive_lock(engine_dir, "building TensorRT engines"):
+        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_file() for p in paths):
+            log.info("reusing TensorRT engines in %s", engine_dir)
+            return paths
+        stamp.unlink(missing_ok=True)  # a build cut short must leave no stamp vouching for a mix of engines
+        options = BuildOptions(fp16=manifest.precision == "fp16", profile=profile)
+        for spec, path in zip((manifest.image, manifest.text), paths):
+            log.info("building %s for %s (first start on this GPU; reused afterwards)", path.name, onnx_dir)
+            build_engine(onnx_dir / spec.file, path, spec, manifest.precision, options, engine_dir / TIMING_CACHE)
+        write_atomic(stamp, (json.dumps({"key": key}) + "\n").encode())
     return paths
 
 
 def _cache_key(manifest: Manifest, profile: Profile, trt_version: str, gpu: str) -> str:
     """What an engine depends on: the graphs' bytes, the profile, the precision, TensorRT and the GPU model."""
     parts = [manifest.files[manifest.image.file], manifest.files[manifest.text.file], manifest.precision,
-             json.dumps(asdict(profile), sort_keys=True), trt_version, gpu]
+             json.dumps(asdict(profile), sort_keys=True), trt_version, gpu, RECIPE]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -51,14 +52,27 @@ async def collect(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> li
     return items
 
 
+# Device errors as torch and ONNX Runtime word them (exact formats in tests/service/test_batcher_unit.py):
+#   torch (c10/ATen):  "CUDA out of memory. Tried to allocate ...", "CUDA error: an illegal memory access ...",
+#                      "CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm(...)`",
+#                      "cuDNN error: CUDNN_STATUS_EXECUTION_FAILED", "CUDA driver error: ..."
+#   ONNX Runtime:      "<lib> failure <code>: <text> ; GPU=0 ; hostname=... ; expr=...;" with lib CUDA, CUBLAS,
+#                      CUDNN, CUFFT, CURAND, CUSPARSE, NCCL (cuda_call.cc), and its arena's
+#                      "Failed to allocate memory for requested buffer of size N" (bfc_arena.cc)
+_OOM = re.compile(r"out of memory|failed to allocate memory for requested buffer|_STATUS_ALLOC_FAILED",
+                  re.IGNORECASE)
+_DEVICE_ERROR = re.compile(r"\b(?:CUDA|CUBLAS|CUDNN|CUFFT|CURAND|CUSPARSE|NCCL)(?: driver)? (?:error|failure)\b"
+                           r"|device-side assert|illegal memory access|unspecified launch failure", re.IGNORECASE)
+
+
 def is_oom(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+    """Out of device memory: worth retrying with a smaller batch."""
+    return type(exc).__name__ == "OutOfMemoryError" or bool(_OOM.search(str(exc)))
 
 
 def is_fatal(exc: BaseException) -> bool:
     """Errors after which the device cannot be trusted (the process should be replaced)."""
-    text = str(exc)
-    return ("CUDA error" in text or "device-side assert" in text) and not is_oom(exc)
+    return bool(_DEVICE_ERROR.search(str(exc))) and not is_oom(exc)
 
 
 class Batcher:

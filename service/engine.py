@@ -46,8 +46,9 @@ class Engine:
         self.settings, self.backend, self.metrics = settings, backend, metrics
         workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
         self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
-        self.preprocessor = ImagePreprocessor(backend.preprocess, settings.max_image_pixels,
-                                              settings.reduced_jpeg_decode, settings.jpeg_decode)
+        self.preprocessor = ImagePreprocessor(
+            backend.preprocess, settings.max_image_pixels, settings.reduced_jpeg_decode, settings.jpeg_decode,
+            on_jpeg_fallback=lambda reason: metrics.jpeg_fallbacks.labels(reason).inc())
         image_max, text_max = max_batch(settings, backend, "image"), max_batch(settings, backend, "text")
         common = dict(metrics=metrics, max_queue=settings.max_queue, on_fatal=on_fatal)
         self.images = Batcher("image", backend.encode_image, inference_pool, max_batch=image_max,

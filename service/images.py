@@ -117,23 +117,22 @@ class ImagePreprocessor:
     """Bytes -> float32 [3, H, W] exactly as the model's own open_clip transform produces."""
 
     def __init__(self, pre: PreprocessConfig, max_pixels: int, reduced_jpeg_decode: bool = True,
-                 jpeg_decode: str = "cpu"):
+                 jpeg_decode: str = "cpu", on_jpeg_fallback: Callable[[str], None] | None = None):
         self.pre, self.max_pixels = pre, max_pixels
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns (= errors, see above) past this; one cap per process
         self.reduce_for = min(pre.size) if reduced_jpeg_decode else None
         self._transform: Callable = eval_transform(pre)
-        self.jpeg_on_device: Callable[[bytes], np.ndarray] | None = None
+        self.jpeg_on_device: Callable[[Image.Image, bytes], np.ndarray | None] | None = None
         if jpeg_decode != "cpu":  # CLIP_JPEG_DECODE=cuda: nvJPEG, see service/jpeg_tensor.py
-            from service.jpeg_tensor import TensorJpegPreprocessor
+            from service.jpeg_tensor import JpegOnDevice
 
-            self.jpeg_on_device = TensorJpegPreprocessor(pre, jpeg_decode)
+            self.jpeg_on_device = JpegOnDevice(pre, jpeg_decode, on_jpeg_fallback)
 
     def __call__(self, data: bytes) -> np.ndarray:
         img = open_image(data, self.max_pixels)  # format and pixel cap from the header, before any decoding
         if self.jpeg_on_device is not None and img.format == "JPEG":
-            try:
-                return self.jpeg_on_device(data)
-            except RuntimeError:
-                pass  # nvJPEG refused it (CMYK, unusual sampling, corrupt): Pillow decodes it or names the error
+            pixels = self.jpeg_on_device(img, data)  # None: rotated, CMYK or refused, Pillow decodes it
+            if pixels is not None:
+                return pixels
         img = decode(data, self.max_pixels, self.reduce_for, img)
         return self._transform(img).numpy().astype(np.float32, copy=False)  # [3, H, W]

@@ -36,6 +36,8 @@ class Metrics:
         self.dropped = Counter("clip_dropped", "items dropped because their client went away", ["modality"],
                                registry=r)
         self.backend_errors = Counter("clip_backend_errors", "encoder failures by kind", ["kind"], registry=r)
+        self.jpeg_fallbacks = Counter("clip_jpeg_fallbacks", "JPEGs decoded by Pillow although CLIP_JPEG_DECODE=cuda, "
+                                      "by reason (orientation, mode, decoder)", ["reason"], registry=r)
         self.ready = Gauge("clip_ready", "1 when the model is loaded, warmed up and not draining", registry=r)
         self.model_info = Gauge("clip_model_info", "the loaded model",
                                 ["model", "backend", "device", "precision", "fingerprint"], registry=r)

@@ -8,24 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from export.runtime.gpu_libs import tensorrt_installed
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "checkpoints" / "shapes-rn-s"
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU-marked tests are skipped where CUDA is absent (CPU CI); TensorRT ones where tensorrt is absent."""
-    has_cuda = torch.cuda.is_available()
-    try:
-        import tensorrt  # noqa: F401
+    """GPU-marked tests are skipped where CUDA is absent (CPU CI); TensorRT ones where tensorrt is absent.
 
-        has_trt = True
-    except ImportError:
-        has_trt = False
-    for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+    TensorRT is looked up, not imported: importing it loads its libraries into the process, which would let ONNX
+    Runtime's TensorRT provider work in tests while the server (which never imports tensorrt) falls back."""
+    has_cuda = torch.cuda.is_available()
+    has_trt = tensorrt_installed()
+    for item in items:  # markers, not keywords: keywords also hold directory names (tests/gpu)
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "tensorrt" in item.keywords and not has_trt:
+        if item.get_closest_marker("tensorrt") and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install '.[gpu]')"))
 
 

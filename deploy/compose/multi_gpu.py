@@ -9,6 +9,11 @@ Docker cannot hand each replica of one scaled service a different GPU, so each G
 published port and a network alias changed. Every replica answers to the name `clip`: nginx
 (deploy/compose/nginx.conf) balances over them and Prometheus (deploy/prometheus/prometheus.yml) finds and
 scrapes each one through the same name. Prometheus and Grafana come from docker-compose.yml unchanged.
+The replicas share the `clip-cache` volume. With CLIP_BACKEND=tensorrt (or onnx with ONNX Runtime's TensorRT
+provider) they all start at once: engines are built under a lock in the export's cache directory and written
+whole (export/cache_files.py), so the first replica builds them, the others wait and load the finished files.
+Keep the GPUs of one model: engines are keyed by GPU model, so replicas on different models would rebuild them
+in turn on every start.
 Write the output at the repository root: the paths inside it are relative to that.
 """
 

@@ -1,16 +1,26 @@
-"""ONNX Runtime sessions, one per tower: provider choice, thread settings on CPU, I/O binding on GPU."""
+"""ONNX Runtime sessions, one per tower: provider choice, thread settings on CPU, I/O binding on GPU.
+
+On device="cuda" the providers are TensorRT EP -> CUDA EP -> CPU, each only if this onnxruntime build has it and
+(TensorRT EP) TensorRT's libraries load (export/runtime/gpu_libs.py). A provider chosen that way must then start:
+ORT skips one whose libraries fail to load with only a warning, so a session that lacks one is an error here,
+not a silent slowdown. ORT's own fallback (re-creating a failed session or run on other providers, without our
+session options) is off.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from export.cache_files import exclusive_lock
 from export.errors import GPU_EXTRA, ExportError
 from export.manifest import GraphSpec
 from export.runtime.deps import require_onnxruntime
+from export.runtime.gpu_libs import preload_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +63,23 @@ def disabled_optimizers(precision: str) -> list[str]:
     return ["NchwcTransformer"] if precision == "fp16" else []
 
 
+def usable_providers(device: str, available: Sequence[str]) -> tuple[list[str], str]:
+    """`available` less the TensorRT EP when TensorRT's libraries do not load (loading them if they can be)."""
+    if device != "cuda" or TRT_EP not in available:
+        return list(available), ""
+    why_not = preload_tensorrt()
+    if why_not is None:
+        return list(available), ""
+    return [p for p in available if p != TRT_EP], f"{TRT_EP} skipped: {why_not}"
+
+
 def provider_options(provider: str, cache_dir: Path, input_name: str, input_shape: Sequence[int],
                      max_batch: int, precision: str) -> dict[str, Any]:
-    """Per-provider options: TensorRT EP gets an engine/timing cache and a batch profile 1..max_batch."""
+    """Per-provider options: TensorRT EP gets an engine/timing cache and a batch profile 1..max_batch; the CUDA EP
+    runs fp32 graphs in true fp32 (its default, TF32 matmuls, rounds inputs to 10 mantissa bits, which can break
+    fp32 parity at 0.99999). ORT's TensorRT EP has no TF32 switch: TensorRT's default (TF32 allowed) applies."""
+    if provider == CUDA_EP:
+        return {"use_tf32": "0"} if precision == "fp32" else {}
     if provider != TRT_EP:
         return {}
     dims = "x".join(str(d) for d in input_shape[1:])
@@ -80,11 +104,15 @@ class OrtTower:
         if not path.is_file():
             raise ExportError(f"graph {path} is missing; re-export with `python -m export onnx`.")
         available = [p for p in ort.get_available_providers() if only is None or p in only or p == CPU_EP]
+        available, skipped = usable_providers(device, available)
         wanted, why = choose_providers(device, available)
+        why = "; ".join(w for w in (why, skipped) if w)
         cache = (cache_dir or path.parent / "cache") / "ort-trt"
         opts = [provider_options(p, cache, spec.input, spec.input_shape, max_batch, precision) for p in wanted]
-        self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision)
+        with _engine_cache_lock(cache if TRT_EP in wanted else None):
+            self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision)
         self.providers: list[str] = self.session.get_providers()  # what ORT actually enabled
+        _require_started(ort, path, wanted, self.providers)
         _log_choice(path, device, wanted, self.providers, why)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
@@ -108,19 +136,37 @@ class OrtTower:
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
 
+def _engine_cache_lock(cache: Path | None):
+    """The TensorRT EP builds its engines while the session is created and writes them into `cache` itself, not
+    atomically: replicas sharing the cache take turns, so the later ones load finished engines."""
+    return exclusive_lock(cache, "building ONNX Runtime TensorRT engines") if cache else contextlib.nullcontext()
+
+
 def _open_session(ort: Any, path: Path, providers: list, threads: int, precision: str):
     try:
+        # enable_fallback=0: ORT would otherwise re-create a session that failed on a GPU provider (and re-run a
+        # failed call) on CUDA/CPU alone, without the provider options and disabled optimisers given here.
         return ort.InferenceSession(str(path), session_options(ort, threads), providers=providers,
-                                    disabled_optimizers=disabled_optimizers(precision))
+                                    disabled_optimizers=disabled_optimizers(precision), enable_fallback=0)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
         raise ExportError(f"onnxruntime cannot load {path}: {e}. The file is damaged or not an ONNX graph; "
                           f"re-export with `python -m export onnx`.") from e
 
 
+def _require_started(ort: Any, path: Path, wanted: list[str], providers: list[str]) -> None:
+    """Every provider asked for is running, or an error that says which libraries to look at."""
+    missing = [p for p in wanted if p not in providers]
+    if not missing:
+        return
+    cuda = getattr(ort, "cuda_version", "") or "?"
+    raise ExportError(f"onnxruntime could not start {', '.join(missing)} for {path.name} (it runs {providers}; its "
+                      f"warning above names the library that failed to load). onnxruntime {ort.__version__} is built "
+                      f"for CUDA {cuda}: torch, cuDNN and TensorRT must be builds for the same CUDA major. "
+                      f"`python -m export.runtime.gpu_libs` shows what is installed.")
+
+
 def _log_choice(path: Path, device: str, wanted: list[str], providers: list[str], why: str) -> None:
     """One line per tower: what runs and why; a WARNING when CUDA was asked for and CPU is what runs."""
-    if providers[0] != wanted[0]:  # e.g. CUDA EP listed but its CUDA/cuDNN libraries failed to load
-        why += f"; {wanted[0]} failed to initialise (see the onnxruntime error above)"
     degraded = device == "cuda" and providers[0] == CPU_EP
     log.log(logging.WARNING if degraded else logging.INFO, "onnxruntime %s: running on %s (%s)", path.name,
             providers, why)

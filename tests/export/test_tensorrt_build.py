@@ -8,6 +8,8 @@ in test_gpu.py, which have not run yet (see docs/export.md).
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import types
 from types import SimpleNamespace
 
@@ -15,6 +17,7 @@ import pytest
 
 import export.runtime.trt
 from export import tensorrt_build
+from export import cache_files
 from export.tensorrt_build import BuildOptions, Profile, build_engine, cached_engines
 
 
@@ -23,7 +26,7 @@ def fake_tensorrt(calls: list) -> types.ModuleType:
     trt.__version__ = "10.99-fake"
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     trt.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=0)
-    trt.BuilderFlag = SimpleNamespace(FP16="FP16")
+    trt.BuilderFlag = SimpleNamespace(FP16="FP16", TF32="TF32")
     trt.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
 
     class Cache:
@@ -33,6 +36,7 @@ def fake_tensorrt(calls: list) -> types.ModuleType:
     class Config:
         def set_memory_pool_limit(self, pool, size): calls.append(("pool", pool, size))
         def set_flag(self, flag): calls.append(("flag", flag))
+        def clear_flag(self, flag): calls.append(("clear", flag))
         def add_optimization_profile(self, profile): calls.append(("profile", profile.shapes))
         def create_timing_cache(self, data): calls.append(("cache-in", bytes(data))); return Cache()
         def set_timing_cache(self, cache, ignore_mismatch): return True
@@ -47,7 +51,10 @@ def fake_tensorrt(calls: list) -> types.ModuleType:
         def create_network(self, flags): calls.append(("network", flags)); return object()
         def create_builder_config(self): return Config()
         def create_optimization_profile(self): return OptProfile()
-        def build_serialized_network(self, network, config): calls.append(("build",)); return b"engine-bytes"
+        def build_serialized_network(self, network, config):
+            calls.append(("build",))
+            hook = getattr(trt, "on_build", None)  # lets a test act while an engine is being built
+            return hook() if hook else b"engine-bytes"
 
     class OnnxParser:
         num_errors = 0
@@ -78,7 +85,7 @@ def test_fp32_graph_with_fp16_option_is_weakly_typed_fp16(bundled_export, calls,
     root, manifest = bundled_export
     build_engine(root / "image.onnx", tmp_path / "image.engine", manifest.image, "fp32",
                  BuildOptions(fp16=True, profile=Profile(1, 8, 64)), tmp_path / "timing.cache")
-    assert ("network", 0) in calls and ("flag", "FP16") in calls
+    assert ("network", 0) in calls and ("flag", "FP16") in calls and ("clear", "TF32") not in calls
     assert ("profile", {"pixels": ((1, 3, 64, 64), (8, 3, 64, 64), (64, 3, 64, 64))}) in calls
     assert (tmp_path / "image.engine").read_bytes() == b"engine-bytes"
     assert (tmp_path / "timing.cache").read_bytes() == b"timing-cache"
@@ -102,3 +109,73 @@ def test_engines_from_an_onnx_export_are_built_once_and_reused(bundled_export, c
     assert not [c for c in calls if c[0] == "build"]  # a restart reuses them
     cached_engines(root, manifest, tmp_path / "engines", Profile(max=128))
     assert len([c for c in calls if c[0] == "build"]) == 2  # another profile: rebuilt
+
+
+def test_fp32_engines_are_built_without_tf32_and_the_manifest_says_so(bundled_export, calls, tmp_path):
+    root, manifest = bundled_export
+    build_engine(root / "image.onnx", tmp_path / "image.engine", manifest.image, "fp32", BuildOptions(),
+                 tmp_path / "timing.cache")
+    assert ("clear", "TF32") in calls
+    (tmp_path / "text.engine").write_bytes(b"engine-bytes")
+    engines = {t: SimpleNamespace(file=f"{t}.engine") for t in ("image", "text")}
+    for fp16, tf32 in ((False, False), (True, True)):
+        m = tensorrt_build._engine_manifest(manifest, tmp_path, engines, [], BuildOptions(fp16=fp16), "Fake GPU")
+        assert m.tensorrt["tf32"] is tf32
+
+
+def test_a_rebuilt_engine_replaces_the_old_one_in_one_step(bundled_export, calls, tmp_path, monkeypatch):
+    """While the new engine is written, a reader (another replica) still gets the whole old one."""
+    root, manifest = bundled_export
+    engine = tmp_path / "image.engine"
+    engine.write_bytes(b"old-engine")
+    seen: list[bytes] = []
+    fsync = cache_files.os.fsync
+    monkeypatch.setattr(cache_files.os, "fsync", lambda fd: (seen.append(engine.read_bytes()), fsync(fd)))
+    build_engine(root / "image.onnx", engine, manifest.image, "fp32", BuildOptions(), tmp_path / "timing.cache")
+    assert seen and seen[0] == b"old-engine"  # new bytes written and synced, the name not yet moved
+    assert engine.read_bytes() == b"engine-bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.engine", "timing.cache"]  # no temporary left
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "timing.cache"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(cache_files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        cache_files.write_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["timing.cache"]
+
+
+def test_replicas_sharing_a_cache_build_each_engine_once(bundled_export, calls, tmp_path, caplog):
+    """Two loaders at once on one engine directory: the second waits on the lock, then reuses the engines."""
+    root, manifest = bundled_export
+    trt = sys.modules["tensorrt"]
+    building, proceed = threading.Event(), threading.Event()
+
+    def first_build_holds():  # the first build stays in progress until the test lets it finish
+        if not building.is_set():
+            building.set()
+            proceed.wait(30)
+        return b"engine-bytes"
+
+    trt.on_build = first_build_holds
+    results: dict[str, tuple] = {}
+
+    def load(name: str) -> None:
+        results[name] = cached_engines(root, manifest, tmp_path / "engines", Profile(max=64))
+
+    with caplog.at_level("INFO", logger="export.cache_files"):
+        a = threading.Thread(target=load, args=("a",))
+        a.start()
+        assert building.wait(30)
+        b = threading.Thread(target=load, args=("b",))
+        b.start()
+        deadline = time.monotonic() + 30  # poll: b either waits on the lock (logged) or builds (the race)
+        while time.monotonic() < deadline and "waiting for another process" not in caplog.text \
+                and len([c for c in calls if c[0] == "build"]) < 2:
+            time.sleep(0.01)
+        proceed.set()
+        a.join(30), b.join(30)
+    assert "waiting for another process to finish building TensorRT engines" in caplog.text
+    assert len([c for c in calls if c[0] == "build"]) == 2  # image + text, once
+    assert results["a"] == results["b"]

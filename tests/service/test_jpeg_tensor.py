@@ -1,6 +1,7 @@
 """The tensor JPEG path (nvJPEG on CUDA) against the Pillow path. The same code runs here with device="cpu"
-(torchvision's libjpeg decoder), so the resize/crop/normalise arithmetic is checked without a GPU; the CUDA
-decoder itself only in the gpu-marked test."""
+(torchvision's libjpeg decoder, EXIF orientation ignored as nvJPEG ignores it), so the resize/crop/normalise
+arithmetic and the routing (which JPEGs may go to the device) are checked without a GPU; the CUDA decoder itself
+in tests/gpu/test_nvjpeg.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from service.images import ImagePreprocessor
-from service.jpeg_tensor import TensorJpegPreprocessor
+from service.jpeg_tensor import JpegOnDevice, TensorJpegPreprocessor
 from tests.service.conftest import encode
 
 
@@ -38,7 +39,7 @@ def test_embeddings_match_the_pillow_path(bundled, photos):
 
     pil = ImagePreprocessor(bundled.preprocess, 40_000_000)
     tensor = ImagePreprocessor(bundled.preprocess, 40_000_000, jpeg_decode="cpu")
-    tensor.jpeg_on_device = TensorJpegPreprocessor(bundled.preprocess, "cpu")
+    tensor.jpeg_on_device = JpegOnDevice(bundled.preprocess, "cpu")
     blobs = photo_jpegs(photos, (1920, 1080))
     with torch.no_grad():
         emb = [bundled.model.encode_image(torch.from_numpy(np.stack([p(b) for b in blobs]))).numpy()
@@ -46,19 +47,63 @@ def test_embeddings_match_the_pillow_path(bundled, photos):
     assert cosine(*emb).min() >= 0.99
 
 
-def test_non_jpeg_and_refused_jpeg_go_through_pillow(bundled, photos):
-    pre = ImagePreprocessor(bundled.preprocess, 40_000_000)
-    calls = []
+def on_cpu_device(pre) -> tuple[ImagePreprocessor, list[str], list[int]]:
+    """The server's preprocessor with the device path on the CPU stand-in; records fallbacks and device calls."""
+    fallbacks: list[str] = []
+    device = JpegOnDevice(pre, "cpu", on_fallback=fallbacks.append)
+    calls: list[int] = []
+    decode = device.decode
+    device.decode = lambda data: calls.append(len(data)) or decode(data)
+    proc = ImagePreprocessor(pre, 40_000_000, reduced_jpeg_decode=False)
+    proc.jpeg_on_device = device
+    return proc, fallbacks, calls
+
+
+def rotated_jpeg(photo: np.ndarray, orientation: int) -> bytes:
+    """A landscape JPEG whose EXIF says to display it rotated (6: 90 degrees clockwise), as phones save them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(Image.fromarray(photo).convert("RGB").resize((640, 400)), "JPEG", quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_rotated_jpeg_is_decoded_upright(bundled, photos, orientation):
+    proc, fallbacks, calls = on_cpu_device(bundled.preprocess)
+    pillow = ImagePreprocessor(bundled.preprocess, 40_000_000, reduced_jpeg_decode=False)
+    blob = rotated_jpeg(photos["chelsea"], orientation)
+    assert np.abs(proc(blob) - pillow(blob)).mean() < 0.005  # sideways or upside down would be ~0.5
+    assert fallbacks == ["orientation"] and calls == []
+
+
+def test_upright_jpeg_goes_to_the_device(bundled, photos):
+    proc, fallbacks, calls = on_cpu_device(bundled.preprocess)
+    blob = rotated_jpeg(photos["chelsea"], 1)  # orientation 1 = upright: nothing to rotate
+    proc(blob)
+    assert fallbacks == [] and calls == [len(blob)]
+
+
+def test_cmyk_jpeg_goes_to_pillow(bundled, photos):
+    proc, fallbacks, calls = on_cpu_device(bundled.preprocess)
+    pillow = ImagePreprocessor(bundled.preprocess, 40_000_000, reduced_jpeg_decode=False)
+    blob = encode(Image.fromarray(photos["coffee"]).convert("CMYK"), "JPEG", quality=90)
+    assert np.abs(proc(blob) - pillow(blob)).mean() < 0.005
+    assert fallbacks == ["mode"] and calls == []
+
+
+def test_refused_jpeg_falls_back_counted_and_logged_once(bundled, photos, caplog):
+    proc, fallbacks, _ = on_cpu_device(bundled.preprocess)
 
     def refuse(data: bytes) -> np.ndarray:
-        calls.append(len(data))
-        raise RuntimeError("nvjpeg: unsupported")
+        raise RuntimeError("nvjpegDecode failed: NVJPEG_STATUS_BAD_JPEG")
 
-    pre.jpeg_on_device = refuse
+    proc.jpeg_on_device.decode = refuse
     png = encode(Image.fromarray(photos["coffee"]), "PNG")
     jpeg = photo_jpegs(photos, (320, 240))[0]
-    assert pre(png).shape == pre(jpeg).shape == (3, *bundled.preprocess.size)
-    assert calls == [len(jpeg)]  # the PNG never reached the device path; the refused JPEG fell back
+    with caplog.at_level("WARNING", logger="service.jpeg_tensor"):
+        outs = [proc(jpeg), proc(jpeg), proc(png)]
+    assert all(o.shape == (3, *bundled.preprocess.size) for o in outs)
+    assert fallbacks == ["decoder", "decoder"]  # the PNG never reached the device path
+    assert caplog.text.count("NVJPEG_STATUS_BAD_JPEG") == 1 and "clip_jpeg_fallbacks_total" in caplog.text
 
 
 def test_cuda_decoding_needs_a_cuda_device():
@@ -68,11 +113,3 @@ def test_cuda_decoding_needs_a_cuda_device():
 
     with pytest.raises(ValidationError, match="CLIP_JPEG_DECODE=cuda"):
         Settings(device="cpu", jpeg_decode="cuda")
-
-
-@pytest.mark.gpu
-def test_nvjpeg_matches_the_pillow_path(bundled, photos):
-    full = ImagePreprocessor(bundled.preprocess, 40_000_000, reduced_jpeg_decode=False)
-    gpu = TensorJpegPreprocessor(bundled.preprocess, "cuda")
-    for blob in photo_jpegs(photos, (1920, 1080)):
-        assert np.abs(full(blob) - gpu(blob)).mean() < 0.005

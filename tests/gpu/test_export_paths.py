@@ -1,10 +1,14 @@
 """GPU paths. Skipped on CPU machines (see tests/conftest.py); run them with scripts/gpu_check.sh.
 
-A path whose runtime is not installed on the GPU machine (onnxruntime-gpu, TensorRT) is skipped with the
+A path whose runtime is not installed on the GPU machine (onnx, onnxruntime-gpu, TensorRT) is skipped with the
 reason, so the report says what ran and what did not.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +20,23 @@ from export.runtime.ort import CUDA_EP, TRT_EP
 
 
 def _require_ep(ep: str) -> None:
-    import onnxruntime
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
     if ep not in onnxruntime.get_available_providers():
         pytest.skip(f"{ep} not in this onnxruntime build ({onnxruntime.get_available_providers()}); "
                     f"install the `gpu` extra")
+
+
+# Session-scoped so that they run before the session-scoped exports they come before in a test's arguments:
+# a machine without the provider skips without paying for an export first.
+@pytest.fixture(scope="session")
+def cuda_ep() -> None:
+    _require_ep(CUDA_EP)
+
+
+@pytest.fixture(scope="session")
+def trt_ep() -> None:
+    _require_ep(TRT_EP)
 
 
 @pytest.mark.gpu
@@ -33,13 +49,25 @@ def test_torch_cuda_matches_cpu(bundled):
             gpu = gpu_model.encode_image(x.cuda(), normalize=True).cpu().numpy()
         finally:
             bundled.model.to("cpu")
-    assert row_cosine(cpu, gpu).min() >= MIN_COSINE["fp32"] - 1e-5  # TF32 may be on
+    assert row_cosine(cpu, gpu).min() >= MIN_COSINE["fp32"] - 1e-5  # cuDNN convolutions may use TF32
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_as_served_matches_cpu(bundled_dir, bundled):
+    """The torch backend's fp16 (open_clip's precision="fp16", LayerNorm in fp32), loaded through the factory."""
+    from models.factory import load_model
+
+    half = load_model(str(bundled_dir), device="cuda", precision="fp16").model
+    x = torch.randn(8, 3, *bundled.preprocess.size)
+    with torch.no_grad():
+        cpu = bundled.model.encode_image(x, normalize=True).numpy()
+        gpu = half.encode_image(x.to("cuda", torch.float16), normalize=True).float().cpu().numpy()
+    assert row_cosine(cpu, gpu).min() >= MIN_COSINE["fp16"]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("which,precision", [("bundled_export", "fp32"), ("bundled_export_fp16", "fp16")])
-def test_ort_cuda_parity(which, precision, request, bundled):
-    _require_ep(CUDA_EP)
+def test_ort_cuda_parity(cuda_ep, which, precision, request, bundled):
     root, _ = request.getfixturevalue(which)
     enc = load_encoders(root, backend="onnx", device="cuda")
     assert enc.providers[0] in (CUDA_EP, TRT_EP)
@@ -49,8 +77,7 @@ def test_ort_cuda_parity(which, precision, request, bundled):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 7, 64])
-def test_ort_cuda_io_binding_batches(bundled_export, batch):
-    _require_ep(CUDA_EP)
+def test_ort_cuda_io_binding_batches(cuda_ep, bundled_export, batch):
     cpu = load_encoders(bundled_export[0], device="cpu")
     gpu = load_encoders(bundled_export[0], device="cuda")
     x = np.random.default_rng(0).standard_normal((batch, 3, 64, 64), dtype=np.float32)
@@ -88,25 +115,21 @@ def test_tensorrt_engines_from_onnx_are_cached_across_restarts(bundled_export, c
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-def test_ort_tensorrt_ep_parity(bundled_export, bundled):
-    _require_ep(TRT_EP)
+def test_ort_tensorrt_ep_starts_in_a_process_that_never_imported_tensorrt(trt_ep, bundled_export):
+    """The server never imports tensorrt: ORT's TensorRT EP must find TensorRT's libraries by our loading alone."""
+    code = ("import sys; from export.runtime import load_encoders; "
+            f"enc = load_encoders({str(bundled_export[0])!r}, backend='onnx', device='cuda', max_batch=8); "
+            "assert 'tensorrt' not in sys.modules, 'tensorrt was imported'; print(enc.providers)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert TRT_EP in out.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_ort_tensorrt_ep_parity(trt_ep, bundled_export, bundled):
     enc = load_encoders(bundled_export[0], backend="onnx", device="cuda", max_batch=64)
     assert enc.providers[0] == TRT_EP
     report = check_parity(bundled, enc, "fp32", n_shapes=16)
     assert report.passed, report.table()
-
-
-def test_gpu_check_reports_every_path_and_why_not(bundled_dir, tmp_path, capsys, monkeypatch):
-    """The GPU report's own logic, on CPU: every path is listed, and one that cannot run says why."""
-    from export import gpu_check
-
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU machine scripts/gpu_check.sh runs the real thing")
-    monkeypatch.setattr(gpu_check, "BATCHES", (1, 2))
-    report = gpu_check.run(tmp_path, seconds=0.01, model=str(bundled_dir))
-    names = [r["path"] for r in report["results"]]
-    assert sorted(names) == sorted(f"{p} {q}" for p in gpu_check.PATHS for q in ("fp32", "fp16"))
-    assert all(not r["ran"] and r["why_not"] for r in report["results"])
-    out = capsys.readouterr().out
-    assert "torch-CUDA fp32" in out and "NOT RUN: RuntimeError: torch.cuda.is_available() is False" in out
-    assert "ORT-CUDA fp32" in out and "clip-serve[gpu]" in out
