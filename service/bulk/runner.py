@@ -107,6 +107,7 @@ class BulkRun:
         self.buffer: list[tuple[str, np.ndarray]] = []
         self.groups = 0
         self.downloader: Optional[Downloader] = None
+        self.max_image_bytes = 20 * 2**20
 
     async def prepare(self) -> int:
         """Check the server against the output; returns the batch size the server accepts."""
@@ -118,7 +119,7 @@ class BulkRun:
         self.model, self.fingerprint = info.model, info.fingerprint
         self.client.fingerprint = info.fingerprint  # every answer from now on must carry it
         limits = info.raw.get("limits", {})
-        self.downloader = Downloader(int(limits.get("max_body_bytes", 20 * 2**20)))
+        self.max_image_bytes = int(limits.get("max_body_bytes", 20 * 2**20))
         per_request = min(int(limits.get("max_images_per_request", 64)), int(limits.get("max_texts_per_request", 256)))
         return max(1, min(self.opts.batch_size, per_request))
 
@@ -183,8 +184,10 @@ class BulkRun:
         """Each item's bytes, or why it could not be had: files read in one worker thread, URLs fetched here."""
         files = [it.location for it in batch if it.kind == "file"]
         read = iter(await asyncio.to_thread(_read_files, files) if files else [])
-        assert self.downloader is not None
-        fetched = iter(await asyncio.gather(*(self.downloader.fetch(it.source) for it in batch if it.kind == "url"),
+        urls = [it.source for it in batch if it.kind == "url"]
+        if urls and self.downloader is None:  # made on first use: its TLS set-up loads the CA bundle
+            self.downloader = Downloader(self.max_image_bytes)
+        fetched = iter(await asyncio.gather(*(self.downloader.fetch(u) for u in urls),  # type: ignore[union-attr]
                                             return_exceptions=True))
         return [next(read) if it.kind == "file" else next(fetched) for it in batch]  # type: ignore[misc]
 
