@@ -384,23 +384,21 @@ class _Base:
         wait = hinted if hinted is not None else self.backoff * 2 ** attempt
         return min(wait, self.max_retry_wait)
 
+    def _busy(self, rnd: Round, endpoint: Endpoint, response: httpx.Response) -> bool:
+        """A 503/429 (to a call, or to the /readyz probe of a server whose cool-down ended) cools that server down
+        again; any other answer to a probe is no reason to skip the server: the call itself will tell."""
+        if response.status_code not in RETRY_STATUSES:
+            return False
+        self.endpoints.failed(endpoint, retry_after_seconds(response))
+        rnd.note_busy(response)
+        return True
+
     def _answered(self, rnd: Round, endpoint: Endpoint, response: httpx.Response) -> bool:
         """Record one server's answer; True when it is final (anything but 503/429)."""
-        if response.status_code in RETRY_STATUSES:
-            self.endpoints.failed(endpoint, retry_after_seconds(response))
-            rnd.note_busy(response)
+        if self._busy(rnd, endpoint, response):
             return False
         self.endpoints.succeeded(endpoint)
         rnd.response, rnd.url = response, endpoint.url
-        return True
-
-    def _probe_passed(self, rnd: Round, endpoint: Endpoint, response: httpx.Response) -> bool:
-        """Whether a recovered server may get the call: not while /readyz says 503/429 (any other answer is no
-        reason to skip it: the call itself will tell)."""
-        if response.status_code in RETRY_STATUSES:
-            self.endpoints.failed(endpoint, retry_after_seconds(response))
-            rnd.note_busy(response)
-            return False
         return True
 
     def _unreachable(self, rnd: Round, endpoint: Endpoint, exc: Exception) -> None:
@@ -468,7 +466,7 @@ class Client(_Base):
         rnd = Round()
         for endpoint, probe in self.endpoints.plan():
             try:
-                if probe and not self._probe_passed(rnd, endpoint, endpoint.http.get("/readyz")):
+                if probe and self._busy(rnd, endpoint, endpoint.http.get("/readyz")):
                     continue
                 if self._answered(rnd, endpoint, endpoint.http.request(call.method, call.path, **call.kwargs)):
                     break
@@ -559,7 +557,7 @@ class AsyncClient(_Base):
         rnd = Round()
         for endpoint, probe in self.endpoints.plan():
             try:
-                if probe and not self._probe_passed(rnd, endpoint, await endpoint.http.get("/readyz")):
+                if probe and self._busy(rnd, endpoint, await endpoint.http.get("/readyz")):
                     continue
                 if self._answered(rnd, endpoint, await endpoint.http.request(call.method, call.path,
                                                                              **call.kwargs)):

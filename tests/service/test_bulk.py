@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.service.conftest import encode, shape_image
+from tests.service.conftest import shape_image
 from tests.service.server import ROOT
 from tests.service.test_client_failover import other_model_dir, other_server, served  # noqa: F401 - shared fixtures
 
