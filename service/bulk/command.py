@@ -21,7 +21,7 @@ import httpx
 
 from service.bulk.runner import BulkRun, Options, Summary
 from service.bulk.sinks import ErrorLog, OutputError, errors_path, open_sink
-from service.bulk.sources import Item, SourceError, image_items, text_items
+from service.bulk.sources import IMAGE_SUFFIXES, Item, SourceError, image_items, text_items
 from service.client import DEFAULT_URL, AsyncClient, ClipServeError, FingerprintMismatch
 
 INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
@@ -61,10 +61,15 @@ def collect_items(args: argparse.Namespace) -> list[Item]:
     if args.texts and args.paths:
         raise SourceError("give image PATHs or --texts FILE, not both (embed each into its own --out)")
     if args.texts:
-        return text_items(args.texts, args.column)
-    if not args.paths:
+        items = text_items(args.texts, args.column)
+    elif args.paths:
+        items = image_items(args.paths, args.column)
+    else:
         raise SourceError("nothing to embed: give folders, globs, files or lists of images, or --texts FILE")
-    return image_items(args.paths, args.column)
+    if not items:
+        raise SourceError(f"{' '.join(args.paths) or args.texts}: nothing to embed there (image files are found by "
+                          f"their suffix: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return items
 
 
 def _progress(total: int, quiet: bool, unit: str):

@@ -263,6 +263,9 @@ def test_arguments_that_name_nothing_are_usage_errors(tmp_path):
     assert done.returncode == 2 and "no such file or folder" in done.stderr
     done = embed(str(tmp_path / "*.png"), "--out", str(tmp_path / "v.parquet"))
     assert done.returncode == 2 and "matches nothing" in done.stderr
+    (tmp_path / "notes.md").write_text("no images here")
+    done = embed(str(tmp_path), "--out", str(tmp_path / "v.parquet"))
+    assert done.returncode == 2 and "nothing to embed there" in done.stderr and ".jpg" in done.stderr
 
 
 def test_clip_serve_lists_embed(capsys):
