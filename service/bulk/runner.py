@@ -109,7 +109,7 @@ class BulkRun:
         self.downloader: Optional[Downloader] = None
         self.max_image_bytes = 20 * 2**20
 
-    async def prepare(self) -> int:
+    async def prepare(self, texts: bool) -> int:
         """Check the server against the output; returns the batch size the server accepts."""
         info = await self.client.info()
         if self.sink.fingerprint is not None and self.sink.fingerprint != info.fingerprint:
@@ -120,13 +120,13 @@ class BulkRun:
         self.client.fingerprint = info.fingerprint  # every answer from now on must carry it
         limits = info.raw.get("limits", {})
         self.max_image_bytes = int(limits.get("max_body_bytes", 20 * 2**20))
-        per_request = min(int(limits.get("max_images_per_request", 64)), int(limits.get("max_texts_per_request", 256)))
+        per_request = int(limits.get("max_texts_per_request" if texts else "max_images_per_request", 64))
         return max(1, min(self.opts.batch_size, per_request))
 
     async def run(self, items: Sequence[Item], todo: Sequence[Item]) -> Summary:
         summary = Summary(len(items), len(items) - len(todo))
         start = time.perf_counter()
-        batch_size = await self.prepare()
+        batch_size = await self.prepare(texts=bool(todo) and todo[0].kind == "text")
         summary.model, summary.fingerprint = self.model, self.fingerprint
         queue = batches(todo, batch_size, self.opts.fetch)  # shared by the workers: next() never awaits
         workers = [asyncio.create_task(self._worker(queue, summary)) for _ in range(self.opts.concurrency)]
