@@ -530,8 +530,8 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asynchronous client, the same methods and arguments as `Client` as coroutines. Use `async with`, or await
-    aclose()."""
+    """Asynchronous client, the same methods and arguments as `Client` as coroutines, plus `limits` (httpx's
+    connection pool, per server). Use `async with`, or await aclose()."""
 
     def __init__(self, base_url: Union[str, Sequence[str]] = DEFAULT_URL, *, api_key: Optional[str] = None,
                  timeout: float = 60.0, max_retries: int = 3, max_retry_wait: float = 30.0, backoff: float = 0.5,

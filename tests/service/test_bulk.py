@@ -17,7 +17,7 @@ import pytest
 
 from tests.service.conftest import shape_image
 from tests.service.server import ROOT
-from tests.service.test_client_failover import other_model_dir, other_server, served  # noqa: F401 - shared fixtures
+from tests.service.test_client_failover import served
 
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
