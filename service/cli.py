@@ -1,6 +1,7 @@
 """The `clip-serve` command: one entry point over the project's tools.
 
     clip-serve serve [--host H] [--port P] [--model M]   the server (python -m service); CLIP_* variables apply
+    clip-serve embed PATH... --out vectors.parquet       embed a collection through running servers (resumable)
     clip-serve export ...                                python -m export ...      (ONNX / TensorRT, verify, bench)
     clip-serve train ...                                 python -m models.train ...
     clip-serve eval ...                                  python -m models.eval ...
@@ -18,6 +19,8 @@ import runpy
 import sys
 from typing import Optional
 
+from service.bulk import command as bulk_command
+
 TOOLS = {  # subcommand -> (module run as __main__, what it does)
     "export": ("export", "export a model to ONNX / TensorRT, verify parity, benchmark runtimes"),
     "train": ("models.train", "train or fine-tune a CLIP model (python -m models.train)"),
@@ -33,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (CLIP_HOST)")
     serve.add_argument("--port", type=int, help="bind port (CLIP_PORT)")
     serve.add_argument("--model", help="model name or checkpoint directory (CLIP_MODEL)")
+    embed = sub.add_parser("embed", help="embed folders, globs, lists of images or URLs, or texts, through running "
+                                         "servers into a resumable parquet / .npy output",
+                           description=bulk_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bulk_command.add_arguments(embed)
     for name, (_, text) in TOOLS.items():
         sub.add_parser(name, help=text, add_help=False)  # its own --help comes from the tool itself
     return parser
@@ -87,6 +94,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] in TOOLS:  # pass the rest through untouched, --help included
         return run_module(TOOLS[argv[0]][0], argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "embed":
+        return bulk_command.run(args)
     return serve(args)
 
 

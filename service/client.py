@@ -8,6 +8,11 @@
 `Client` and `AsyncClient` share one core that builds each request and parses each response; they differ only in
 how they send. Both retry 503 (and 429) answers, waiting what `Retry-After` says (bounded by `max_retry_wait`),
 up to `max_retries` times; other errors raise `ClipServeError` at once. This module imports no server code.
+
+Given several base URLs, a client fails over: each call goes to a ready server (round robin), and a server that
+refuses connections, drops them or answers 503/429 is skipped for a cool-down, then probed with GET /readyz
+before it gets calls again. Every answer's fingerprint must match the first one (`FingerprintMismatch`
+otherwise), so vectors from servers with different models never mix.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import email.utils
 import io
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,10 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, "PIL.Image.Image"]  # noq
 Templates = Union[str, Sequence[str], None]
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = (429, 503)
+# Failures that say "this server, not this request": try another server. Not UnsupportedProtocol or local protocol
+# errors (a mistyped URL or a bug here must surface, not be skipped). Every call is idempotent, so one that may have
+# reached a server that then died is safe to send again (a repeated DELETE can answer 404).
+FAILOVER_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 
 
 # --- typed results ------------------------------------------------------------------------------------------
@@ -104,6 +114,17 @@ class ClipServeError(Exception):
         self.status, self.type, self.message, self.retry_after = status, type_, message, retry_after
 
 
+class FingerprintMismatch(Exception):
+    """A server answered with another model fingerprint than the client expects: its vectors are not comparable."""
+
+    def __init__(self, url: str, expected: str, got: str, model: str):
+        super().__init__(
+            f"{url} serves fingerprint {got} (model {model}), but this client expects fingerprint {expected}: "
+            f"embeddings of different fingerprints are not comparable. Serve the same model and weights on every "
+            f"server, or use one client (and one output) per model.")
+        self.url, self.expected, self.got, self.model = url, expected, got, model
+
+
 # --- the shared core: requests and parsers ------------------------------------------------------------------
 @dataclass
 class Call(Generic[T]):
@@ -112,7 +133,7 @@ class Call(Generic[T]):
     method: str
     path: str
     parse: Callable[[httpx.Response], T]
-    kwargs: dict[str, Any] = field(default_factory=dict)  # json= / files= / data= for httpx
+    kwargs: dict[str, Any] = field(default_factory=dict)  # json= / content= + headers= for httpx
 
 
 def image_bytes(image: ImageInput) -> tuple[str, bytes]:
@@ -135,8 +156,30 @@ def _as_list(images: Union[ImageInput, Sequence[ImageInput]]) -> list[ImageInput
     return list(images)  # type: ignore[arg-type]
 
 
-def _files(images: Union[ImageInput, Sequence[ImageInput]]) -> list[tuple[str, tuple[str, bytes]]]:
-    return [("file", image_bytes(im)) for im in _as_list(images)]
+def _quote(name: str) -> str:
+    """A form-data parameter value: the characters that would end or break the header, percent-encoded (HTML)."""
+    return name.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def multipart(images: Union[ImageInput, Sequence[ImageInput]],
+              fields: Optional[dict[str, Union[str, list[str]]]] = None) -> dict[str, Any]:
+    """httpx keyword arguments for a multipart/form-data body of `file` parts (and text fields), built as one bytes
+    object: httpx's own encoder writes each part to the socket separately (two sends per image), which cost
+    more client CPU than the server's decoding of a small image when embedding a collection."""
+    boundary = os.urandom(16).hex()
+    out = bytearray()
+    for name, values in (fields or {}).items():
+        for value in [values] if isinstance(values, str) else values:
+            out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
+                    f"{value}\r\n").encode()
+    for image in _as_list(images):
+        filename, data = image_bytes(image)
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{_quote(filename)}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n").encode()
+        out += data
+        out += b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return {"content": bytes(out), "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"}}
 
 
 def _json(response: httpx.Response) -> Any:
@@ -180,7 +223,11 @@ class Requests:
         return Call("GET", "/info", _info)
 
     def embed_images(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Call[Embeddings]:
-        return Call("POST", "/embed/image", _embeddings, {"files": _files(images)})
+        return Call("POST", "/embed/image", _embeddings, multipart(images))
+
+    def embed_image_urls(self, urls: Sequence[str]) -> Call[Embeddings]:
+        """https URLs the server fetches itself (it needs CLIP_ALLOW_URLS and the host on its allow-list)."""
+        return Call("POST", "/embed/image", _embeddings, {"json": {"images": list(urls)}})
 
     def embed_texts(self, texts: Union[str, Sequence[str]]) -> Call[Embeddings]:
         return Call("POST", "/embed/text", _embeddings, {"json": {"texts": [texts] if isinstance(texts, str)
@@ -198,7 +245,7 @@ class Requests:
             data["templates"] = templates if isinstance(templates, str) else list(templates)
         if top_k is not None:
             data["top_k"] = str(top_k)
-        return Call("POST", "/classify", _classification, {"files": _files(images), "data": data})
+        return Call("POST", "/classify", _classification, multipart(images, data))
 
     def put_labelset(self, name: str, labels: Sequence[str], templates: Templates = None) -> Call[LabelSet]:
         body: dict[str, Any] = {"labels": list(labels)}
@@ -241,12 +288,89 @@ def error_from(response: httpx.Response) -> ClipServeError:
     return ClipServeError(response.status_code, type_, message, retry_after_seconds(response))
 
 
-class _Base:
-    """What both clients hold: the request builder and the retry policy."""
+@dataclass
+class Endpoint:
+    """One server a client sends to, and its health as the client has seen it."""
 
-    def __init__(self, max_retries: int, max_retry_wait: float, backoff: float):
+    url: str
+    http: Any  # httpx.Client or httpx.AsyncClient with base_url=url
+    failures: int = 0  # consecutive failures; 0 = healthy
+    down_until: float = 0.0  # time.monotonic() when its cool-down ends
+
+
+class Endpoints:
+    """Which server to try next: in turn, those not cooling down (one whose cool-down just ended is probed with
+    /readyz first), then, as a last resort, those still cooling down, soonest first (so a call never fails only
+    because every server was marked down a moment ago). One server is always simply tried, as before failover."""
+
+    def __init__(self, endpoints: list[Endpoint], cooldown: float, max_cooldown: float,
+                 clock: Callable[[], float] = time.monotonic):
+        if not endpoints:
+            raise ValueError("give at least one base URL")
+        self.all, self.cooldown, self.max_cooldown, self.clock = endpoints, cooldown, max_cooldown, clock
+        self._turn = 0
+
+    def plan(self) -> list[tuple[Endpoint, bool]]:
+        """Endpoints in the order to try them, each with whether it must pass a /readyz probe first."""
+        if len(self.all) == 1:
+            return [(self.all[0], False)]
+        turn, self._turn = self._turn, (self._turn + 1) % len(self.all)
+        rotated, now = self.all[turn:] + self.all[:turn], self.clock()
+        usable = [(e, e.failures > 0) for e in rotated if e.down_until <= now]
+        cooling = sorted((e for e in rotated if e.down_until > now), key=lambda e: e.down_until)
+        return usable + [(e, False) for e in cooling]
+
+    def failed(self, endpoint: Endpoint, retry_after: Optional[float]) -> None:
+        """Cool down for what the server asked (Retry-After), else exponentially longer per consecutive failure."""
+        endpoint.failures += 1
+        wait = retry_after if retry_after is not None else self.cooldown * 2 ** (endpoint.failures - 1)
+        endpoint.down_until = self.clock() + min(wait, self.max_cooldown)
+
+    @staticmethod
+    def succeeded(endpoint: Endpoint) -> None:
+        endpoint.failures, endpoint.down_until = 0, 0.0
+
+
+@dataclass
+class Round:
+    """What one pass over the servers got: an answer to use, or the best 503/429 to wait on, or the last error."""
+
+    response: Optional[httpx.Response] = None  # a final answer (any status but 503/429)
+    url: str = ""  # the server that gave it
+    busy: Optional[httpx.Response] = None  # the 503/429 with the shortest Retry-After
+    error: Optional[Exception] = None  # the last transport error
+
+    def note_busy(self, response: httpx.Response) -> None:
+        wait = retry_after_seconds(response)
+        best = retry_after_seconds(self.busy) if self.busy is not None else None
+        if self.busy is None or (wait is not None and (best is None or wait < best)):
+            self.busy = response
+
+
+def _base_urls(base_url: Union[str, Sequence[str]]) -> list[str]:
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not urls or not all(isinstance(u, str) and u for u in urls):
+        raise ValueError(f"base_url must be a URL or a list of URLs, got {base_url!r}")
+    return urls
+
+
+class _Base:
+    """What both clients hold: the request builder, the retry policy, the servers and the fingerprint check."""
+
+    def __init__(self, max_retries: int, max_retry_wait: float, backoff: float, fingerprint: Optional[str]):
         self.requests = Requests()
         self.max_retries, self.max_retry_wait, self.backoff = max_retries, max_retry_wait, backoff
+        # the fingerprint every answer must carry: given, or (with several servers) the first answer's; None with
+        # one server and none given means unchecked, as before. Settable, e.g. to the fingerprint of stored vectors.
+        self.fingerprint = fingerprint
+        self._pin_first = False
+        self._lock = threading.Lock()  # check-and-set of the pinned fingerprint from several threads (Client)
+        self.endpoints: Endpoints
+
+    def _setup(self, urls: list[str], make_http: Callable[[str], Any], cooldown: float, max_cooldown: float) -> None:
+        self.endpoints = Endpoints([Endpoint(u, make_http(u)) for u in urls], cooldown, max_cooldown)
+        self._pin_first = len(urls) > 1
+        self.http = self.endpoints.all[0].http  # the first server's httpx client, as the one-URL client had
 
     @staticmethod
     def _headers(api_key: Optional[str]) -> dict[str, str]:
@@ -260,47 +384,116 @@ class _Base:
         wait = hinted if hinted is not None else self.backoff * 2 ** attempt
         return min(wait, self.max_retry_wait)
 
-    @staticmethod
-    def _result(call: Call[T], response: httpx.Response) -> T:
+    def _busy(self, rnd: Round, endpoint: Endpoint, response: httpx.Response) -> bool:
+        """A 503/429 (to a call, or to the /readyz probe of a server whose cool-down ended) cools that server down
+        again; any other answer to a probe is no reason to skip the server: the call itself will tell."""
+        if response.status_code not in RETRY_STATUSES:
+            return False
+        self.endpoints.failed(endpoint, retry_after_seconds(response))
+        rnd.note_busy(response)
+        return True
+
+    def _answered(self, rnd: Round, endpoint: Endpoint, response: httpx.Response) -> bool:
+        """Record one server's answer; True when it is final (anything but 503/429)."""
+        if self._busy(rnd, endpoint, response):
+            return False
+        self.endpoints.succeeded(endpoint)
+        rnd.response, rnd.url = response, endpoint.url
+        return True
+
+    def _unreachable(self, rnd: Round, endpoint: Endpoint, exc: Exception) -> None:
+        if len(self.endpoints.all) == 1:
+            raise exc  # one server: its transport errors surface at once, as they always did
+        self.endpoints.failed(endpoint, None)
+        rnd.error = exc
+
+    def _next_step(self, call: Call[T], rnd: Round, attempt: int) -> tuple[Optional[T], Optional[float]]:
+        """After a round: (result, None) when done, (None, delay) to wait and go round again; raises otherwise."""
+        if rnd.response is not None:
+            return self._result(call, rnd.response, rnd.url), None
+        if rnd.busy is None:
+            raise rnd.error if rnd.error is not None else RuntimeError("no server was tried")
+        delay = self._delay(rnd.busy, attempt)
+        if delay is None:
+            raise error_from(rnd.busy)
+        return None, delay
+
+    def _result(self, call: Call[T], response: httpx.Response, url: str) -> T:
         if response.status_code >= 400:
             raise error_from(response)
-        return call.parse(response)
+        result = call.parse(response)
+        got = getattr(result, "fingerprint", None)
+        if got is not None:
+            self._check_fingerprint(url, got, getattr(result, "model", "?"))
+        return result
+
+    def _check_fingerprint(self, url: str, got: str, model: str) -> None:
+        with self._lock:
+            if self.fingerprint is None and self._pin_first:
+                self.fingerprint = got
+            if self.fingerprint is not None and got != self.fingerprint:
+                raise FingerprintMismatch(url, self.fingerprint, got, model)
 
 
 class Client(_Base):
-    """Synchronous client. Use as a context manager, or call close()."""
+    """Synchronous client. Use as a context manager, or call close().
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: Optional[str] = None, timeout: float = 60.0,
-                 max_retries: int = 3, max_retry_wait: float = 30.0, backoff: float = 0.5,
-                 transport: Optional[httpx.BaseTransport] = None):
-        super().__init__(max_retries, max_retry_wait, backoff)
-        self.http = httpx.Client(base_url=base_url, headers=self._headers(api_key), timeout=timeout,
-                                 transport=transport)
+    `base_url` is one URL or a list of them (failover, see the module docstring). `fingerprint`: the model
+    fingerprint every answer must carry (`FingerprintMismatch` otherwise); with several URLs, by default the
+    first answer's. `cooldown` / `max_cooldown`: seconds a failed server is skipped (doubling per consecutive
+    failure, or what its Retry-After says, capped)."""
+
+    def __init__(self, base_url: Union[str, Sequence[str]] = DEFAULT_URL, *, api_key: Optional[str] = None,
+                 timeout: float = 60.0, max_retries: int = 3, max_retry_wait: float = 30.0, backoff: float = 0.5,
+                 transport: Optional[httpx.BaseTransport] = None, fingerprint: Optional[str] = None,
+                 cooldown: float = 1.0, max_cooldown: float = 30.0):
+        super().__init__(max_retries, max_retry_wait, backoff, fingerprint)
+        self._setup(_base_urls(base_url), lambda url: httpx.Client(base_url=url, headers=self._headers(api_key),
+                                                                    timeout=timeout, transport=transport),
+                    cooldown, max_cooldown)
         self.sleep: Callable[[float], None] = time.sleep
 
     def _run(self, call: Call[T]) -> T:
         attempt = 0
         while True:
-            response = self.http.request(call.method, call.path, **call.kwargs)
-            delay = self._delay(response, attempt)
+            result, delay = self._next_step(call, self._round(call), attempt)
             if delay is None:
-                return self._result(call, response)
+                return result  # type: ignore[return-value]
             self.sleep(delay)
             attempt += 1
+
+    def _round(self, call: Call[T]) -> Round:
+        rnd = Round()
+        for endpoint, probe in self.endpoints.plan():
+            try:
+                if probe and self._busy(rnd, endpoint, endpoint.http.get("/readyz")):
+                    continue
+                if self._answered(rnd, endpoint, endpoint.http.request(call.method, call.path, **call.kwargs)):
+                    break
+            except FAILOVER_ERRORS as exc:
+                self._unreachable(rnd, endpoint, exc)
+        return rnd
 
     def info(self) -> ModelInfo:
         return self._run(self.requests.info())
 
     def ready(self) -> bool:
-        """True once the model is loaded and warmed up (GET /readyz); False while loading or unreachable."""
-        try:
-            return self.http.get("/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
+        """True once a server is loaded and warmed up (GET /readyz); False while loading or unreachable."""
+        for endpoint in self.endpoints.all:
+            try:
+                if endpoint.http.get("/readyz").status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+        return False
 
     def embed_images(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Embeddings:
         """Image embeddings [N, D] of paths, bytes or PIL images (one or a list), in order."""
         return self._run(self.requests.embed_images(images))
+
+    def embed_image_urls(self, urls: Sequence[str]) -> Embeddings:
+        """Embeddings of https images the server downloads (needs CLIP_ALLOW_URLS on the server), in order."""
+        return self._run(self.requests.embed_image_urls(urls))
 
     def embed_texts(self, texts: Union[str, Sequence[str]]) -> Embeddings:
         """Text embeddings [N, D], in order."""
@@ -326,7 +519,8 @@ class Client(_Base):
         return self._run(self.requests.delete_labelset(name))
 
     def close(self) -> None:
-        self.http.close()
+        for endpoint in self.endpoints.all:
+            endpoint.http.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -336,37 +530,59 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asynchronous client, the same methods as `Client` as coroutines. Use `async with`, or await aclose()."""
+    """Asynchronous client, the same methods and arguments as `Client` as coroutines, plus `limits` (httpx's
+    connection pool, per server). Use `async with`, or await aclose()."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: Optional[str] = None, timeout: float = 60.0,
-                 max_retries: int = 3, max_retry_wait: float = 30.0, backoff: float = 0.5,
-                 transport: Optional[httpx.AsyncBaseTransport] = None):
-        super().__init__(max_retries, max_retry_wait, backoff)
-        self.http = httpx.AsyncClient(base_url=base_url, headers=self._headers(api_key), timeout=timeout,
-                                      transport=transport)
+    def __init__(self, base_url: Union[str, Sequence[str]] = DEFAULT_URL, *, api_key: Optional[str] = None,
+                 timeout: float = 60.0, max_retries: int = 3, max_retry_wait: float = 30.0, backoff: float = 0.5,
+                 transport: Optional[httpx.AsyncBaseTransport] = None, fingerprint: Optional[str] = None,
+                 cooldown: float = 1.0, max_cooldown: float = 30.0, limits: Optional[httpx.Limits] = None):
+        super().__init__(max_retries, max_retry_wait, backoff, fingerprint)
+        extra = {"limits": limits} if limits is not None else {}
+        self._setup(_base_urls(base_url), lambda url: httpx.AsyncClient(
+            base_url=url, headers=self._headers(api_key), timeout=timeout, transport=transport, **extra),
+            cooldown, max_cooldown)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def _run(self, call: Call[T]) -> T:
         attempt = 0
         while True:
-            response = await self.http.request(call.method, call.path, **call.kwargs)
-            delay = self._delay(response, attempt)
+            result, delay = self._next_step(call, await self._round(call), attempt)
             if delay is None:
-                return self._result(call, response)
+                return result  # type: ignore[return-value]
             await self.sleep(delay)
             attempt += 1
+
+    async def _round(self, call: Call[T]) -> Round:
+        rnd = Round()
+        for endpoint, probe in self.endpoints.plan():
+            try:
+                if probe and self._busy(rnd, endpoint, await endpoint.http.get("/readyz")):
+                    continue
+                if self._answered(rnd, endpoint, await endpoint.http.request(call.method, call.path,
+                                                                             **call.kwargs)):
+                    break
+            except FAILOVER_ERRORS as exc:
+                self._unreachable(rnd, endpoint, exc)
+        return rnd
 
     async def info(self) -> ModelInfo:
         return await self._run(self.requests.info())
 
     async def ready(self) -> bool:
-        try:
-            return (await self.http.get("/readyz")).status_code == 200
-        except httpx.TransportError:
-            return False
+        for endpoint in self.endpoints.all:
+            try:
+                if (await endpoint.http.get("/readyz")).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+        return False
 
     async def embed_images(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Embeddings:
         return await self._run(self.requests.embed_images(images))
+
+    async def embed_image_urls(self, urls: Sequence[str]) -> Embeddings:
+        return await self._run(self.requests.embed_image_urls(urls))
 
     async def embed_texts(self, texts: Union[str, Sequence[str]]) -> Embeddings:
         return await self._run(self.requests.embed_texts(texts))
@@ -390,7 +606,8 @@ class AsyncClient(_Base):
         return await self._run(self.requests.delete_labelset(name))
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for endpoint in self.endpoints.all:
+            await endpoint.http.aclose()
 
     async def __aenter__(self) -> "AsyncClient":
         return self

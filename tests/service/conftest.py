@@ -52,3 +52,30 @@ def keyed_server(bundled_dir, tmp_path_factory):
                          tmp_path_factory.mktemp("keyed") / "server.log").wait_ready()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(bundled_dir, tmp_path_factory):
+    """The bundled model's architecture with other (perturbed) weights: another fingerprint, same dimensions."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("other-model") / "shapes-other"
+    shutil.copytree(bundled_dir, out)
+    weights = load_file(str(out / "open_clip_model.safetensors"))
+    g = torch.Generator().manual_seed(1)
+    save_file({k: (v + 0.01 * torch.randn(v.shape, generator=g, dtype=torch.float32).to(v.dtype)
+                   if v.is_floating_point() else v).contiguous() for k, v in weights.items()},
+              str(out / "open_clip_model.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_server(other_model_dir, tmp_path_factory):
+    """A real server of `other_model_dir`: answers carry another fingerprint than `server`'s."""
+    proc = ServerProcess({"CLIP_MODEL": str(other_model_dir)},
+                         tmp_path_factory.mktemp("other") / "server.log").wait_ready()
+    yield proc
+    proc.stop()
