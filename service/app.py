@@ -17,7 +17,7 @@ from service.errors import install_error_handlers
 from service.labelset_store import LabelSetStore
 from service.lifecycle import BackendFactory, Lifecycle
 from service.metrics import Metrics
-from service.middleware import AccessLog, BodyLimit
+from service.middleware import AccessLog, BodyLimit, ConnectionCap
 from service.routes import classify, embed, health, labelsets, openai_compat
 from service.settings import Settings
 from service.urls import UrlFetcher
@@ -53,6 +53,7 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
         app.include_router(router)
     install_web(app)  # demo page at /, offline /docs and /redoc (no CDN)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before anything else
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)
     if settings.cors_origins:  # added last = outermost: the 413s and 503s answered early carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",
