@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.errors import error_payload
 from service.metrics import Metrics
@@ -103,12 +103,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._in_headers and not answering:  # part of a request arrived: say why it is cut off
             log.info(json.dumps({"cut_off": "headers", "status": 408, "client": (self.client or ("-",))[0],
                                  "seconds": self.limits.header_timeout_s}))
-            self._answer_and_close(408, "", f"request headers not complete within "
-                                            f"{self.limits.header_timeout_s:g} s (CLIP_HEADER_TIMEOUT_S)")
+            self._answer_408_and_close("", f"request headers not complete within {self.limits.header_timeout_s:g} s "
+                                           f"(CLIP_HEADER_TIMEOUT_S)")
         else:  # a connection that never sent a byte: nothing to answer
             self.transport.close()
 
-    def _body_too_slow(self, cycle) -> None:
+    def _body_too_slow(self, cycle: RequestResponseCycle) -> None:
         self._timer = None
         if self.transport.is_closing():
             return
@@ -120,13 +120,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         cycle.scope.setdefault("extensions", {})[CUT_OFF] = 408
         cycle.disconnected = True
         cycle.message_event.set()
-        self._answer_and_close(408, cycle.scope.get("path", ""), f"request body not complete within "
-                                                                 f"{self.limits.body_timeout_s:g} s "
-                                                                 f"(CLIP_BODY_TIMEOUT_S)")
+        message = f"request body not complete within {self.limits.body_timeout_s:g} s (CLIP_BODY_TIMEOUT_S)"
+        self._answer_408_and_close(cycle.scope.get("path", ""), message)
 
-    def _answer_and_close(self, status: int, path: str, message: str) -> None:
-        body = json.dumps(error_payload(path, status, "request_timeout", message)).encode()
-        head = (f"HTTP/1.1 {status} Request Timeout\r\ncontent-type: application/json\r\n"
+    def _answer_408_and_close(self, path: str, message: str) -> None:
+        """Written here, not by the app: it is not running (headers) or is told the client left (body). The
+        body has the usual error shape (OpenAI's under /v1)."""
+        body = json.dumps(error_payload(path, 408, "request_timeout", message)).encode()
+        head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
         self.transport.write(head + body)
         self.transport.close()
