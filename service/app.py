@@ -52,8 +52,8 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
     for router in (health.router, embed.router, classify.router, labelsets.router, openai_compat.router):
         app.include_router(router)
     install_web(app)  # demo page at /, offline /docs and /redoc (no CDN)
+    app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before any work
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before anything else
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)
     if settings.cors_origins:  # added last = outermost: the 413s and 503s answered early carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",

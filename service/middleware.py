@@ -19,7 +19,10 @@ access_log = logging.getLogger("service.access")
 
 class ConnectionCap:
     """Answer 503 on a connection opened above CLIP_MAX_CONNECTIONS (service/connections.py marks it), before
-    any work; the liveness probe still passes, so a flood of connections does not get the process restarted."""
+    any work; the liveness probe still passes, so a flood of connections does not get the process restarted.
+
+    The body is read (and dropped) first: closing a socket with unread data sends a reset, and the client may
+    lose the 503 with it (seen with 300 concurrent uploads). BodyLimit, outside, bounds what is read."""
 
     LIVENESS = "/healthz"
 
@@ -30,6 +33,11 @@ class ConnectionCap:
         cap = scope.get("extensions", {}).get(OVER_CAPACITY) if scope["type"] == "http" else None
         if cap is None or scope["path"] == self.LIVENESS:
             return await self.app(scope, receive, send)
+        message = await receive()
+        while message["type"] == "http.request" and message.get("more_body"):
+            message = await receive()
+        if message["type"] == "http.disconnect":
+            return
         response = error_response(Overloaded(f"too many open connections (CLIP_MAX_CONNECTIONS={cap}); retry "
                                              f"later or on another replica", retry_after=1), scope["path"])
         response.headers["connection"] = "close"

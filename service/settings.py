@@ -77,7 +77,7 @@ class Settings(BaseSettings):
                                                          "headers -> 408 (20 MiB in 60 s needs ~350 KB/s)")
     keepalive_timeout_s: float = Field(5.0, gt=0, description="idle time allowed between requests on a "
                                                              "keep-alive connection before it is closed")
-    max_connections: int = Field(256, ge=1, description="open client connections; requests on those beyond get "
+    max_connections: int = Field(512, ge=1, description="open client connections; requests on those beyond get "
                                                         "503 (each may buffer up to CLIP_MAX_BODY_BYTES)")
 
     # --- image URLs (off by default; see service/urls.py) ---------------------------------------------------

@@ -100,3 +100,30 @@ def test_connections_over_the_cap_get_503_and_liveness_still_passes(guarded):
         time.sleep(0.1)
     text = guarded.metrics()
     assert metric_value(text, "clip_rejected_total", reason="too_many_connections") >= 1
+
+
+def test_a_burst_of_uploads_over_the_cap_gets_readable_503s(guarded):
+    """Each upload refused for the cap still reads its 503: the server takes the body before closing, as a close
+    with unread data resets the connection and the client can lose the answer."""
+    import asyncio
+    import os
+
+    blob = os.urandom(200_000)  # not an image: 400 when served, which is fine here; only the refusals matter
+    n = MAX_CONNECTIONS * 5
+
+    async def burst() -> list:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+            async def one():
+                try:
+                    return (await client.post(guarded.url + "/embed/image", files=[("file", ("x.png", blob))]))
+                except httpx.HTTPError as exc:
+                    return exc
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    results = asyncio.run(burst())
+    errors = [repr(r) for r in results if isinstance(r, Exception)]
+    assert not errors, errors[:3]
+    over = [r for r in results if r.status_code == 503]
+    assert over and all("CLIP_MAX_CONNECTIONS" in r.json()["error"]["message"] for r in over), \
+        sorted({(r.status_code, r.text[:80]) for r in results})
