@@ -7,8 +7,10 @@ import asyncio
 import faulthandler
 import logging
 import os
+import socket
 import sys
 import threading
+from typing import Optional
 
 import uvicorn
 from pydantic import ValidationError
@@ -80,7 +82,7 @@ class DrainingServer(uvicorn.Server):
         log.info("drain %s; exiting", "complete" if done else f"timed out after {self.drain_s}s")
         self.should_exit = True
 
-    async def shutdown(self, sockets=None) -> None:
+    async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
         # uvicorn closes idle connections, waits timeout_graceful_shutdown for the busy ones, then cancels
         # their tasks, and a cancelled task that has not answered yet is sent a 500. Those requests already had
         # the drain to finish: close their connections first, so their clients see the connection end instead.
@@ -98,8 +100,8 @@ class DrainingServer(uvicorn.Server):
 
     @staticmethod
     def _exit_anyway_after(seconds: float) -> None:
-        """A last resort for what no timeout here reaches (a model download or an encoder call in a thread
-        that the interpreter waits for at exit): end the process `seconds` from now."""
+        """A last resort for what no timeout here reaches (a shutdown step that never returns, an event loop
+        held by a long call): end the process `seconds` from now."""
 
         def exit_now() -> None:
             log.warning("shutdown still not finished %.0fs after the signal; exiting now", seconds)
