@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                          description="allowed CORS origins (off if empty)")
     drain_s: float = Field(25.0, ge=0, description="on SIGTERM, time to finish in-flight requests; the process "
-                                                   "exits within this + 5 s whatever clients do")
+                                                   "exits within this + 10 s whatever clients do")
 
     # --- connections (service/connections.py) --------------------------------------------------------------
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this, from "
