@@ -1,15 +1,21 @@
-"""`python -m service`: validate settings, log them, serve with uvicorn, drain on SIGTERM, exit non-zero if
-the model cannot be loaded."""
+"""`python -m service`: validate settings, log them, serve with uvicorn, drain on SIGTERM and exit within
+CLIP_DRAIN_S + EXIT_MARGIN_S, exit non-zero if the model cannot be loaded."""
 
 from __future__ import annotations
 
 import asyncio
 import faulthandler
 import logging
+import os
+import socket
 import sys
+import threading
+from typing import Optional
 
 import uvicorn
 from pydantic import ValidationError
+
+from service.connections import ConnectionLimits, close_all, protocol_class
 
 log = logging.getLogger("service")
 
@@ -40,8 +46,17 @@ def load_settings():
         sys.exit(2)
 
 
+# After the drain, responses being written get this long before every connection still open is closed.
+CLOSE_AFTER_DRAIN_S = 1.0
+# The process is gone this long after CLIP_DRAIN_S at the latest, whatever clients or threads do; the
+# Kubernetes grace period is derived from it (deploy/k8s/deployment.yaml, docs/deploy.md). The usual path
+# takes CLOSE_AFTER_DRAIN_S + 0.5 s + the app's shutdown; the rest of the margin is for what hangs.
+EXIT_MARGIN_S = 10.0
+
+
 class DrainingServer(uvicorn.Server):
-    """On the first SIGTERM/SIGINT: stop admitting (503), finish queued work within drain_s, then exit."""
+    """On the first SIGTERM/SIGINT: stop admitting (503), finish in-flight requests within drain_s, close the
+    connections still open, exit. Exits within drain_s + EXIT_MARGIN_S in any case."""
 
     def __init__(self, config: uvicorn.Config, lifecycle, drain_s: float):
         super().__init__(config)
@@ -53,6 +68,7 @@ class DrainingServer(uvicorn.Server):
         if self._draining:  # a second signal: stop now (uvicorn re-raises it on the way out)
             return super().handle_exit(sig, frame)
         self._draining = True
+        self._exit_anyway_after(self.drain_s + EXIT_MARGIN_S)
         if self.lifecycle.engine is None:  # still loading: nothing to drain, exit 0 at once
             self.lifecycle.begin_drain()
             self.should_exit = True
@@ -66,6 +82,36 @@ class DrainingServer(uvicorn.Server):
         log.info("drain %s; exiting", "complete" if done else f"timed out after {self.drain_s}s")
         self.should_exit = True
 
+    async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+        # uvicorn closes idle connections, waits timeout_graceful_shutdown for the busy ones, then cancels
+        # their tasks, and a cancelled task that has not answered yet is sent a 500. Those requests already had
+        # the drain to finish: close their connections first, so their clients see the connection end instead.
+        loop = asyncio.get_running_loop()
+        closing = loop.call_later(CLOSE_AFTER_DRAIN_S, self._close_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            closing.cancel()
+
+    def _close_connections(self) -> None:
+        closed = close_all(self.server_state.connections)
+        if closed:
+            log.info("closed %d connection(s) still open after the drain", closed)
+
+    @staticmethod
+    def _exit_anyway_after(seconds: float) -> None:
+        """A last resort for what no timeout here reaches (a shutdown step that never returns, an event loop
+        held by a long call): end the process `seconds` from now."""
+
+        def exit_now() -> None:
+            log.warning("shutdown still not finished %.0fs after the signal; exiting now", seconds)
+            logging.shutdown()
+            os._exit(0)
+
+        timer = threading.Timer(seconds, exit_now)
+        timer.daemon = True
+        timer.start()
+
     def fail(self, exc: BaseException) -> None:
         self.exit_code = 1
         self.should_exit = True
@@ -77,8 +123,12 @@ def main() -> int:
     from service.app import create_app
 
     app = create_app(settings)
+    limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+    # ws="none": no route speaks WebSocket, and an upgraded connection would leave the HTTP timers behind
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, timeout_graceful_shutdown=int(settings.drain_s) + 5)
+                            access_log=False, http=protocol_class(limits, app.state.metrics), ws="none",
+                            timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=CLOSE_AFTER_DRAIN_S + 0.5)  # type: ignore[arg-type]
     server = DrainingServer(config, app.state.lifecycle, settings.drain_s)
     app.state.lifecycle.on_load_failure = server.fail
     server.run()
@@ -92,4 +142,11 @@ if __name__ == "__main__":
     # must give that one request an EPIPE, not kill the process. faulthandler prints a traceback on a crash in
     # native code (ONNX Runtime, libjpeg) instead of a silent exit.
     faulthandler.enable()
-    sys.exit(main())
+    code = main()
+    # The app has shut down: skip the interpreter's own teardown, which joins every worker thread and unloads
+    # torch (1.0-2.4 s measured on a loaded 2-core machine) and would wait for as long as a thread is still in
+    # an encoder call or a model download.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

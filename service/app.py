@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Optional
 
@@ -15,9 +14,10 @@ from service import schemas
 from service.auth import require_api_key
 from service.backends import load_backend
 from service.errors import install_error_handlers
+from service.labelset_store import LabelSetStore
 from service.lifecycle import BackendFactory, Lifecycle
 from service.metrics import Metrics
-from service.middleware import AccessLog, BodyLimit
+from service.middleware import AccessLog, BodyLimit, ConnectionCap
 from service.routes import classify, embed, health, labelsets, openai_compat
 from service.settings import Settings
 from service.urls import UrlFetcher
@@ -47,11 +47,12 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
                   dependencies=[Depends(require_api_key)])
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     app.state.url_fetcher = UrlFetcher.from_settings(settings)  # None unless CLIP_ALLOW_URLS
-    app.state.labelsets = OrderedDict()
+    app.state.labelsets = LabelSetStore(settings.max_labelsets, int(settings.labelset_cache_mb * 1024 * 1024))
     install_error_handlers(app)
     for router in (health.router, embed.router, classify.router, labelsets.router, openai_compat.router):
         app.include_router(router)
     install_web(app)  # demo page at /, offline /docs and /redoc (no CDN)
+    app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before any work
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)
     if settings.cors_origins:  # added last = outermost: the 413s and 503s answered early carry CORS headers too

@@ -15,7 +15,10 @@ from service.errors import Unauthorized
 
 
 def is_public(request: Request) -> bool:
-    if request.url.path in request.app.state.settings.public_paths:
+    # The raw ASGI path, never request.url.path: Starlette before 1.0.1 rebuilt request.url from the Host
+    # header, so `Host: x/healthz?` made every path look like /healthz (GHSA-86qp-5c8j-p5mr). scope["path"]
+    # is the path of the request line, the one the router matches: the route checked is the route served.
+    if request.scope["path"] in request.app.state.settings.public_paths:
         return True
     route = request.scope.get("route")
     return route is not None and not getattr(route, "include_in_schema", True)

@@ -6,6 +6,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Every label value these counters take, exported at zero from the start: an alert on increase() or rate()
+# has a series to evaluate on a healthy server, and the first event shows as an increase of 1 (a series that
+# appears with value 1 has no increase at all).
+MODALITIES = ("image", "text")
+CACHES = ("text", "labelset")
+REJECT_REASONS = ("queue_full", "deadline", "not_ready", "draining",  # service/batcher.py, lifecycle.py
+                  "header_timeout", "body_timeout", "too_many_connections")  # service/connections.py
+BACKEND_ERROR_KINDS = ("oom", "fatal", "error")  # service/batcher.py, Batcher._isolate
 
 
 class Metrics:
@@ -41,12 +49,14 @@ class Metrics:
         self.ready = Gauge("clip_ready", "1 when the model is loaded, warmed up and not draining", registry=r)
         self.model_info = Gauge("clip_model_info", "the loaded model",
                                 ["model", "backend", "device", "precision", "fingerprint"], registry=r)
-        for m in ("image", "text"):  # export zero-valued series from the start, so dashboards have lines
+        for m in MODALITIES:
             for metric in (self.batch_size, self.queue_wait, self.preprocess, self.inference, self.queue_depth,
                            self.queue_capacity, self.dropped):
                 metric.labels(modality=m)
-        for c in ("text", "labelset"):
+        for c in CACHES:
             for metric in (self.cache_hits, self.cache_misses, self.cache_entries, self.cache_bytes):
                 metric.labels(cache=c)
-        for reason in ("queue_full", "deadline", "not_ready", "draining"):
+        for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        for kind in BACKEND_ERROR_KINDS:
+            self.backend_errors.labels(kind=kind)

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: body-size cap (413 before buffering) and per-request log line + metrics."""
+"""Pure-ASGI middleware: connection cap (503), body-size cap (413 before buffering) and per-request log line +
+metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +9,39 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_payload
+from service.connections import CUT_OFF, OVER_CAPACITY
+from service.errors import Overloaded, PayloadTooLarge, error_payload, error_response
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
+
+
+class ConnectionCap:
+    """Answer 503 on a connection opened above CLIP_MAX_CONNECTIONS (service/connections.py marks it), before
+    any work; the liveness probe still passes, so a flood of connections does not get the process restarted.
+
+    The body is read (and dropped) first: closing a socket with unread data sends a reset, and the client may
+    lose the 503 with it (seen with 300 concurrent uploads). BodyLimit, outside, bounds what is read."""
+
+    LIVENESS = "/healthz"
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cap = scope.get("extensions", {}).get(OVER_CAPACITY) if scope["type"] == "http" else None
+        if cap is None or scope["path"] == self.LIVENESS:
+            return await self.app(scope, receive, send)
+        message = await receive()
+        while message["type"] == "http.request" and message.get("more_body"):
+            message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        response = error_response(Overloaded(f"too many open connections (CLIP_MAX_CONNECTIONS={cap}); retry "
+                                             f"later or on another replica", retry_after=1), scope["path"])
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
 
 
 class BodyLimit:
@@ -75,6 +104,7 @@ class AccessLog:
             await self.app(scope, receive, send_status)
         finally:
             self.lifecycle.inflight_requests -= 1
+            status = scope.get("extensions", {}).get(CUT_OFF, status)  # cut off by us: the app saw a disconnect
             self._record(scope, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:

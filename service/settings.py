@@ -67,7 +67,18 @@ class Settings(BaseSettings):
                     "needs the key")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                          description="allowed CORS origins (off if empty)")
-    drain_s: float = Field(25.0, ge=0, description="on SIGTERM, time to finish queued work before exit")
+    drain_s: float = Field(25.0, ge=0, description="on SIGTERM, time to finish in-flight requests; the process "
+                                                   "exits within this + 10 s whatever clients do")
+
+    # --- connections (service/connections.py) --------------------------------------------------------------
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this, from "
+                                                           "its first byte (or the connection's start) -> 408")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's body must arrive within this after its "
+                                                         "headers -> 408 (20 MiB in 60 s needs ~350 KB/s)")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="idle time allowed between requests on a "
+                                                             "keep-alive connection before it is closed")
+    max_connections: int = Field(512, ge=1, description="open client connections; requests on those beyond get "
+                                                        "503 (each may buffer up to CLIP_MAX_BODY_BYTES)")
 
     # --- image URLs (off by default; see service/urls.py) ---------------------------------------------------
     allow_urls: bool = Field(False, description="accept https image URLs in JSON image fields")

@@ -24,7 +24,7 @@ import certifi
 import httpcore
 import httpx
 
-from service.errors import PayloadTooLarge, UrlFetchFailed, UrlRefused
+from service.errors import Overloaded, PayloadTooLarge, UrlFetchFailed, UrlRefused
 
 log = logging.getLogger("service.urls")
 
@@ -103,17 +103,25 @@ class _CheckedNetwork(httpcore.AsyncNetworkBackend):
         self.allow_loopback = allow_loopback
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        # What DNS answered goes to our log only. The caller learns just that the host has no usable public
+        # address, the same words whether it does not resolve or resolves inside: otherwise, with
+        # CLIP_URL_ALLOWED_HOSTS='*', anyone could map internal names to internal addresses through us.
+        refused = UrlRefused(f"host {host!r} does not resolve to a public address; only public addresses are "
+                             f"fetched")
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise UrlFetchFailed(f"cannot resolve host {host!r}: {exc}")
+            log.info("image URL refused: host %r does not resolve: %s", host, exc)
+            raise refused from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         if not addresses:
-            raise UrlFetchFailed(f"host {host!r} has no address")
+            log.info("image URL refused: host %r has no address", host)
+            raise refused
         for ip in addresses:  # all of them: a mixed answer must not slip a private address through
             problem = address_problem(ip, self.allow_loopback)
             if problem:
-                raise UrlRefused(f"host {host!r} resolves to {ip}, {problem}; only public addresses are fetched")
+                log.warning("image URL refused: host %r resolves to %s, %s", host, ip, problem)
+                raise refused
         return addresses
 
     async def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None,
@@ -182,17 +190,30 @@ class UrlFetcher:
         return url
 
     async def fetch(self, raw_url: str, budget: Optional[ByteBudget] = None) -> bytes:
-        """The body of `raw_url` after at most MAX_REDIRECTS checked redirects, within timeout and size caps."""
-        async with self._slots:
-            try:
-                return await asyncio.wait_for(self._fetch(raw_url, budget), self.timeout_s)
-            except asyncio.TimeoutError:
-                raise UrlFetchFailed(f"no complete answer within {self.timeout_s:g} s (CLIP_URL_TIMEOUT_S)")
-            except (httpcore.TimeoutException,) as exc:
-                raise UrlFetchFailed(f"timed out: {type(exc).__name__}")
-            except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError,
-                    OSError) as exc:
-                raise UrlFetchFailed(f"could not fetch: {type(exc).__name__}: {exc}"[:300])
+        """The body of `raw_url` after at most MAX_REDIRECTS checked redirects, within timeout and size caps.
+        The deadline covers the wait for a fetch slot too: 16 slow hosts must not park every later request."""
+        got_slot = False
+
+        async def in_a_slot() -> bytes:
+            nonlocal got_slot
+            async with self._slots:
+                got_slot = True
+                return await self._fetch(raw_url, budget)
+
+        try:
+            return await asyncio.wait_for(in_a_slot(), self.timeout_s)
+        except asyncio.TimeoutError:
+            if not got_slot:  # our congestion, not the URL's fault: retryable, like a full queue
+                raise Overloaded(f"all {MAX_CONCURRENT_FETCHES} URL fetch slots stayed busy for "
+                                 f"{self.timeout_s:g} s (CLIP_URL_TIMEOUT_S); retry later", retry_after=1)
+            raise UrlFetchFailed(f"no complete answer within {self.timeout_s:g} s (CLIP_URL_TIMEOUT_S)")
+        except (httpcore.TimeoutException,) as exc:
+            raise UrlFetchFailed(f"timed out: {type(exc).__name__}")
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError,
+                OSError) as exc:
+            # the text of a connection error names the address it tried: the log gets it, the caller does not
+            log.info("image URL fetch failed: %s: %s", type(exc).__name__, exc)
+            raise UrlFetchFailed(f"could not fetch: {type(exc).__name__}")
 
     async def _fetch(self, raw_url: str, budget: Optional[ByteBudget]) -> bytes:
         async with httpcore.AsyncConnectionPool(ssl_context=self.ssl_context, network_backend=self.network,

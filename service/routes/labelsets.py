@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth import require_api_key
-from service.errors import InvalidField, NotFound, PayloadTooLarge
+from service.errors import InvalidField, NotFound
 from service.inputs import read_json
+from service.labelset_store import LabelSetStore, StoredLabelSet
 from service.routes.common import ERROR_RESPONSES, body_doc, engine, settings, until_done_or_gone
 from service.schemas import LabelSetInfo, LabelSetRequest
 from service.templates import resolve_templates
@@ -19,23 +18,7 @@ router = APIRouter(tags=["label sets"], dependencies=[Depends(require_api_key)],
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-@dataclass(frozen=True)
-class StoredLabelSet:
-    name: str
-    labels: tuple[str, ...]
-    templates: tuple[str, ...]
-    fingerprint: str
-
-    @property
-    def text_bytes(self) -> int:
-        return sum(len(x.encode()) for x in (*self.labels, *self.templates))
-
-    def info(self) -> dict:
-        return {"name": self.name, "labels": list(self.labels), "templates": list(self.templates),
-                "fingerprint": self.fingerprint}
-
-
-def _store(request: Request) -> OrderedDict[str, StoredLabelSet]:
+def _store(request: Request) -> LabelSetStore:
     return request.app.state.labelsets
 
 
@@ -58,18 +41,13 @@ async def put_labelset(name: str, request: Request) -> dict:
     body = await read_json(request, LabelSetRequest)
     labels = clean_labels(body.labels, s)
     templates = resolve_templates(body.templates, s.max_templates)
-    store = _store(request)
-    if name not in store and len(store) >= s.max_labelsets:
-        raise PayloadTooLarge(f"already {len(store)} label sets (CLIP_MAX_LABELSETS); delete one first")
-    # stored definitions are bounded by bytes too (their classifiers live in the byte-bounded labelset cache)
-    held = sum(ls.text_bytes for n, ls in store.items() if n != name)
-    new_bytes = StoredLabelSet(name, labels, templates, "").text_bytes
-    if held + new_bytes > s.labelset_cache_mb * 1024 * 1024:
-        raise PayloadTooLarge(f"label sets would hold {held + new_bytes:,} bytes of text, over "
-                              f"CLIP_LABELSET_CACHE_MB={s.labelset_cache_mb:g}; delete one first")
-    await until_done_or_gone(request, eng.classifier(labels, templates))
-    store[name] = StoredLabelSet(name, labels, templates, eng.backend.fingerprint)
-    return store[name].info()
+    text_bytes = StoredLabelSet(name, labels, templates, "").text_bytes
+    # room is held from before the computation to the insert: concurrent PUTs cannot overshoot the limits
+    with _store(request).reserve(name, text_bytes) as reservation:
+        await until_done_or_gone(request, eng.classifier(labels, templates))
+        stored = StoredLabelSet(name, labels, templates, eng.backend.fingerprint)
+        reservation.commit(stored)
+    return stored.info()
 
 
 @router.get("/labelsets", summary="List label sets")
@@ -86,5 +64,5 @@ async def get_labelset(name: str, request: Request) -> dict:
 @router.delete("/labelsets/{name}", status_code=204, summary="Delete a label set")
 async def delete_labelset(name: str, request: Request) -> Response:
     stored_labelset(request, name)
-    del _store(request)[name]
+    _store(request).delete(name)
     return Response(status_code=204)

@@ -107,6 +107,24 @@ def rule_exprs(path: Path = RULES) -> list[str]:
     return [r["expr"] for g in load_yaml(path)["groups"] for r in g["rules"]]
 
 
+def operator_rule_exprs() -> list[str]:
+    """The expressions of the Prometheus Operator's copy of the rules (deploy/k8s/prometheusrule.yaml)."""
+    (doc,) = load_all_yaml(K8S / "prometheusrule.yaml")
+    return [r["expr"] for g in doc["spec"]["groups"] for r in g["rules"]]
+
+
+def equality_selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """(metric, {label: value}) for each selector of `expr` with label="value" matchers (regex and negative
+    matchers, and Grafana variables, are left out): 'rate(clip_rejected_total{reason="queue_full"}[5m])' ->
+    [('clip_rejected_total', {'reason': 'queue_full'})]."""
+    out = []
+    for m in re.finditer(r"(?<![\w:])([a-zA-Z_:][\w:]*)\s*\{([^{}]*)\}", expr):
+        labels = dict(re.findall(r'(\w+)\s*=\s*"([^"$]*)"', m.group(2)))
+        if labels:
+            out.append((m.group(1), labels))
+    return out
+
+
 def adapter_rules() -> list[dict]:
     return load_yaml(ADAPTER_VALUES)["rules"]["custom"]
 
@@ -124,6 +142,8 @@ def used_metric_names() -> dict[str, set[str]]:
     add(dashboard_variable_metrics(), "grafana variables")
     for expr in rule_exprs():
         add(metric_names(expr), "alert rules")
+    for expr in operator_rule_exprs():
+        add(metric_names(expr), "prometheus operator rules")
     for rule in adapter_rules():
         add(metric_names(rule["seriesQuery"]), "prometheus-adapter rule")
     for doc in load_all_yaml(K8S / "hpa.yaml"):

@@ -174,14 +174,23 @@ def test_gpu_and_probes():
         assert c[probe]["httpGet"]["port"] in ports
 
 
-def test_termination_grace_covers_prestop_and_drain():
+KUBELET_SLACK_S = 5  # between the process's own deadline and the kubelet's SIGKILL (deployment.yaml's comment)
+
+
+def test_termination_grace_is_prestop_plus_drain_plus_the_exit_margin():
+    """The grace period runs from the preStop hook: its sleep, then SIGTERM and the drain (CLIP_DRAIN_S), then
+    the server's exit margin (it ends itself by then), then a little slack for the kubelet."""
+    from service.__main__ import EXIT_MARGIN_S
+
     pod = one("deployment.yaml")["spec"]["template"]["spec"]
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop, drain = float(command[1]), float(env()["CLIP_DRAIN_S"])
-    # The grace period runs from the preStop hook: sleep, then SIGTERM and the drain, then a margin to exit.
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 10
-    assert pod["terminationGracePeriodSeconds"] <= pre_stop + drain + 30, "a stuck pod should not linger"
+    assert pod["terminationGracePeriodSeconds"] == pre_stop + drain + EXIT_MARGIN_S + KUBELET_SLACK_S, \
+        "terminationGracePeriodSeconds = preStop + CLIP_DRAIN_S + EXIT_MARGIN_S + slack: change them together"
+    documented = (K8S.parents[1] / "docs" / "deploy.md").read_text()
+    assert f"terminationGracePeriodSeconds: {pod['terminationGracePeriodSeconds']}` = `preStop` sleep " \
+           f"{pre_stop:g} s" in documented and f"`CLIP_DRAIN_S` {drain:g} s" in documented, "docs/deploy.md"
 
 
 def test_runs_as_the_image_user():
