@@ -137,25 +137,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc, request.url.path)
+        return error_response(exc, request.scope["path"])
 
     @app.exception_handler(ClientDisconnect)
     async def _client_disconnect(request: Request, exc: ClientDisconnect):  # left while sending the body
-        return error_response(ClientGone("client closed the connection while sending the body"), request.url.path)
+        return error_response(ClientGone("client closed the connection while sending the body"), request.scope["path"])
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_payload(request.url.path, 422, "invalid_request", _validation_message(exc)),
+        return JSONResponse(error_payload(request.scope["path"], 422, "invalid_request", _validation_message(exc)),
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_payload(request.url.path, exc.status_code, kind, str(exc.detail)),
+        return JSONResponse(error_payload(request.scope["path"], exc.status_code, kind, str(exc.detail)),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_payload(request.url.path, 500, "internal_error", "internal server error"),
+        log.exception("unhandled error on %s %s", request.method, request.scope["path"])
+        return JSONResponse(error_payload(request.scope["path"], 500, "internal_error", "internal server error"),
                             status_code=500)

@@ -41,7 +41,8 @@ from models.preprocess import PreprocessConfig
 
 log = logging.getLogger("service.jpeg_tensor")
 DEVICE_MODES = ("RGB", "L")  # Pillow's modes for YCbCr and grayscale JPEGs; CMYK/YCCK JPEGs open as "CMYK"
-# clip_jpeg_fallbacks_total{reason}: "orientation" (EXIF), "mode" (CMYK/YCCK), "decoder" (nvJPEG refused it)
+# clip_jpeg_fallbacks_total{reason}: "orientation" (EXIF), "mode" (CMYK/YCCK), "decoder" (nvJPEG refused it);
+# service/metrics.py JPEG_FALLBACK_REASONS lists the same three, exported at zero from the start
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec, once per call. A process-wide
 # filter: warnings.catch_warnings() is not thread-safe, and decoding runs in a thread pool.

@@ -14,6 +14,7 @@ CACHES = ("text", "labelset")
 REJECT_REASONS = ("queue_full", "deadline", "not_ready", "draining",  # service/batcher.py, lifecycle.py
                   "header_timeout", "body_timeout", "too_many_connections")  # service/connections.py
 BACKEND_ERROR_KINDS = ("oom", "fatal", "error")  # service/batcher.py, Batcher._isolate
+JPEG_FALLBACK_REASONS = ("orientation", "mode", "decoder")  # service/jpeg_tensor.py, JpegOnDevice
 
 
 class Metrics:
@@ -60,3 +61,5 @@ class Metrics:
             self.rejected.labels(reason=reason)
         for kind in BACKEND_ERROR_KINDS:
             self.backend_errors.labels(kind=kind)
+        for reason in JPEG_FALLBACK_REASONS:
+            self.jpeg_fallbacks.labels(reason=reason)

@@ -72,11 +72,12 @@ def test_every_selected_label_value_has_a_series_on_a_fresh_server(fresh_server)
 
 def test_known_label_values_are_exported_at_zero(fresh_server):
     """Every reason and kind the code counts is a series from the start (service/metrics.py lists them)."""
-    from service.metrics import BACKEND_ERROR_KINDS, REJECT_REASONS
+    from service.metrics import BACKEND_ERROR_KINDS, JPEG_FALLBACK_REASONS, REJECT_REASONS
 
     exposition = httpx.get(fresh_server.url + "/metrics", timeout=10).text
     for name, label, values in (("clip_rejected_total", "reason", REJECT_REASONS),
-                                ("clip_backend_errors_total", "kind", BACKEND_ERROR_KINDS)):
+                                ("clip_backend_errors_total", "kind", BACKEND_ERROR_KINDS),
+                                ("clip_jpeg_fallbacks_total", "reason", JPEG_FALLBACK_REASONS)):
         found = {s.labels[label] for family in text_string_to_metric_families(exposition)
                  for s in family.samples if s.name == name}
         assert set(values) <= found, (name, sorted(set(values) - found))
