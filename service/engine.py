@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
@@ -82,30 +83,53 @@ class Engine:
                                 retry_after=1)
 
     # --- images ---------------------------------------------------------------------------------------------
-    def _preprocess_one(self, data: bytes) -> np.ndarray:
+    def _preprocess_one(self, data: bytes, job: "_DecodeJob") -> np.ndarray:
+        if not job.begin():  # the request is over (deadline, client gone, a sibling failed): skip the decode
+            raise _Skipped()
         start = time.perf_counter()
         out = self.preprocessor(data)
         self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
         return out
 
-    async def preprocess_images(self, images: list[bytes]) -> list[np.ndarray]:
-        """Decode + resize + normalise every image in the worker pool; a bad one names its index."""
+    async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
+        """Decode + resize + normalise every image in the worker pool; a bad one names its index.
+
+        Each decode starts only while its request still wants it: the request fails with 503 as soon as its
+        deadline passes with images undecoded (those are never decoded), and a client that leaves, or a sibling
+        that fails, stops the decodes not yet started (counted in clip_dropped_total when the client left).
+        Decodes already running finish in the background: Pillow cannot be interrupted.
+        """
+        if not images:
+            return []
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b) for b in images]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for i, r in enumerate(results):
-            if isinstance(r, ApiError):
-                raise type(r)(f"images[{i}]: {r.message}" if len(images) > 1 else r.message)
-            if isinstance(r, BaseException):
-                raise BadInput(f"images[{i}]: could not be decoded ({type(r).__name__}: {r})")
-        return results  # type: ignore[return-value]
+        deadline = self.deadline() if deadline is None else deadline
+        job = _DecodeJob(len(images), time.monotonic() + (deadline - loop.time()))
+        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job) for b in images]
+        try:
+            done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:  # the client left (or a sibling task failed): nobody wants the rest
+            self.metrics.dropped.labels("image").inc(job.close())
+            raise
+        finally:
+            job.close()
+            for f in futures:
+                f.cancel()
+        errors = {i: f.exception() for i, f in enumerate(futures) if f in done and f.exception() is not None}
+        bad = [i for i, exc in errors.items() if not isinstance(exc, _Skipped)]
+        if bad:
+            raise _named(errors[bad[0]], bad[0], len(images))
+        if pending or errors:  # timed out, or workers found the deadline passed before they began
+            skipped = job.close()
+            raise self._expire(skipped, f"{skipped} of {len(images)} images were not decoded")
+        return [f.result() for f in futures]
 
     async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
         """Image bytes -> L2-normalised embeddings [N, D], in order."""
         deadline = self.deadline() if deadline is None else deadline
         self.images.admit(len(images))  # a full queue answers 503 before any decoding
         try:
-            pixels = await self.preprocess_images(images)
+            pixels = await self.preprocess_images(images, deadline)
         except BaseException:
             self.images.release(len(images))
             raise
@@ -177,3 +201,36 @@ class Engine:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
+
+class _Skipped(Exception):
+    """A decode not started because its request no longer wants it."""
+
+
+class _DecodeJob:
+    """One request's decodes: a worker starts one only while the request is open and its deadline not passed."""
+
+    def __init__(self, n: int, deadline: float):
+        self.n, self.deadline = n, deadline  # deadline in time.monotonic() terms (workers have no event loop)
+        self.started = 0
+        self._open = True
+        self._lock = threading.Lock()
+
+    def begin(self) -> bool:
+        with self._lock:
+            if not self._open or time.monotonic() > self.deadline:
+                return False
+            self.started += 1
+            return True
+
+    def close(self) -> int:
+        """Stop further decodes; returns how many never started. Idempotent."""
+        with self._lock:
+            self._open = False
+            return self.n - self.started
+
+
+def _named(exc: BaseException, index: int, n: int) -> ApiError:
+    """An image's failure as the client sees it: its index when the request had several."""
+    if isinstance(exc, ApiError):
+        return type(exc)(f"images[{index}]: {exc.message}" if n > 1 else exc.message)
+    return BadInput(f"images[{index}]: could not be decoded ({type(exc).__name__}: {exc})")
