@@ -23,9 +23,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # how a lone surrogate can hide in UTF-8 JSON: a \ud800-\udfff escape, or its 3 raw bytes (json.loads decodes bytes
 # with "surrogatepass")
 _SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-# Bodies above this are parsed (and their base64 decoded) in a thread, not on the event loop: measured on 2 cores,
-# a 19 MB body stalled every other request (GET /healthz) by 230 ms (64 base64 images), 130 ms (3.9 million short
-# strings) and 30 ms (256 texts of 80 KB). Parsing below it takes well under a millisecond: not worth a thread hop.
+# Bodies above this are parsed (and their base64 decoded) in a thread, not on the event loop. Measured on 2 cores, a
+# 19 MB body stalled every other request (GET /healthz) on the loop by 229 ms (base64 images) and 136 ms (3.9 million
+# short strings); in a thread by 44 and 74 ms, the longest single call that holds the GIL (json.loads). Parsing
+# below this size takes well under a millisecond: not worth a thread hop.
 OFF_LOOP_BYTES = 64 * 1024
 _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # scheme: (base64 never holds ':'; data: is handled first)
 T = TypeVar("T")
