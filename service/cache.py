@@ -13,6 +13,17 @@ from service.metrics import Metrics
 ENTRY_OVERHEAD_BYTES = 200  # dict slot + key tuple + array header, roughly
 
 
+def text_bytes(key: Hashable) -> int:
+    """UTF-8 bytes of the text in a key (strings, nested in tuples): a CJK or emoji prompt holds 2-4 bytes per
+    character in memory, and UTF-8 never counts fewer than Python stores. Lone surrogates count as 3 bytes
+    ("surrogatepass"): they cannot be UTF-8 encoded, but a key may still hold one."""
+    if isinstance(key, str):
+        return len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))
+    if isinstance(key, tuple):
+        return sum(text_bytes(k) for k in key)
+    return text_bytes(str(key))
+
+
 class ByteLRU:
     """LRU of numpy arrays whose total size stays within `max_bytes`. Thread-safe."""
 
@@ -28,8 +39,7 @@ class ByteLRU:
 
     @staticmethod
     def _size(key: Hashable, value: np.ndarray) -> int:
-        key_bytes = sum(len(str(k)) for k in key) if isinstance(key, tuple) else len(str(key))
-        return int(value.nbytes) + key_bytes + ENTRY_OVERHEAD_BYTES
+        return int(value.nbytes) + text_bytes(key) + ENTRY_OVERHEAD_BYTES
 
     def get(self, key: Hashable) -> Optional[np.ndarray]:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
@@ -17,11 +18,11 @@ import numpy as np
 from service.backends import Backend
 from service.batcher import Batcher
 from service.cache import ByteLRU
-from service.errors import ApiError, BadInput
+from service.errors import ApiError, BadInput, DeadlineExceeded
 from service.images import ImagePreprocessor
 from service.metrics import Metrics
 from service.settings import Settings
-from service.templates import prompts_for
+from service.templates import check_prompt_count, prompts_for, reachable_chars
 
 MB = 1024 * 1024
 # ONNX Runtime's ViT-B-32 image tower on CPU is fastest at batch 8 (19.9 img/s, 18.3 at 32); served at
@@ -71,33 +72,65 @@ class Engine:
         return self.images.depth == 0 and self.texts.depth == 0
 
     def deadline(self) -> float:
+        """Loop time by which a request's work must have started: CLIP_REQUEST_TIMEOUT_S from now. A request takes
+        one deadline at its start and passes it to every step, so no step restarts the clock."""
         return asyncio.get_running_loop().time() + self.settings.request_timeout_s
 
+    def _expire(self, n: int, what: str) -> DeadlineExceeded:
+        """The 503 for a request past its deadline, counting its n items refused (as the batcher counts them)."""
+        self.metrics.rejected.labels("deadline").inc(n)
+        return DeadlineExceeded(f"{what} before the request's deadline (CLIP_REQUEST_TIMEOUT_S="
+                                f"{self.settings.request_timeout_s:g}s); retry later, or send less per request",
+                                retry_after=1)
+
     # --- images ---------------------------------------------------------------------------------------------
-    def _preprocess_one(self, data: bytes) -> np.ndarray:
+    def _preprocess_one(self, data: bytes, job: "_DecodeJob") -> np.ndarray:
+        if not job.begin():  # the request is over (deadline, client gone, a sibling failed): skip the decode
+            raise _Skipped()
         start = time.perf_counter()
         out = self.preprocessor(data)
         self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
         return out
 
-    async def preprocess_images(self, images: list[bytes]) -> list[np.ndarray]:
-        """Decode + resize + normalise every image in the worker pool; a bad one names its index."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b) for b in images]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for i, r in enumerate(results):
-            if isinstance(r, ApiError):
-                raise type(r)(f"images[{i}]: {r.message}" if len(images) > 1 else r.message)
-            if isinstance(r, BaseException):
-                raise BadInput(f"images[{i}]: could not be decoded ({type(r).__name__}: {r})")
-        return results  # type: ignore[return-value]
+    async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
+        """Decode + resize + normalise every image in the worker pool; a bad one names its index.
 
-    async def embed_images(self, images: list[bytes]) -> np.ndarray:
+        Each decode starts only while its request still wants it: the request fails with 503 as soon as its
+        deadline passes with images undecoded (those are never decoded), and a client that leaves, or a sibling
+        that fails, stops the decodes not yet started (counted in clip_dropped_total when the client left).
+        Decodes already running finish in the background: Pillow cannot be interrupted.
+        """
+        if not images:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = self.deadline() if deadline is None else deadline
+        job = _DecodeJob(len(images), time.monotonic() + (deadline - loop.time()))
+        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job) for b in images]
+        try:
+            done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:  # the client left (or a sibling task failed): nobody wants the rest
+            self.metrics.dropped.labels("image").inc(job.close())
+            raise
+        finally:
+            job.close()
+            for f in futures:
+                f.cancel()
+        errors = {i: f.exception() for i, f in enumerate(futures) if f in done and f.exception() is not None}
+        bad = [i for i, exc in errors.items() if not isinstance(exc, _Skipped)]
+        if bad:
+            raise _named(errors[bad[0]], bad[0], len(images))
+        if pending or errors:  # timed out, or workers found the deadline passed before they began
+            skipped = job.close()
+            raise self._expire(skipped, f"{skipped} of {len(images)} images were not decoded")
+        return [f.result() for f in futures]
+
+    async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
         """Image bytes -> L2-normalised embeddings [N, D], in order."""
-        deadline = self.deadline()
+        deadline = self.deadline() if deadline is None else deadline
         self.images.admit(len(images))  # a full queue answers 503 before any decoding
         try:
-            pixels = await self.preprocess_images(images)
+            pixels = await self.preprocess_images(images, deadline)
         except BaseException:
             self.images.release(len(images))
             raise
@@ -110,46 +143,55 @@ class Engine:
         self.metrics.preprocess.labels("text").observe((time.perf_counter() - start) / max(1, len(texts)))
         return tokens
 
-    async def embed_texts(self, texts: list[str], chunk: Optional[int] = None) -> np.ndarray:
-        """Texts -> embeddings [N, D]; cached prompts skip the encoder. Misses are encoded in chunks."""
+    async def embed_texts(self, texts: list[str], deadline: Optional[float] = None) -> np.ndarray:
+        """Texts -> embeddings [N, D]; cached prompts skip the encoder, the misses go to it together."""
         fp = self.backend.fingerprint
         out: list[Optional[np.ndarray]] = [self.text_cache.get((fp, t)) for t in texts]
         missing = sorted({t for t, e in zip(texts, out) if e is None})
         if missing:
-            computed = await self._encode_texts(missing, chunk or len(missing))
+            computed = await self._encode_texts(missing, self.deadline() if deadline is None else deadline)
             for t, e in zip(missing, computed):
                 self.text_cache.put((fp, t), e)
             lookup = dict(zip(missing, computed))
             out = [e if e is not None else lookup[t] for t, e in zip(texts, out)]
         return np.stack(out)  # type: ignore[arg-type]
 
-    async def _encode_texts(self, texts: list[str], chunk: int) -> list[np.ndarray]:
+    async def _encode_texts(self, texts: list[str], deadline: float) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        result: list[np.ndarray] = []
-        for i in range(0, len(texts), chunk):
-            part = texts[i:i + chunk]
-            deadline = self.deadline()
-            self.texts.admit(len(part))
-            try:
-                tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, part)
-            except BaseException:
-                self.texts.release(len(part))
-                raise
-            result.extend(await self.texts.submit(list(tokens), deadline, admitted=True))
-        return result
+        if loop.time() > deadline:  # not even tokenised: the batcher would refuse them anyway
+            raise self._expire(len(texts), f"{len(texts)} texts were not encoded")
+        self.texts.admit(len(texts))
+        try:
+            tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, texts)
+        except BaseException:
+            self.texts.release(len(texts))
+            raise
+        return await self.texts.submit(list(tokens), deadline, admitted=True)
 
     # --- classifiers ----------------------------------------------------------------------------------------
-    async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
-        """[C, D] prototypes: per label, the mean of its normalised template embeddings, renormalised."""
+    async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...],
+                         deadline: Optional[float] = None) -> np.ndarray:
+        """[C, D] prototypes: per label, the mean of its normalised template embeddings, renormalised.
+
+        Refused (413) above CLIP_MAX_PROMPTS before any prompt is built. Prompts are built and encoded about one
+        encoder batch at a time, each cut to what can reach the model, so memory stays bounded whatever the
+        labels; each step's embeddings enter the prompt cache at once, so a request stopped by its deadline
+        (one deadline for all steps) leaves its work for a retry.
+        """
+        check_prompt_count(len(labels), len(templates), self.settings.max_prompts)
         key = (self.backend.fingerprint, labels, templates)
         cached = self.labelset_cache.get(key)
         if cached is not None:
             return cached
-        prompts = prompts_for(labels, templates)
-        emb = await self.embed_texts(prompts, chunk=self.texts.max_batch)  # [C*T, D]
-        proto = emb.reshape(len(labels), len(templates), -1).mean(axis=1)  # [C, D]
+        deadline = self.deadline() if deadline is None else deadline
+        limit = reachable_chars(self.backend.context_length)
+        step = max(1, self.texts.max_batch // len(templates))  # labels per step
+        proto = np.empty((len(labels), self.backend.embed_dim), dtype=np.float32)  # [C, D]
+        for i in range(0, len(labels), step):
+            part = labels[i:i + step]
+            emb = await self.embed_texts(prompts_for(part, templates, limit), deadline)  # [c*T, D]
+            proto[i:i + len(part)] = emb.reshape(len(part), len(templates), -1).mean(axis=1)
         proto /= np.linalg.norm(proto, axis=1, keepdims=True).clip(min=1e-12)
-        proto = proto.astype(np.float32)
         self.labelset_cache.put(key, proto)
         return proto
 
@@ -159,3 +201,37 @@ class Engine:
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
+
+
+class _Skipped(Exception):
+    """A decode not started because its request no longer wants it."""
+
+
+class _DecodeJob:
+    """One request's decodes: a worker starts one only while the request is open and its deadline not passed."""
+
+    def __init__(self, n: int, deadline: float):
+        self.n, self.deadline = n, deadline  # deadline in time.monotonic() terms (workers have no event loop)
+        self.started = 0
+        self._open = True
+        self._lock = threading.Lock()
+
+    def begin(self) -> bool:
+        with self._lock:
+            if not self._open or time.monotonic() > self.deadline:
+                return False
+            self.started += 1
+            return True
+
+    def close(self) -> int:
+        """Stop further decodes; returns how many never started. Idempotent."""
+        with self._lock:
+            self._open = False
+            return self.n - self.started
+
+
+def _named(exc: BaseException, index: int, n: int) -> ApiError:
+    """An image's failure as the client sees it: its index when the request had several."""
+    if isinstance(exc, ApiError):
+        return type(exc)(f"images[{index}]: {exc.message}" if n > 1 else exc.message)
+    return BadInput(f"images[{index}]: could not be decoded ({type(exc).__name__}: {exc})")

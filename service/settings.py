@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1, description="texts per request -> 413 above")
     max_labels: int = Field(1000, ge=1, description="labels per classify / label set -> 413 above")
     max_templates: int = Field(100, ge=1, description="templates per classify / label set")
+    # labels x templates: each prompt is one text-encoder pass. 10,000 prompts of a 512-d model fit the default
+    # 64 MB prompt cache, so a request cut off by its deadline resumes from the cache when retried (README)
+    max_prompts: int = Field(10_000, ge=1, description="labels x templates per classify / label set -> 413 above")
     max_image_pixels: int = Field(40_000_000, ge=1, description="pixel cap checked before decoding -> 413")
     reduced_jpeg_decode: bool = Field(True, description="decode large JPEGs at reduced size (Pillow draft)")
     jpeg_decode: Literal["cpu", "cuda"] = Field("cpu", description="where JPEGs are decoded: cpu (Pillow) or "

@@ -1,4 +1,4 @@
-"""Prompt templates: built-in sets and validation of user-supplied ones."""
+"""Prompt templates: built-in sets, validation of user-supplied ones, and prompts built within limits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Optional, Union
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from service.errors import InvalidField
+from service.backends.base import CHARS_PER_TOKEN
+from service.errors import InvalidField, PayloadTooLarge
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 BUILT_IN: dict[str, tuple[str, ...]] = {  # open_clip ships the paper's 80 ImageNet templates as lambdas
@@ -37,6 +38,43 @@ def resolve_templates(templates: Optional[Union[str, list[str]]], max_templates:
     return tuple(templates)
 
 
-def prompts_for(labels: tuple[str, ...], templates: tuple[str, ...]) -> list[str]:
-    """Label-major prompts: [l0t0, l0t1, ..., l1t0, ...]. replace(), not format(): labels may hold braces."""
-    return [t.replace("{}", label) for label in labels for t in templates]
+def check_prompt_count(n_labels: int, n_templates: int, max_prompts: int) -> None:
+    """labels x templates prompts are encoded for one classifier: refuse (413) before any prompt is built."""
+    n = n_labels * n_templates
+    if n > max_prompts:
+        raise PayloadTooLarge(f"{n_labels} labels x {n_templates} templates = {n:,} prompts; the limit is "
+                              f"{max_prompts:,} per request and per label set (CLIP_MAX_PROMPTS); use fewer labels "
+                              f"or templates")
+
+
+def reachable_chars(context_length: int) -> int:
+    """How many leading characters of a text can reach the model: Backend.tokenize cuts every text to this many
+    (service/backends/base.py clip_text) before tokenising, so nothing after them can change an embedding."""
+    return context_length * CHARS_PER_TOKEN
+
+
+def _pieces(template: str, limit: int) -> list[str]:
+    """The text around the template's "{}"s, as far as a prompt of `limit` characters can reach: each piece cut to
+    `limit`, and no more than `limit` placeholders (each holds a non-empty label, so later ones are never reached)."""
+    return [piece[:limit] for piece in template.split("{}", limit)]
+
+
+def fill(pieces: list[str], label: str, limit: int) -> str:
+    """template.replace("{}", label)[:limit] for a non-empty label, without building the longer string: 1,000
+    labels of 5,000 characters in 80 templates made 400 MB of prompts that the tokenizer then cut to `limit`."""
+    parts, size = [], 0
+    for i, piece in enumerate(pieces):
+        for text in ((label, piece) if i else (piece,)):
+            if size >= limit:
+                return "".join(parts)
+            parts.append(text[:limit - size])
+            size += len(parts[-1])
+    return "".join(parts)
+
+
+def prompts_for(labels: tuple[str, ...], templates: tuple[str, ...], limit: int) -> list[str]:
+    """Label-major prompts [l0t0, l0t1, ..., l1t0, ...], each cut to its first `limit` characters (what can reach
+    the model, see reachable_chars), so their memory is bounded by labels x templates x limit whatever the input.
+    Labels are non-empty (the routes check). replace(), not format(): labels may hold braces."""
+    cut = [_pieces(t, limit) for t in templates]
+    return [fill(pieces, label, limit) for label in labels for pieces in cut]

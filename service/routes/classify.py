@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Request
 
 from service.auth import require_api_key
 from service.errors import InvalidField, UnsupportedMedia
-from service.engine import Engine
 from service.inputs import (content_type, images_from_strings, int_field, read_json, read_multipart, single_field,
                             validate)
 from service.routes.common import (ERROR_RESPONSES, body_doc, check_count, engine, note_items, settings,
@@ -17,7 +16,7 @@ from service.routes.common import (ERROR_RESPONSES, body_doc, check_count, engin
 from service.routes.labelsets import stored_labelset
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
-from service.templates import resolve_templates
+from service.templates import check_prompt_count, resolve_templates
 
 router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 
@@ -61,18 +60,19 @@ async def _parse(request: Request, s: Settings) -> tuple[list[bytes], ClassifyRe
     raise UnsupportedMedia(f"content type {ctype!r} not supported; use multipart/form-data or application/json")
 
 
-async def _classifier(request: Request, eng: Engine, body: ClassifyRequest,
-                      s: Settings) -> tuple[tuple[str, ...], np.ndarray]:
+def _label_source(request: Request, body: ClassifyRequest, s: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(labels, templates) of a stored label set or of the request itself, checked before any model work."""
     if body.labelset is not None:
         if body.labels is not None:
             raise InvalidField("give either `labels` or `labelset`, not both")
         stored = stored_labelset(request, body.labelset)
-        return stored.labels, await eng.classifier(stored.labels, stored.templates)
+        return stored.labels, stored.templates
     if body.labels is None:
         raise InvalidField("labels: required (or name a stored `labelset`)")
     labels = clean_labels(body.labels, s)
     templates = resolve_templates(body.templates, s.max_templates)
-    return labels, await eng.classifier(labels, templates)
+    check_prompt_count(len(labels), len(templates), s.max_prompts)
+    return labels, templates
 
 
 def ranked(labels: tuple[str, ...], probs: np.ndarray, top_k: Optional[int]) -> list[list[dict]]:
@@ -95,11 +95,14 @@ async def classify(request: Request) -> dict:
     check_count("images", len(images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
     note_items(request, len(images))
 
-    async def work():
-        labels, proto = await _classifier(request, eng, body, s)
-        emb = await eng.embed_images(images)
-        return labels, eng.scores(emb, proto)
+    labels, templates = _label_source(request, body, s)
 
-    labels, probs = await until_done_or_gone(request, work())
+    async def work():
+        deadline = eng.deadline()  # one for the whole request: the label prompts and the images
+        proto = await eng.classifier(labels, templates, deadline)
+        emb = await eng.embed_images(images, deadline)
+        return eng.scores(emb, proto)
+
+    probs = await until_done_or_gone(request, work())
     return {"model": eng.backend.model_id, "fingerprint": eng.backend.fingerprint,
             "results": ranked(labels, probs, body.top_k)}

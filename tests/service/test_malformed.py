@@ -80,6 +80,59 @@ JSON = {  # name -> (path, body, expected status)
                                                "labels": ["🔴 círculo rojo", "青い四角", "💙🟦", "ünïcödé ✓"]}, 200),
 }
 
+_RED = _b64(encode(shape_image("red", "circle")))
+_DEEP = b"[" * 50_000 + b"]" * 50_000
+_DIGITS = b"1" * 5_000  # over Python's 4,300-digit limit for int(str)
+_SURROGATE = b'"\\ud800"'  # JSON's escape for a lone UTF-16 surrogate: not text, cannot be UTF-8 encoded
+RAW = {  # name -> (method, path, JSON body bytes, expected status); each decided before any model work
+    "texts nested 50,000 deep": ("POST", "/embed/text", b'{"texts": ' + _DEEP + b"}", 400),
+    "images nested 50,000 deep": ("POST", "/embed/image", b'{"images": ' + _DEEP + b"}", 400),
+    "labels nested 50,000 deep": ("POST", "/classify", b'{"image": "%s", "labels": %s}' % (_RED.encode(), _DEEP), 400),
+    "label set nested 50,000 deep": ("PUT", "/labelsets/deep", b'{"labels": ' + _DEEP + b"}", 400),
+    "/v1 input nested 50,000 deep": ("POST", "/v1/embeddings", b'{"model": "clip", "input": ' + _DEEP + b"}", 400),
+    "top_k of 5,000 digits": ("POST", "/classify", b'{"image": "%s", "labels": ["a", "b"], "top_k": %s}'
+                              % (_RED.encode(), _DIGITS), 400),
+    "/v1 dimensions of 5,000 digits": ("POST", "/v1/embeddings", b'{"model": "clip", "input": "a", "dimensions": '
+                                       + _DIGITS + b"}", 400),
+    "5,000 digits in texts": ("POST", "/embed/text", b'{"texts": [' + _DIGITS + b"]}", 400),
+    "lone surrogate label": ("POST", "/classify", b'{"image": "%s", "labels": [%s, "b"]}' % (_RED.encode(), _SURROGATE),
+                             400),
+    "lone surrogate template": ("POST", "/classify", b'{"image": "%s", "labels": ["a"], "templates": ["\\udfff {}"]}'
+                                % _RED.encode(), 400),
+    "lone surrogate in a label set": ("PUT", "/labelsets/surrogate", b'{"labels": [%s]}' % _SURROGATE, 400),
+    "lone surrogate text": ("POST", "/embed/text", b'{"texts": [%s]}' % _SURROGATE, 400),
+    "lone surrogate as raw bytes": ("POST", "/embed/text", b'{"texts": ["\xed\xa0\x80"]}', 400),
+    "lone surrogate image string": ("POST", "/embed/image", b'{"images": [%s]}' % _SURROGATE, 400),
+    "lone surrogate in a key": ("POST", "/embed/text", b'{"texts": ["a"], "\\udc00": 1}', 400),
+    "lone surrogate /v1 input": ("POST", "/v1/embeddings", b'{"model": "clip", "input": [%s]}' % _SURROGATE, 400),
+    "lone surrogate /v1 model": ("POST", "/v1/embeddings", b'{"model": %s, "input": ["a"]}' % _SURROGATE, 400),
+    "lone surrogate in UTF-16 JSON": ("POST", "/embed/text", '{"texts": ["\\ud800"]}'.encode("utf-16"), 400),
+}
+
+
+def _multipart(fields: list[tuple[str, bytes]], charset: str = "utf-8") -> tuple[bytes, dict[str, str]]:
+    parts = [b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+             + encode(shape_image("red", "circle")) + b"\r\n"]
+    parts += [b'--b0undary\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (k.encode(), v)
+              for k, v in fields]
+    return b"".join(parts) + b"--b0undary--\r\n", {
+        "content-type": f"multipart/form-data; boundary=b0undary; charset={charset}"}
+
+
+MULTIPART = {  # name -> (form fields, the body's declared charset, expected status), all to /classify
+    "top_k of 5,000 digits": ([("labels", b"a"), ("labels", b"b"), ("top_k", _DIGITS)], "utf-8", 422),
+    "surrogate label via unicode_escape": ([("labels", b"\\ud800"), ("labels", b"b")], "unicode_escape", 400),
+    "surrogate label via UTF-7": ([("labels", b"+2AA-"), ("labels", b"b")], "utf-7", 400),
+    "surrogate template via unicode_escape": ([("labels", b"a"), ("templates", b"\\udfff {}")], "unicode_escape",
+                                              400),
+    "surrogate label set name": ([("labelset", b"\\ud800")], "unicode_escape", 400),
+}
+
+
+def _model_work(server) -> tuple[float, float]:
+    text = httpx.get(server.url + "/metrics").text
+    return tuple(metric_value(text, "clip_preprocess_seconds_count", modality=m) for m in ("text", "image"))
+
 
 @pytest.fixture(scope="module")
 def before(server) -> dict:
@@ -108,6 +161,32 @@ def test_malformed_json(server, before, name):
     assert r.status_code == status, (name, r.text[:500])
     if status != 200:
         assert r.json()["error"]["type"] and r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", list(RAW))
+def test_malformed_raw_json_is_4xx_before_model_work(server, before, name):
+    method, path, body, status = RAW[name]
+    work = _model_work(server)
+    r = httpx.request(method, server.url + path, content=body, headers={"content-type": "application/json"},
+                      timeout=60)
+    assert r.status_code == status, (name, r.text[:300])
+    error = r.json()["error"]
+    if path.startswith("/v1/"):  # OpenAI's shape there
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_input" and error["message"]
+    else:
+        assert error["type"] == "invalid_input" and error["message"]
+    assert _model_work(server) == work, "nothing was tokenised or decoded"
+
+
+@pytest.mark.parametrize("name", list(MULTIPART))
+def test_malformed_multipart_fields_are_4xx_before_model_work(server, before, name):
+    fields, charset, status = MULTIPART[name]
+    body, headers = _multipart(fields, charset)
+    work = _model_work(server)
+    r = httpx.post(server.url + "/classify", content=body, headers=headers)
+    assert r.status_code == status, (name, r.text[:300])
+    assert r.json()["error"]["type"] and len(r.json()["error"]["message"]) < 500
+    assert _model_work(server) == work, "nothing was tokenised or decoded"
 
 
 def test_bad_item_in_a_batch_names_its_index(server, before):
