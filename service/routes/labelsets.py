@@ -12,7 +12,7 @@ from service.inputs import read_json
 from service.labelset_store import LabelSetStore, StoredLabelSet
 from service.routes.common import ERROR_RESPONSES, body_doc, engine, settings, until_done_or_gone
 from service.schemas import LabelSetInfo, LabelSetRequest
-from service.templates import resolve_templates
+from service.templates import check_prompt_count, resolve_templates
 
 router = APIRouter(tags=["label sets"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -41,6 +41,7 @@ async def put_labelset(name: str, request: Request) -> dict:
     body = await read_json(request, LabelSetRequest)
     labels = clean_labels(body.labels, s)
     templates = resolve_templates(body.templates, s.max_templates)
+    check_prompt_count(len(labels), len(templates), s.max_prompts)  # 413 before any room is reserved
     text_bytes = StoredLabelSet(name, labels, templates, "").text_bytes
     # room is held from before the computation to the insert: concurrent PUTs cannot overshoot the limits
     with _store(request).reserve(name, text_bytes) as reservation:
