@@ -39,6 +39,7 @@ async def info(request: Request) -> dict:
                          "max_queue": s.max_queue, "request_timeout_s": s.request_timeout_s},
             "limits": {"max_body_bytes": s.max_body_bytes, "max_images_per_request": s.max_images_per_request,
                        "max_texts_per_request": s.max_texts_per_request, "max_labels": s.max_labels,
+                       "max_templates": s.max_templates, "max_prompts": s.max_prompts,
                        "max_image_pixels": s.max_image_pixels},
             "template_sets": sorted(BUILT_IN)}
 

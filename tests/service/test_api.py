@@ -22,6 +22,7 @@ def test_health_ready_info_metrics(server):
     info = httpx.get(server.url + "/info").json()
     assert info["dimensions"] == 128 and info["backend"] == "torch" and info["device"] == "cpu"
     assert info["batching"]["image_max_batch"] >= 1 and "openai_imagenet" in info["template_sets"]
+    assert info["limits"]["max_prompts"] == 10_000 and info["limits"]["max_templates"] == 100
     metrics = httpx.get(server.url + "/metrics")
     assert metrics.status_code == 200 and "clip_model_info{" in metrics.text
     assert f'fingerprint="{info["fingerprint"]}"' in metrics.text
