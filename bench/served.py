@@ -173,6 +173,16 @@ def store_labelsets(url: str, todo: list[Scenario]) -> dict:
     return notes
 
 
+def labelset_env(todo: list[Scenario], budget: Budget) -> dict[str, str]:
+    """What a user storing a 1,000-label x 80-template set sets too (README, Security: Deadlines): room for its
+    prompts (CLIP_MAX_PROMPTS), a prompt cache that holds them, and a request deadline as long as the build."""
+    prompts = max((s.labelset * OPENAI_TEMPLATES for s in todo), default=0)
+    if prompts <= 10_000:  # the defaults already allow it
+        return {}
+    return {"CLIP_MAX_PROMPTS": str(prompts), "CLIP_TEXT_CACHE_MB": "256",
+            "CLIP_REQUEST_TIMEOUT_S": str(max(600.0, 4 * budget.labelset_build_s))}
+
+
 def run_all(env: dict[str, str], log_path: Path, todo: list[Scenario], budget: Budget,
             notes: dict) -> tuple[dict, dict]:
     """Run scenarios against one server -> (its /info, results by scenario name). If the server dies, the
@@ -196,9 +206,9 @@ def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text
             extra_env: dict[str, str] | None = None, quick: bool = False,
             only: Sequence[str] | None = None) -> dict:
     """All scenarios against one server, then image-224 at concurrency 32 with max batch 1 (ratio b)."""
-    env = {**model.server_env(backend), **(extra_env or {})}
     todo, notes = scenarios(budget, text_items_per_s, quick)
     todo = [s for s in todo if not only or s.name in only]
+    env = {**model.server_env(backend), **labelset_env(todo, budget), **(extra_env or {})}
     info, scenarios_out = run_all(env, raw_dir / f"server-{model.key}-{backend}.log", todo, budget, notes)
     result: dict = {"model": model.key, "backend": backend, "env": env, "info": info,
                     "scenarios": scenarios_out, "notes": notes}
