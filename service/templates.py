@@ -22,7 +22,9 @@ def resolve_templates(templates: Optional[Union[str, list[str]]], max_templates:
     if templates is None:
         return DEFAULT_TEMPLATES
     if isinstance(templates, str):
-        if templates in BUILT_IN:
+        if templates in BUILT_IN:  # a name costs as many encoder passes as its templates: the same cap applies
+            n = len(BUILT_IN[templates])
+            _check_template_count(n, max_templates, f"the built-in set {templates!r} has {n} templates")
             return BUILT_IN[templates]
         if "{}" not in templates:
             raise InvalidField(f"templates: unknown built-in set {templates!r}; use one of {sorted(BUILT_IN)} "
@@ -30,12 +32,16 @@ def resolve_templates(templates: Optional[Union[str, list[str]]], max_templates:
         templates = [templates]
     if not templates:
         raise InvalidField("templates: give at least one template, or omit the field for the default")
-    if len(templates) > max_templates:
-        raise InvalidField(f"templates: {len(templates)} given, at most {max_templates} allowed")
+    _check_template_count(len(templates), max_templates, f"{len(templates)} given")
     bad = [t for t in templates if "{}" not in t]
     if bad:
         raise InvalidField(f"templates: each must contain '{{}}' where the label goes; bad: {bad[0][:80]!r}")
     return tuple(templates)
+
+
+def _check_template_count(n: int, max_templates: int, what: str) -> None:
+    if n > max_templates:
+        raise InvalidField(f"templates: {what}, at most {max_templates} allowed (CLIP_MAX_TEMPLATES)")
 
 
 def check_prompt_count(n_labels: int, n_templates: int, max_prompts: int) -> None:

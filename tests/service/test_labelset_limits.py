@@ -1,16 +1,22 @@
 """Label-set limits hold under concurrency: room is reserved before the classifier is computed and given back
-when a PUT fails or its client leaves. Unit tests of the store, then 80 concurrent PUTs against the real server."""
+when a PUT fails or its client leaves. Unit tests of the store, then 80 concurrent PUTs against the real server;
+then the default limits (64 sets, 100 templates, built-in template sets counted) through the app."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
+import time
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from service.errors import PayloadTooLarge
 from service.labelset_store import LabelSetStore, StoredLabelSet
+from service.settings import Settings
+from tests.service.fake_backend import COLOURS, named_app, png
 from tests.service.server import ServerProcess
 
 
@@ -122,3 +128,67 @@ def test_concurrent_puts_of_new_names_store_at_most_the_limit(small_store_server
     assert httpx.put(small_store_server.url + "/labelsets/one-more", json={"labels": ["a"]}).status_code == 413
     assert httpx.delete(f"{small_store_server.url}/labelsets/{name}").status_code == 204
     assert httpx.put(small_store_server.url + "/labelsets/one-more", json={"labels": ["a"]}).status_code == 200
+
+
+# --- the defaults, through the app on a fake backend (the limits, not the model, are under test) ----------------
+@pytest.fixture
+def default_client():
+    """An app with the default settings: CLIP_MAX_LABELSETS=64, CLIP_MAX_TEMPLATES=100."""
+    app, _ = named_app(Settings())
+    with TestClient(app) as client:
+        limit = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < limit, "the fake backend never became ready"
+            time.sleep(0.02)
+        yield client
+
+
+def test_the_65th_new_label_set_is_refused_while_a_replacement_still_works(default_client):
+    c = default_client
+    for i in range(64):
+        r = c.put(f"/labelsets/set-{i}", json={"labels": [f"label {i}"]})
+        assert r.status_code == 200, (i, r.text)
+    refused = c.put("/labelsets/set-64", json={"labels": ["one too many"]})
+    assert refused.status_code == 413, refused.text
+    assert "CLIP_MAX_LABELSETS=64" in refused.json()["error"]["message"]
+    replaced = c.put("/labelsets/set-7", json={"labels": ["new", "labels"], "templates": ["a {}"]})
+    assert replaced.status_code == 200, replaced.text
+    assert c.get("/labelsets/set-7").json()["labels"] == ["new", "labels"]
+    assert len(c.get("/labelsets").json()["labelsets"]) == 64
+    assert c.get("/labelsets/set-64").status_code == 404  # the refused PUT left nothing behind
+    assert c.delete("/labelsets/set-0").status_code == 204
+    assert c.put("/labelsets/set-64", json={"labels": ["fits now"]}).status_code == 200
+
+
+@pytest.mark.parametrize("route", ["/classify", "/labelsets/templates"])
+def test_templates_at_the_cap_are_accepted_and_over_it_refused(default_client, route):
+    def send(n: int):
+        body = {"labels": ["a", "b"], "templates": [f"{{}} number {j}" for j in range(n)]}
+        if route == "/classify":
+            return default_client.post(route, json={**body, "image": base64.b64encode(png(COLOURS["fresh"])).decode()})
+        return default_client.put(route, json=body)
+
+    at_cap = send(100)
+    assert at_cap.status_code == 200, at_cap.text
+    over = send(101)
+    assert over.status_code == 422 and "CLIP_MAX_TEMPLATES" in over.json()["error"]["message"], over.text
+
+
+@pytest.mark.parametrize("route", ["/classify", "/labelsets/builtin"])
+def test_built_in_template_sets_count_against_the_cap(route):
+    """CLIP_MAX_TEMPLATES=7: `simple` (open_clip's 7) fits, `openai_imagenet` (the paper's 80) does not."""
+    app, _ = named_app(Settings(max_templates=7))
+    with TestClient(app) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+
+        def send(templates: str):
+            body = {"labels": ["a", "b"], "templates": templates}
+            if route == "/classify":
+                return c.post(route, json={**body, "image": base64.b64encode(png(COLOURS["fresh"])).decode()})
+            return c.put(route, json=body)
+
+        assert send("simple").status_code == 200
+        over = send("openai_imagenet")
+        assert over.status_code == 422, f"80 built-in templates accepted under CLIP_MAX_TEMPLATES=7: {over.text}"
+        assert "CLIP_MAX_TEMPLATES" in over.json()["error"]["message"], over.text

@@ -1,0 +1,45 @@
+"""An app from service.app.create_app served by uvicorn on a loopback port, in a thread of the test process.
+
+For tests that need real concurrent HTTP requests against a fake backend (to isolate the batcher, say); tests of
+the whole server start `python -m service` instead (tests/service/server.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from tests.service.server import free_port
+
+
+@contextmanager
+def serve(app: FastAPI, ready_timeout_s: float = 60.0) -> Iterator[str]:
+    """Serve `app` until the block ends; yields its base URL once /readyz answers 200."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False,
+                            lifespan="on", ws="none")
+    server = uvicorn.Server(config)  # in a thread, uvicorn installs no signal handlers
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        limit = time.monotonic() + ready_timeout_s
+        while not _ready(url):
+            assert thread.is_alive(), "the app's server stopped while starting"
+            assert time.monotonic() < limit, f"not ready after {ready_timeout_s:g}s"
+            time.sleep(0.02)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
