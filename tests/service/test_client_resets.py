@@ -95,6 +95,7 @@ def test_a_client_that_leaves_gets_its_queued_work_dropped(bundled_dir, tmp_path
         r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
         assert r.status_code == 200
         assert '"status": 499' in server.log()
+        assert metric_value(server.metrics(), "clip_requests_total", endpoint="/embed/text", status="499") == 1
     finally:
         server.stop()
 
