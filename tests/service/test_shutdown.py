@@ -4,46 +4,28 @@ that runs out with work still queued exits 0 within CLIP_DRAIN_S + 10 s."""
 
 from __future__ import annotations
 
-import io
 import signal
 import threading
 import time
 
 import httpx
-import numpy as np
-from PIL import Image
 
+from tests.service.conftest import encode, shape_image
 from tests.service.gated import GatedServer
-from tests.service.server import ServerProcess, metric_value
+from tests.service.server import metric_value
 
 REQUESTS, IMAGES_EACH = 16, 4
 DRAIN_S = 2.0
 EXIT_MARGIN_S = 10.0  # README: exits "within CLIP_DRAIN_S + 10 s in any case"
 
 
-def gradient_png(side: int, seed: int) -> bytes:
-    """A smooth image that takes tens of ms to decode, so admitted work is still queued at SIGTERM."""
-    x = np.linspace(0, 255, side, dtype=np.float32)
-    arr = np.stack([np.add.outer(x, x) / 2, np.outer(np.ones(side), x), np.full((side, side), seed * 10.0)], -1)
-    buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8)).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def admitted_items(url: str) -> float:
-    """Image items admitted so far: encoded ones plus those reserved, queued or in flight."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return metric_value(text, "clip_batch_size_sum", modality="image") + \
-        metric_value(text, "clip_queue_depth", modality="image")
-
-
 def test_sigterm_during_load_finishes_admitted_work_and_exits_0(bundled_dir, tmp_path):
-    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_BATCH": "2", "CLIP_IMAGE_MAX_WAIT_MS": "1",
-                            "CLIP_PREPROCESS_WORKERS": "1", "CLIP_DRAIN_S": "60", "CLIP_REQUEST_TIMEOUT_S": "60"},
-                           tmp_path / "server.log").wait_ready()
+    """The encoder is held (tests/service/gated.py) until after the signal, so every admitted item is surely
+    still queued or in flight when SIGTERM comes; released, all of it must be answered before the exit."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_BATCH": "2", "CLIP_IMAGE_MAX_WAIT_MS": "1",
+                          "CLIP_DRAIN_S": "60", "CLIP_REQUEST_TIMEOUT_S": "60"}, tmp_path).wait_ready()
     try:
-        images = [gradient_png(1200, i) for i in range(IMAGES_EACH)]
-        base = admitted_items(server.url)
+        images = [encode(shape_image(c, "circle")) for c in ("red", "blue", "green", "yellow")[:IMAGES_EACH]]
         results: list = [None] * REQUESTS
 
         def send(i: int) -> None:
@@ -53,22 +35,20 @@ def test_sigterm_during_load_finishes_admitted_work_and_exits_0(bundled_dir, tmp
             except httpx.HTTPError as exc:
                 results[i] = exc
 
+        server.hold()
         threads = [threading.Thread(target=send, args=(i,)) for i in range(REQUESTS)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while admitted_items(server.url) - base < REQUESTS * IMAGES_EACH:  # every request is admitted ...
-            assert time.monotonic() < deadline, "requests were not admitted"
-            time.sleep(0.02)
-        depth = metric_value(httpx.get(server.url + "/metrics").text, "clip_queue_depth", modality="image")
-        assert depth > 0, "the test must signal while work is still queued"
-        server.signal(signal.SIGTERM)  # ... before the signal
+        _wait_until(lambda: metric_value(server.metrics(), "clip_queue_depth", modality="image")
+                    == REQUESTS * IMAGES_EACH, "every request admitted")  # ... none can finish while held
+        server.signal(signal.SIGTERM)
         ready = _wait_not_ready(server)  # the signal is handled: from here on, new work is refused
         assert "draining" in ready.json()["reason"], ready.text
         late = httpx.post(server.url + "/embed/image", files=[("file", ("x.png", images[0]))], timeout=30)
         assert late.status_code == 503 and late.headers["Retry-After"], late.text
         assert late.json()["error"]["type"] == "not_ready"
         assert metric_value(server.metrics(), "clip_rejected_total", reason="draining") == 1, "the late one, counted"
+        server.release()
         for t in threads:
             t.join(120)
         bad = [(i, r if isinstance(r, Exception) else (r.status_code, r.text[:200])) for i, r in enumerate(results)
@@ -81,7 +61,7 @@ def test_sigterm_during_load_finishes_admitted_work_and_exits_0(bundled_dir, tmp
         server.stop()
 
 
-def _wait_not_ready(server: ServerProcess, timeout: float = 30.0) -> httpx.Response:
+def _wait_not_ready(server: GatedServer, timeout: float = 30.0) -> httpx.Response:
     """Poll /readyz until it answers 503 (a signal is handled asynchronously), and return that answer."""
     deadline = time.monotonic() + timeout
     while (ready := httpx.get(server.url + "/readyz", timeout=30)).status_code == 200:
