@@ -6,11 +6,14 @@ in every response and in every cache key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 from typing import Any
 
 import torch
+from open_clip.tokenizer import get_clean_fn
 
 
 def _tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
@@ -23,7 +26,33 @@ def _tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
     inner = getattr(tokenizer, "tokenizer", None)
     if inner is not None:
         ident["name"] = getattr(inner, "name_or_path", type(inner).__name__)
+    ident.update(_token_options(tokenizer))
     return ident
+
+
+def _token_options(tokenizer: Any) -> dict[str, Any]:
+    """The options that give other tokens for the same text and vocabulary (open_clip's text_cfg.tokenizer_kwargs):
+    text cleaning, token reduction, [SEP] stripping, tokenizer mode. Only values other than the tokenizer class's
+    defaults are added, so a fingerprint taken before these were hashed (model cards, export manifests, vector
+    stores) keeps its value."""
+    opts: dict[str, Any] = {}
+    clean = getattr(tokenizer, "clean_fn", None)
+    default_clean = inspect.signature(type(tokenizer).__init__).parameters.get("clean")
+    if clean is not None and (default_clean is None or clean is not get_clean_fn(default_clean.default)):
+        opts["clean"] = _function_name(clean)
+    if getattr(tokenizer, "reduction_fn", None) is not None:
+        opts["reduction"] = _function_name(tokenizer.reduction_fn)
+    if getattr(tokenizer, "strip_sep_token", False):
+        opts["strip_sep_token"] = True
+    if getattr(tokenizer, "tokenizer_mode", ""):
+        opts["mode"] = tokenizer.tokenizer_mode
+    return opts
+
+
+def _function_name(fn: Any) -> str:
+    if isinstance(fn, functools.partial):
+        return f"{_function_name(fn.func)}{sorted(fn.keywords.items())}"
+    return getattr(fn, "__qualname__", repr(fn))
 
 
 def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:

@@ -20,6 +20,16 @@ async def _burst(url: str, n: int, make_kwargs) -> list[httpx.Response]:
         return await asyncio.gather(*(client.post(url, **make_kwargs(i)) for i in range(n)))
 
 
+@pytest.fixture(scope="module")
+def server(bundled_dir, tmp_path_factory):
+    """This module's own server (not the shared one): the metric deltas below count only this module's requests,
+    whatever ran before it."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_WAIT_MS": "20"},
+                         tmp_path_factory.mktemp("batching") / "server.log").wait_ready()
+    yield proc
+    proc.stop()
+
+
 def test_concurrent_requests_form_batches_larger_than_one(server):
     before = _metrics(server)
     blob = encode(shape_image("cyan", "diamond"))

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+
+from tests.service.server import ServerProcess, metric_value
 
 SIGPIPE_BIT = 1 << (13 - 1)  # SIGPIPE is signal 13; /proc/<pid>/status SigIgn bit n-1
 
@@ -38,23 +41,38 @@ def send_then_reset(port: int, body: bytes, wait_s: float) -> None:
         s.close()
 
 
-def test_connections_reset_mid_answer_leave_the_server_serving(server):
+@pytest.fixture
+def own_server(bundled_dir, tmp_path):
+    """A server of this test's own: the requests it abandons must not land on the shared one's later tests."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir)}, tmp_path / "server.log").wait_ready()
+    yield proc
+    proc.stop()
+
+
+def test_connections_reset_mid_answer_leave_the_server_serving(own_server):
+    server = own_server
     port = int(server.url.rsplit(":", 1)[1])
     # large answers (many 128-d embeddings) so the server is still writing when the reset arrives
     body = json.dumps({"texts": [f"a red circle number {i}" for i in range(256)]}).encode()
     for i in range(40):
         send_then_reset(port, body, wait_s=(i % 8) * 0.005)
     assert server.proc.poll() is None, f"the server died:\n{server.log()}"
-    r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
-    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
+    # The abandoned requests may still fill the queue (256 texts each, CLIP_MAX_QUEUE 256): a 503 then is the
+    # documented back-pressure, so wait for the queue to empty before asking for an answer.
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.wait_idle(), "the queue never emptied"
+        r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        assert r.json()["error"]["type"] == "overloaded", r.text
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1, r.text
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
 
 
 def test_a_client_that_leaves_gets_its_queued_work_dropped(bundled_dir, tmp_path):
     """Texts still queued when their client closes the connection are not encoded (clip_dropped_total), the
     request is logged as 499, and the server goes on serving."""
-    from tests.service.server import ServerProcess, metric_value
-
     n = 2000
     server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_TEXT_MAX_BATCH": "1", "CLIP_MAX_QUEUE": str(n),
                             "CLIP_MAX_TEXTS_PER_REQUEST": str(n)}, tmp_path / "server.log").wait_ready()
@@ -63,7 +81,10 @@ def test_a_client_that_leaves_gets_its_queued_work_dropped(bundled_dir, tmp_path
         s = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10)
         s.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        time.sleep(0.3)  # admitted and queued; one text per encoder call takes well over a second for 2000
+        deadline = time.monotonic() + 60  # queued: the encoder has begun on them, one text per call (seconds for 2000)
+        while metric_value(server.metrics(), "clip_batch_size_count", modality="text") == 0:
+            assert time.monotonic() < deadline, f"the texts were never queued:\n{server.log()}"
+            time.sleep(0.02)
         s.close()
         deadline = time.monotonic() + 30
         while (dropped := metric_value(httpx.get(server.url + "/metrics").text, "clip_dropped_total",
@@ -74,6 +95,7 @@ def test_a_client_that_leaves_gets_its_queued_work_dropped(bundled_dir, tmp_path
         r = httpx.post(server.url + "/embed/text", json={"texts": ["a blue square"]}, timeout=30)
         assert r.status_code == 200
         assert '"status": 499' in server.log()
+        assert metric_value(server.metrics(), "clip_requests_total", endpoint="/embed/text", status="499") == 1
     finally:
         server.stop()
 

@@ -130,7 +130,9 @@ MULTIPART = {  # name -> (form fields, the body's declared charset, expected sta
 
 
 def _model_work(server) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics").text
+    """Texts tokenised and images decoded so far, once no earlier test's work is queued."""
+    assert server.wait_idle(), "the shared server's queue never emptied"
+    text = server.metrics()
     return tuple(metric_value(text, "clip_preprocess_seconds_count", modality=m) for m in ("text", "image"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -11,6 +12,8 @@ import openai
 import pytest
 
 from tests.service.conftest import API_KEY, encode, shape_image
+from tests.service.gated import GatedServer
+from tests.service.server import metric_value
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -190,3 +193,34 @@ def test_body_over_the_cap_is_refused_in_openais_shape_too(server):
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
     assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_overloaded_is_a_server_error_with_retry_after_and_is_counted(bundled_dir, tmp_path):
+    """A full queue under /v1: 503, `type` server_error, `code` overloaded, Retry-After, and the openai client's
+    InternalServerError; counted as queue_full once per refusal. The encoder is held (tests/service/gated.py),
+    so the queue is full for as long as the test needs, not for as long as a burst happens to last."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_MAX_QUEUE": "2", "CLIP_DRAIN_S": "5"},
+                         tmp_path).wait_ready()
+    try:
+        warm = server.entered()
+        server.hold()
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            with ThreadPoolExecutor(1) as pool:
+                filling = pool.submit(http.post, "/embed/text", json={"texts": ["overload one", "overload two"]})
+                server.wait_entered(warm + 1)  # both texts are in the held encoder: the queue (2) is full
+                before = metric_value(server.metrics(), "clip_rejected_total", reason="queue_full")
+                r = http.post("/v1/embeddings", json={"model": "clip", "input": "a red circle"})
+                assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, r.text
+                assert r.json()["error"] == {"message": r.json()["error"]["message"], "type": "server_error",
+                                             "param": None, "code": "overloaded"}
+                assert "CLIP_MAX_QUEUE" in r.json()["error"]["message"]
+                client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+                with pytest.raises(openai.InternalServerError) as err:
+                    client.embeddings.create(model="clip", input="a red circle")
+                assert err.value.status_code == 503 and err.value.code == "overloaded"
+                assert metric_value(server.metrics(), "clip_rejected_total", reason="queue_full") == before + 2
+                server.release()
+                assert filling.result().status_code == 200, "the work that filled the queue is answered"
+        assert client.embeddings.create(model="clip", input="a red circle").data, "and room is made again"
+    finally:
+        server.stop()

@@ -1,45 +1,31 @@
 """Graceful shutdown: SIGTERM under load. Work admitted before the signal completes with 200, new work gets 503,
-/readyz turns 503, and the process exits 0. Also: SIGTERM while the model is still loading exits 0."""
+/readyz turns 503, and the process exits 0. Also: SIGTERM while the model is still loading exits 0, and a drain
+that runs out with work still queued exits 0 within CLIP_DRAIN_S + 10 s."""
 
 from __future__ import annotations
 
-import io
 import signal
 import threading
 import time
 
 import httpx
-import numpy as np
-from PIL import Image
 
-from tests.service.server import ServerProcess, metric_value
+from tests.service.conftest import encode, shape_image
+from tests.service.gated import GatedServer
+from tests.service.server import metric_value
 
 REQUESTS, IMAGES_EACH = 16, 4
-
-
-def gradient_png(side: int, seed: int) -> bytes:
-    """A smooth image that takes tens of ms to decode, so admitted work is still queued at SIGTERM."""
-    x = np.linspace(0, 255, side, dtype=np.float32)
-    arr = np.stack([np.add.outer(x, x) / 2, np.outer(np.ones(side), x), np.full((side, side), seed * 10.0)], -1)
-    buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8)).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def admitted_items(url: str) -> float:
-    """Image items admitted so far: encoded ones plus those reserved, queued or in flight."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return metric_value(text, "clip_batch_size_sum", modality="image") + \
-        metric_value(text, "clip_queue_depth", modality="image")
+DRAIN_S = 2.0
+EXIT_MARGIN_S = 10.0  # README: exits "within CLIP_DRAIN_S + 10 s in any case"
 
 
 def test_sigterm_during_load_finishes_admitted_work_and_exits_0(bundled_dir, tmp_path):
-    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_BATCH": "2", "CLIP_IMAGE_MAX_WAIT_MS": "1",
-                            "CLIP_PREPROCESS_WORKERS": "1", "CLIP_DRAIN_S": "60", "CLIP_REQUEST_TIMEOUT_S": "60"},
-                           tmp_path / "server.log").wait_ready()
+    """The encoder is held (tests/service/gated.py) until after the signal, so every admitted item is surely
+    still queued or in flight when SIGTERM comes; released, all of it must be answered before the exit."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_BATCH": "2", "CLIP_IMAGE_MAX_WAIT_MS": "1",
+                          "CLIP_DRAIN_S": "60", "CLIP_REQUEST_TIMEOUT_S": "60"}, tmp_path).wait_ready()
     try:
-        images = [gradient_png(1200, i) for i in range(IMAGES_EACH)]
-        base = admitted_items(server.url)
+        images = [encode(shape_image(c, "circle")) for c in ("red", "blue", "green", "yellow")[:IMAGES_EACH]]
         results: list = [None] * REQUESTS
 
         def send(i: int) -> None:
@@ -49,21 +35,20 @@ def test_sigterm_during_load_finishes_admitted_work_and_exits_0(bundled_dir, tmp
             except httpx.HTTPError as exc:
                 results[i] = exc
 
+        server.hold()
         threads = [threading.Thread(target=send, args=(i,)) for i in range(REQUESTS)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while admitted_items(server.url) - base < REQUESTS * IMAGES_EACH:  # every request is admitted ...
-            assert time.monotonic() < deadline, "requests were not admitted"
-            time.sleep(0.02)
-        depth = metric_value(httpx.get(server.url + "/metrics").text, "clip_queue_depth", modality="image")
-        assert depth > 0, "the test must signal while work is still queued"
-        server.signal(signal.SIGTERM)  # ... before the signal
-        time.sleep(0.2)
+        _wait_until(lambda: metric_value(server.metrics(), "clip_queue_depth", modality="image")
+                    == REQUESTS * IMAGES_EACH, "every request admitted")  # ... none can finish while held
+        server.signal(signal.SIGTERM)
+        ready = _wait_not_ready(server)  # the signal is handled: from here on, new work is refused
+        assert "draining" in ready.json()["reason"], ready.text
         late = httpx.post(server.url + "/embed/image", files=[("file", ("x.png", images[0]))], timeout=30)
         assert late.status_code == 503 and late.headers["Retry-After"], late.text
-        ready = httpx.get(server.url + "/readyz", timeout=30)
-        assert ready.status_code == 503 and "draining" in ready.json()["reason"]
+        assert late.json()["error"]["type"] == "not_ready"
+        assert metric_value(server.metrics(), "clip_rejected_total", reason="draining") == 1, "the late one, counted"
+        server.release()
         for t in threads:
             t.join(120)
         bad = [(i, r if isinstance(r, Exception) else (r.status_code, r.text[:200])) for i, r in enumerate(results)
@@ -76,18 +61,82 @@ def test_sigterm_during_load_finishes_admitted_work_and_exits_0(bundled_dir, tmp
         server.stop()
 
 
+def _wait_not_ready(server: GatedServer, timeout: float = 30.0) -> httpx.Response:
+    """Poll /readyz until it answers 503 (a signal is handled asynchronously), and return that answer."""
+    deadline = time.monotonic() + timeout
+    while (ready := httpx.get(server.url + "/readyz", timeout=30)).status_code == 200:
+        assert time.monotonic() < deadline, "/readyz never turned 503"
+        time.sleep(0.02)
+    return ready
+
+
 def test_sigterm_while_loading_exits_0(bundled_dir, tmp_path):
-    server = ServerProcess({"CLIP_MODEL": str(bundled_dir)}, tmp_path / "server.log")
+    """The model's load is held back (tests/service/gated.py), so the signal surely comes while it loads."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir)}, tmp_path, loaded=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # wait for HTTP to be up, then signal before (or just as) the model is ready
-            try:
-                httpx.get(server.url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
-                time.sleep(0.05)
+        ready = _wait_not_ready(_wait_for_http(server))
+        assert ready.json()["reason"] == "loading model", ready.text
         server.signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0, server.log()
     finally:
         server.stop()
+
+
+def test_a_drain_that_runs_out_still_exits_0_in_time(bundled_dir, tmp_path):
+    """CLIP_DRAIN_S runs out with work still queued (the encoder is held, so it cannot finish): the process exits
+    anyway, with 0, within CLIP_DRAIN_S + 10 s, and the waiting clients see their connections end, never a 500."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_DRAIN_S": str(DRAIN_S), "CLIP_TEXT_MAX_BATCH": "1",
+                          "CLIP_REQUEST_TIMEOUT_S": "600"}, tmp_path).wait_ready()
+    try:
+        warm = server.entered()
+        server.hold()
+        results: list = [None] * 3
+
+        def send(i: int) -> None:
+            try:  # texts of their own: no cache hit can answer them
+                results[i] = httpx.post(server.url + "/embed/text", json={"texts": [f"drain test {i}"]}, timeout=120)
+            except httpx.HTTPError as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        server.wait_entered(warm + 1)  # one is inside the (held) encoder ...
+        _wait_until(lambda: metric_value(server.metrics(), "clip_queue_depth", modality="text") == len(results),
+                    "every request admitted")  # ... and the others queued behind it
+        start = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = server.proc.wait(DRAIN_S + EXIT_MARGIN_S + 30)
+        exit_s = time.monotonic() - start
+        for t in threads:
+            t.join(30)
+        print(f"exit {exit_s:.2f} s after SIGTERM with CLIP_DRAIN_S={DRAIN_S:g} and work still queued")
+        assert code == 0, server.log()
+        assert "drain timed out" in server.log(), server.log()
+        assert DRAIN_S <= exit_s < DRAIN_S + EXIT_MARGIN_S, f"exited {exit_s:.1f} s after SIGTERM"
+        answered = [r.status_code for r in results if not isinstance(r, Exception)]
+        assert not answered, f"held work cannot have been answered, and never with a 500: {answered}"
+    finally:
+        server.stop()
+
+
+def _wait_for_http(server: GatedServer, timeout: float = 120.0) -> GatedServer:
+    """Until the process answers HTTP at all (its model may still be loading)."""
+    _wait_until(lambda: _answers(server), "the server to answer HTTP", timeout)
+    return server
+
+
+def _answers(server: GatedServer) -> bool:
+    assert server.proc.poll() is None, server.log()
+    try:
+        httpx.get(server.url + "/healthz", timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_until(check, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -1,0 +1,113 @@
+"""The real server (`python -m service`'s own main) on the bundled model, with a backend the test holds back.
+
+Two gates, files in a directory the test owns, make start-up and inference wait for the test instead of for
+the clock: loading does not finish until `open_load()`, and while `hold()` is on, every encoder call that
+starts waits until `release()`. Each call writes a line to `entered` as it starts, so the test can wait until
+a batch is inside the encoder (`wait_entered`) instead of sleeping. Everything else is the real server.
+
+Run as `python -m tests.service.gated` (GatedServer does); GATE_DIR names the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.server import BenchServer
+
+GATE_ENV = "GATE_DIR"
+POLL_S = 0.01
+
+
+def _wait_while(condition, timeout: float = 600.0) -> None:
+    """Block this (server) thread while condition() holds; bounded so a forgotten gate cannot hang CI."""
+    until = time.monotonic() + timeout
+    while condition() and time.monotonic() < until:
+        time.sleep(POLL_S)
+
+
+def gated_factory(gate: Path):
+    """A backend factory: waits for the load gate, then builds the torch backend with held encoders."""
+    from service.backends.torch_backend import TorchBackend
+
+    class HeldBackend(TorchBackend):
+        def _enter(self, modality: str) -> None:
+            with open(gate / "entered", "a") as f:
+                f.write(modality + "\n")
+            _wait_while(lambda: (gate / "hold").exists())
+
+        def encode_image(self, pixels):
+            self._enter("image")
+            return super().encode_image(pixels)
+
+        def encode_text(self, tokens):
+            self._enter("text")
+            return super().encode_text(tokens)
+
+    def factory(settings):
+        _wait_while(lambda: not (gate / "load").exists())
+        return HeldBackend(settings)
+
+    return factory
+
+
+def main() -> int:
+    import service.__main__ as entry
+    import service.app as app_module
+
+    factory = gated_factory(Path(os.environ[GATE_ENV]))
+    real_create_app = app_module.create_app
+    # entry.main() imports create_app from service.app when it runs: hand it ours, with the held backend
+    app_module.create_app = lambda settings=None: real_create_app(settings, backend_factory=factory)
+    return entry.main()
+
+
+class GatedServer(BenchServer):
+    """The server process with gates in `gate_dir`; loading waits for open_load() unless `loaded`."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path, loaded: bool = True):
+        self.gate = tmp_path / "gate"
+        self.gate.mkdir(parents=True, exist_ok=True)
+        if loaded:
+            self.open_load()
+        super().__init__({"CLIP_THREADS": "2", GATE_ENV: str(self.gate), **env}, tmp_path / "server.log",
+                         cmd=[sys.executable, "-m", "tests.service.gated"])
+
+    def open_load(self) -> None:
+        (self.gate / "load").touch()
+
+    def hold(self) -> None:
+        (self.gate / "hold").touch()
+
+    def release(self) -> None:
+        (self.gate / "hold").unlink(missing_ok=True)
+
+    def entered(self) -> int:
+        """Encoder calls started so far (warm-up included)."""
+        path = self.gate / "entered"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def wait_entered(self, count: int, timeout: float = 60.0) -> None:
+        """Until at least `count` encoder calls have started."""
+        until = time.monotonic() + timeout
+        while self.entered() < count:
+            if time.monotonic() > until or self.proc.poll() is not None:
+                raise TimeoutError(f"{self.entered()} encoder calls started, waited for {count}\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self.open_load()
+        self.release()  # nothing may stay held while the process drains
+        return super().stop()
+
+
+if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.enable()
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as service/__main__.py does: no interpreter teardown waiting on held threads
