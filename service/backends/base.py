@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
 
 from models.preprocess import PreprocessConfig
+from models.tokenizer import ClipTokenizer, exact_equivalent
 
-CHARS_PER_TOKEN = 16  # text beyond context_length x this many characters can never reach the context window
+CHARS_PER_TOKEN = 16  # text beyond context_length x this many characters rarely reaches the context window
 MAX_RUN = 100  # CLIP's BPE is quadratic in the length of one word: a 30,000-letter "word" takes ~20 s alone
 _LONG_RUN = re.compile(r"([^\W\d_]{%d})[^\W\d_]+|((?:[^\w\s]|_){%d})(?:[^\w\s]|_)+" % (MAX_RUN, MAX_RUN))
 
 
 def clip_text(text: str, context_length: int) -> str:
-    """Bound the tokenizer's work: keep the first context_length x 16 characters and cut runs of letters or of
-    symbols to 100 characters. Ordinary text is unchanged (no word is that long, and 16 characters per token is
-    far past the context window); over-long input is truncated, never an error, and never slow."""
+    """For tokenizers other than open_clip's SimpleTokenizer (which models.tokenizer reproduces exactly with
+    bounded work): keep the first context_length x 16 characters and cut runs of letters or of symbols to 100
+    characters. Ordinary text is unchanged; over-long input is truncated (inexactly), never an error, never slow."""
     text = text[:context_length * CHARS_PER_TOKEN]
     return _LONG_RUN.sub(lambda m: m.group(1) or m.group(2), text)
 
@@ -48,7 +50,15 @@ class Backend(ABC):
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Texts -> int64 [B, context_length]; over-long texts are truncated, never an error."""
+        if self.exact_tokenizer is not None:  # open_clip's ids exactly, whatever the length
+            return self.exact_tokenizer(texts)
         return np.asarray(self.tokenizer([clip_text(t, self.context_length) for t in texts]), dtype=np.int64)
+
+    @cached_property
+    def exact_tokenizer(self) -> ClipTokenizer | None:
+        """open_clip's SimpleTokenizer (the bundled model's, ViT-B-32's, ...) reproduced with bounded work per
+        text, see models/tokenizer.py; None for other tokenizers, which keep the character cut of clip_text."""
+        return exact_equivalent(self.tokenizer)
 
     def warmup(self, image_batch: int, text_batch: int) -> None:
         """Run both encoders once at the largest batch sizes, so the first request pays nothing extra."""
