@@ -119,9 +119,11 @@ class ClipTokenizer:
         self.endings = {t[-n:] for t in vocab[:-len(SPECIAL_TOKENS)] for n in range(1, len(t) + 1)}
         self._bpe_cached = lru_cache(maxsize=1 << 16)(self._bpe_word)
         self.decoder = list(self.encoder)
-        # ids are merge ranks (bytes first, then one id per merge, in order), so id order is BPE's merge order
-        self.pair_id = {(self.encoder[a], self.encoder[b]): self.encoder[a + b] for a, b in merges}
-        self.split = [(i, i) for i in range(512)] + [(self.encoder[a], self.encoder[b]) for a, b in merges]
+        # ids are merge ranks (bytes first, then one id per merge, in order), so id order is BPE's merge order;
+        # merged[left << 16 | right] is the id the pair merges into, left_of/right_of undo a merge (bytes: self)
+        self.merged = {self.encoder[a] << 16 | self.encoder[b]: self.encoder[a + b] for a, b in merges}
+        self.left_of = list(range(512)) + [self.encoder[a] for a, _ in merges]
+        self.right_of = list(range(512)) + [self.encoder[b] for _, b in merges]
         self._valid: dict[int, bool] = {}
 
     # --- the public surface ---------------------------------------------------------------------------------
@@ -280,23 +282,23 @@ class ClipTokenizer:
         in a few dictionary lookups."""
         limit = len(self.decoder)
         while True:
-            merged = self.pair_id.get((left, right))
+            merged = self.merged.get(left << 16 | right)
             if merged is not None and merged < limit:
                 return False
             if left > right:
                 limit = left
-                left = self.split[left][1]
+                left = self.right_of[left]
                 if left == limit:
                     limit = right + 1
-                    right = self.split[right][0]
+                    right = self.left_of[right]
                     if right + 1 == limit:
                         return True
             else:
                 limit = right + 1
-                right = self.split[right][0]
+                right = self.left_of[right]
                 if right + 1 == limit:
                     limit = left
-                    left = self.split[left][1]
+                    left = self.right_of[left]
                     if left == limit:
                         return True
 
