@@ -9,9 +9,10 @@ produces the same ids but stops as soon as it has enough tokens:
 - Plain ASCII (printable, tab, CR, newline; no ``&``) is left unchanged by ftfy and by HTML unescaping, so it
   is never given to them and is read only as far as needed, however long it is.
 - Other text goes to ftfy line by line (its own unit: ftfy fixes each line independently), at most
-  ``clean_budget`` characters per text (default 16 per context token, what the server always allowed). Only
-  a text that needs tokens from beyond that budget, or from a line longer than what is left of it, can differ
-  from open_clip: that line is cleaned in part and the rest of the text is dropped.
+  ``clean_budget`` characters per text (default 16 per context token, what the server always allowed; a line
+  without tokens counts at least 16). Only a text that needs tokens from beyond that budget, or from a line
+  longer than what is left of it, can differ from open_clip: that line is cleaned in part and the rest of the
+  text is dropped.
 - A long word is encoded incrementally (see ``_LongWord``), in time linear in the part read, which stops once
   the first tokens are certain whatever follows.
 
@@ -153,8 +154,10 @@ class ClipTokenizer:
             line_end = text.find("\n", end) + 1 or len(text)
             no_html = no_html or text.find("<", pos, line_end) >= 0  # ftfy stops unescaping from the first "<" on
             if line_end - pos <= budget:  # the whole line, cleaned exactly as open_clip cleans it
+                before = len(ids)
                 self._fixed(text[pos:line_end], no_html, ids, limit)
-                budget -= max(line_end - pos, CHARS_PER_TOKEN)  # a line costs at least 16: few ftfy calls
+                # a line without tokens costs at least 16, so empty lines cannot make thousands of ftfy calls
+                budget -= line_end - pos if len(ids) > before else max(line_end - pos, CHARS_PER_TOKEN)
                 pos = line_end
                 continue
             # Over budget. The line's plain start is exact (ftfy only changes what follows it) and gives every

@@ -62,6 +62,7 @@ def _handmade() -> list[str]:
         "Ã©tÃ© â€™", "\x00\x01\x1c\x1f\x7f text", "\x1b[31mred\x1b[0m", "ﬁne ﬂow ﬃ", "ＬＯＵＤ　ＮＯＩＳＥＳ",
         "e\u0301" * 200, "\ud800 lone", "a\u2028b\u2029c\x85d", "x" * 30_000 + "é", "x" * 2000 + " é",
         "é" * 3000, "word " * 400 + "é", "a" * 1231 + "&amp;", "\n".join(["é"] * 200), "\n".join(["\x00"] * 70) + "x",
+        "\n".join(["a\x00"] * 200),
     ]
 
 
@@ -149,7 +150,7 @@ def test_worst_case_tokenising_time_is_bounded(ours):
 
 def test_past_the_clean_budget_the_text_is_cut(ours, theirs):
     """The documented limit: ftfy reads at most 16 x context_length characters of text that is not plain ASCII
-    (a line counting at least 16), so a text needing more than that before its tokens is cut there."""
+    (a line without tokens counting at least 16), so a text needing more than that before its tokens is cut."""
     within = ["\n".join(["\x00"] * 70) + "x", "&#x" + "0" * 1000 + "41;", "\u3000" * 1200 + "word"]
     beyond = ["\n".join(["\x00"] * 80) + "x", "&#x" + "0" * 5000 + "41;", "\u3000" * 1300 + "word"]
     assert not _mismatches(ours, theirs, within)
