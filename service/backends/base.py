@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from abc import ABC, abstractmethod
-from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
@@ -15,6 +16,21 @@ from models.tokenizer import ClipTokenizer, exact_equivalent
 CHARS_PER_TOKEN = 16  # text beyond context_length x this many characters rarely reaches the context window
 MAX_RUN = 100  # CLIP's BPE is quadratic in the length of one word: a 30,000-letter "word" takes ~20 s alone
 _LONG_RUN = re.compile(r"([^\W\d_]{%d})[^\W\d_]+|((?:[^\w\s]|_){%d})(?:[^\w\s]|_)+" % (MAX_RUN, MAX_RUN))
+_EXACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a model's tokenizer -> ClipTokenizer | None
+_EXACT_LOCK = threading.Lock()
+
+
+def exact_tokenizer(tokenizer: Any) -> ClipTokenizer | None:
+    """open_clip's SimpleTokenizer (the bundled model's, ViT-B-32's, ...) reproduced with bounded work per text
+    (models/tokenizer.py), built once per tokenizer; None for other tokenizers, which keep clip_text's cut."""
+    with _EXACT_LOCK:
+        try:
+            return _EXACT[tokenizer]
+        except KeyError:
+            exact = _EXACT[tokenizer] = exact_equivalent(tokenizer)
+            return exact
+        except TypeError:  # not weak-referenceable (a bound method, a builtin): not open_clip's tokenizer
+            return None
 
 
 def clip_text(text: str, context_length: int) -> str:
@@ -50,15 +66,10 @@ class Backend(ABC):
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Texts -> int64 [B, context_length]; over-long texts are truncated, never an error."""
-        if self.exact_tokenizer is not None:  # open_clip's ids exactly, whatever the length
-            return self.exact_tokenizer(texts)
+        exact = exact_tokenizer(self.tokenizer)
+        if exact is not None:  # open_clip's ids exactly, whatever the length
+            return exact(texts)
         return np.asarray(self.tokenizer([clip_text(t, self.context_length) for t in texts]), dtype=np.int64)
-
-    @cached_property
-    def exact_tokenizer(self) -> ClipTokenizer | None:
-        """open_clip's SimpleTokenizer (the bundled model's, ViT-B-32's, ...) reproduced with bounded work per
-        text, see models/tokenizer.py; None for other tokenizers, which keep the character cut of clip_text."""
-        return exact_equivalent(self.tokenizer)
 
     def warmup(self, image_batch: int, text_batch: int) -> None:
         """Run both encoders once at the largest batch sizes, so the first request pays nothing extra."""
