@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import numpy as np
 
 from models.preprocess import PreprocessConfig
+from models.tokenizer import ClipTokenizer, exact_equivalent
 
-CHARS_PER_TOKEN = 16  # text beyond context_length x this many characters can never reach the context window
+CHARS_PER_TOKEN = 16  # text beyond context_length x this many characters rarely reaches the context window
 MAX_RUN = 100  # CLIP's BPE is quadratic in the length of one word: a 30,000-letter "word" takes ~20 s alone
 _LONG_RUN = re.compile(r"([^\W\d_]{%d})[^\W\d_]+|((?:[^\w\s]|_){%d})(?:[^\w\s]|_)+" % (MAX_RUN, MAX_RUN))
+_EXACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a model's tokenizer -> ClipTokenizer | None
+_EXACT_LOCK = threading.Lock()
+
+
+def exact_tokenizer(tokenizer: Any) -> ClipTokenizer | None:
+    """open_clip's SimpleTokenizer (the bundled model's, ViT-B-32's, ...) reproduced with bounded work per text
+    (models/tokenizer.py), built once per tokenizer; None for other tokenizers, which keep clip_text's cut."""
+    with _EXACT_LOCK:
+        try:
+            return _EXACT[tokenizer]
+        except KeyError:
+            exact = _EXACT[tokenizer] = exact_equivalent(tokenizer)
+            return exact
+        except TypeError:  # not weak-referenceable (a bound method, a builtin): not open_clip's tokenizer
+            return None
 
 
 def clip_text(text: str, context_length: int) -> str:
-    """Bound the tokenizer's work: keep the first context_length x 16 characters and cut runs of letters or of
-    symbols to 100 characters. Ordinary text is unchanged (no word is that long, and 16 characters per token is
-    far past the context window); over-long input is truncated, never an error, and never slow."""
+    """For tokenizers other than open_clip's SimpleTokenizer (which models.tokenizer reproduces exactly with
+    bounded work): keep the first context_length x 16 characters and cut runs of letters or of symbols to 100
+    characters. Ordinary text is unchanged; over-long input is truncated (inexactly), never an error, never slow."""
     text = text[:context_length * CHARS_PER_TOKEN]
     return _LONG_RUN.sub(lambda m: m.group(1) or m.group(2), text)
 
@@ -48,6 +66,9 @@ class Backend(ABC):
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Texts -> int64 [B, context_length]; over-long texts are truncated, never an error."""
+        exact = exact_tokenizer(self.tokenizer)
+        if exact is not None:  # open_clip's ids exactly, whatever the length
+            return exact(texts)
         return np.asarray(self.tokenizer([clip_text(t, self.context_length) for t in texts]), dtype=np.int64)
 
     def warmup(self, image_batch: int, text_batch: int) -> None:
