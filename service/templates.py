@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Union
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
@@ -54,9 +55,24 @@ def check_prompt_count(n_labels: int, n_templates: int, max_prompts: int) -> Non
 
 
 def reachable_chars(context_length: int) -> int:
-    """How many leading characters of a text can reach the model: Backend.tokenize cuts every text to this many
-    (service/backends/base.py clip_text) before tokenising, so nothing after them can change an embedding."""
-    return context_length * CHARS_PER_TOKEN
+    """How many leading characters of a squeezed prompt (see `squeeze`) can reach the model, for any tokenizer.
+
+    open_clip's tokenizer (models/tokenizer.py) reads at most 16 characters per context token of text that ftfy
+    may change, and of plain ASCII only what its tokens need: with whitespace runs squeezed, every token takes
+    at most 32 characters (the longest vocabulary entry) plus one separator, and a long word is read at most 47
+    symbols past its last certain token. 77 tokens: 1,232 + 77 x 33 + 47 = 3,820 < 77 x 64 = 4,928. Other
+    tokenizers cut every text to 16 characters per token (backends/base.py clip_text), far below this."""
+    return context_length * 4 * CHARS_PER_TOKEN
+
+
+_WHITESPACE_RUN = re.compile(r"[ \t\r\n]{2,}")
+
+
+def squeeze(text: str) -> str:
+    """Runs of ASCII whitespace -> one space (one newline if the run held one). open_clip's cleaning collapses every
+    whitespace run to one space anyway, so the tokens are the same; what changes is that 5,000 spaces before a word
+    no longer push it out of a cut prompt. Newlines stay, because ftfy fixes text line by line."""
+    return _WHITESPACE_RUN.sub(lambda m: "\n" if "\n" in m.group() else " ", text)
 
 
 def _pieces(template: str, limit: int) -> list[str]:
@@ -79,8 +95,9 @@ def fill(pieces: list[str], label: str, limit: int) -> str:
 
 
 def prompts_for(labels: tuple[str, ...], templates: tuple[str, ...], limit: int) -> list[str]:
-    """Label-major prompts [l0t0, l0t1, ..., l1t0, ...], each cut to its first `limit` characters (what can reach
-    the model, see reachable_chars), so their memory is bounded by labels x templates x limit whatever the input.
+    """Label-major prompts [l0t0, l0t1, ..., l1t0, ...], whitespace runs squeezed and each cut to its first `limit`
+    characters (what can reach the model, see reachable_chars), so their memory is bounded by labels x templates x
+    limit whatever the input (each label is squeezed once, then cut).
     Labels are non-empty (the routes check). replace(), not format(): labels may hold braces."""
-    cut = [_pieces(t, limit) for t in templates]
-    return [fill(pieces, label, limit) for label in labels for pieces in cut]
+    cut = [_pieces(squeeze(t), limit) for t in templates]
+    return [fill(pieces, label, limit) for label in (squeeze(raw)[:limit] for raw in labels) for pieces in cut]

@@ -115,13 +115,17 @@ LONG_LABELS = [
     "spaced" + " " * 3000 + "out words after a long gap",
     "🙂 ünïcödé 青い四角 " * 300,
     "{} braces {} inside" * 200,
+    "gap" + " \t" * 20000 + "after 40,000 blanks" + "\n" * 3000 + "then lines" + " word" * 2000,
+    "&amp;" * 400 + " entities" + " ünï" * 1000,
+    "x" * 100_000,
 ]
 TEMPLATES = ["a photo of a {}.", "{}", "{} and again {}, once more {}", "x" * 2000 + " {} after a long prefix"]
 
 
 def test_cutting_prompts_never_changes_the_tokens_the_model_sees(bundled):
-    """The cut happens before tokenising; Backend.tokenize must see the same thing either way. If the backend
-    changes how far into a text it reads, templates.reachable_chars must follow (this test says so)."""
+    """The cut happens before tokenising; Backend.tokenize must see the same thing either way (and it gives open_clip's
+    ids: tests/service/test_text_fidelity.py). If the backend changes how far into a text it reads,
+    templates.reachable_chars must follow (this test says so)."""
     backend = SimpleNamespace(tokenizer=bundled.tokenizer, context_length=bundled.context_length)
     limit = reachable_chars(bundled.context_length)
     for label in LONG_LABELS:
