@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     # 64 MB prompt cache, so a request cut off by its deadline resumes from the cache when retried (README)
     max_prompts: int = Field(10_000, ge=1, description="labels x templates per classify / label set -> 413 above")
     max_image_pixels: int = Field(40_000_000, ge=1, description="pixel cap checked before decoding -> 413")
-    reduced_jpeg_decode: bool = Field(True, description="decode large JPEGs at reduced size (Pillow draft)")
+    reduced_jpeg_decode: bool = Field(True, description="decode large JPEGs at reduced size (Pillow draft) and "
+                                                       "reduce other large images before converting them")
     jpeg_decode: Literal["cpu", "cuda"] = Field("cpu", description="where JPEGs are decoded: cpu (Pillow) or "
                                                  "cuda (nvJPEG; needs a CUDA device; not yet run on a GPU)")
 
