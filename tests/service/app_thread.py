@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import uvicorn
@@ -18,10 +18,11 @@ from tests.service.server import free_port
 
 
 @contextmanager
-def serve(app: FastAPI, ready_timeout_s: float = 60.0) -> Iterator[str]:
-    """Serve `app` until the block ends; yields its base URL once /readyz answers 200."""
+def serve(app: FastAPI, ready_timeout_s: float = 60.0, **uvicorn_config: Any) -> Iterator[str]:
+    """Serve `app` until the block ends; yields its base URL once /readyz answers 200. `uvicorn_config`: more
+    uvicorn.Config arguments (the server's own protocol class as `http=`, say)."""
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False,
-                            lifespan="on", ws="none")
+                            lifespan="on", ws="none", **uvicorn_config)
     server = uvicorn.Server(config)  # in a thread, uvicorn installs no signal handlers
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
