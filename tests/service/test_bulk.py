@@ -115,7 +115,10 @@ def test_ctrl_c_writes_what_was_computed_and_the_rerun_finishes(bundled_dir, fol
         first = server.entered()
         server.hold()
         server.allow(first + 3)
-        proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        # SIGINT as in a terminal: a shell running the tests in the background (nohup, `make test &`, some CI
+        # runners) ignores it, and a child would inherit that and never see the Ctrl-C
+        proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while server.entered() < first + 4:  # three requests answered, the fourth held in the encoder
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
