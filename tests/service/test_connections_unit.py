@@ -15,7 +15,7 @@ import pytest
 
 from service.connections import CUT_OFF, ConnectionLimits, close_all, protocol_class
 from service.settings import Settings
-from tests.service.app_thread import serve
+from tests.service.app_thread import serving, url_of
 from tests.service.fake_backend import named_app
 from tests.service.raw_client import GIVE_UP_S, SlowClient
 
@@ -26,8 +26,19 @@ HEADER_S, BODY_S, MAX_CONNECTIONS = 1.0, 1.0, 4
 def guarded():
     app, _ = named_app(Settings())
     limits = ConnectionLimits(HEADER_S, BODY_S, MAX_CONNECTIONS)
-    with serve(app, http=protocol_class(limits, app.state.metrics), timeout_keep_alive=30) as url:
-        yield SimpleNamespace(url=url, port=int(url.rsplit(":", 1)[1]), metrics=app.state.metrics)
+    with serving(app, http=protocol_class(limits, app.state.metrics), timeout_keep_alive=30) as server:
+        yield SimpleNamespace(url=url_of(server), port=server.config.port, metrics=app.state.metrics,
+                              connections=server.server_state.connections)
+
+
+@pytest.fixture(autouse=True)
+def no_connection_left(request):
+    """After each test every connection it opened is gone from the server's count, the one CLIP_MAX_CONNECTIONS
+    caps: a connection cut off by a deadline must not hold a place."""
+    yield
+    if "guarded" in request.fixturenames:
+        server = request.getfixturevalue("guarded")
+        wait_until(lambda: not server.connections, f"the server still counts {len(server.connections)} connection(s)")
 
 
 def rejected(server, reason: str) -> float:
@@ -83,6 +94,17 @@ def test_headers_not_complete_in_time_get_408(guarded, first, trickle):
     assert rejected(guarded, "header_timeout") - before == 1
 
 
+def test_a_body_not_complete_in_time_under_v1_gets_openais_error_shape(guarded):
+    head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")
+    client = SlowClient(guarded.port, head + b'{"input": "')
+    client.start()
+    finished(client)
+    status, _, body = answer(client.received)
+    assert status == 408 and body["error"]["code"] == "request_timeout", client.received
+    assert body["error"]["type"] == "invalid_request_error" and "CLIP_BODY_TIMEOUT_S" in body["error"]["message"]
+
+
 def test_a_body_not_complete_in_time_gets_408_and_is_logged_as_408(guarded):
     before = (rejected(guarded, "body_timeout"), requests(guarded, "/embed/text", "408"))
     head = b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
@@ -129,27 +151,25 @@ def test_each_request_on_a_kept_alive_connection_has_its_own_header_clock(guarde
         assert third.startswith(b"HTTP/1.1 408") and time.monotonic() - start >= HEADER_S * 0.9, third
 
 
-def test_connections_over_the_cap_get_503_and_liveness_still_passes(guarded):
+def test_connections_up_to_the_cap_are_served_and_those_over_it_get_503(guarded):
     before = rejected(guarded, "too_many_connections")
-    deadline = time.monotonic() + 30
-    while True:  # start from no other open connection (an earlier test's may still be closing)
-        holders = [socket.create_connection(("127.0.0.1", guarded.port)) for _ in range(MAX_CONNECTIONS)]
-        r = httpx.post(guarded.url + "/embed/text", json={"texts": ["a"]}, timeout=30)
-        if r.status_code == 503 or time.monotonic() > deadline:
-            break
-        for s in holders:
-            s.close()
+    holders = [socket.create_connection(("127.0.0.1", guarded.port)) for _ in range(MAX_CONNECTIONS - 1)]
     try:
+        wait_until(lambda: len(guarded.connections) == MAX_CONNECTIONS - 1, "the holders' connections are open")
+        with httpx.Client(timeout=30) as client:  # the last place under the cap
+            assert client.post(guarded.url + "/embed/text", json={"texts": ["a"]}).status_code == 200
+        wait_until(lambda: len(guarded.connections) == MAX_CONNECTIONS - 1, "that connection has closed")
+        holders.append(socket.create_connection(("127.0.0.1", guarded.port)))
+        wait_until(lambda: len(guarded.connections) == MAX_CONNECTIONS, "the cap is reached")
+        r = httpx.post(guarded.url + "/embed/text", json={"texts": ["a"]}, timeout=30)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["type"] == "overloaded" and "CLIP_MAX_CONNECTIONS=4" in r.json()["error"]["message"]
         assert r.headers["Retry-After"] and r.headers["connection"] == "close"
         assert httpx.get(guarded.url + "/healthz", timeout=30).status_code == 200  # liveness is not refused
-        assert rejected(guarded, "too_many_connections") - before >= 2  # the request's and the probe's
+        assert rejected(guarded, "too_many_connections") - before == 2  # the request's and the probe's
     finally:
         for s in holders:
             s.close()
-    wait_until(lambda: httpx.post(guarded.url + "/embed/text", json={"texts": ["a"]}, timeout=30).status_code == 200,
-               "a request is served once the connections closed")
 
 
 class _Transport:
@@ -169,8 +189,8 @@ def test_close_all_aborts_what_is_open_and_marks_unanswered_requests_503():
     idle = SimpleNamespace(transport=_Transport(), cycle=None)
     closing = SimpleNamespace(transport=_Transport(closing=True), cycle=SimpleNamespace(response_started=False,
                                                                                       scope={}))
-    never_made = SimpleNamespace(transport=None)
-    assert close_all([unanswered, answering, idle, closing, never_made]) == 3
+    never_made = SimpleNamespace(transport=None, cycle=None)
+    assert close_all([closing, never_made, unanswered, answering, idle]) == 3  # skipping one goes on to the next
     assert unanswered.transport.aborted and answering.transport.aborted and idle.transport.aborted
     assert not closing.transport.aborted
     assert unanswered.cycle.scope == {"extensions": {CUT_OFF: 503}}
