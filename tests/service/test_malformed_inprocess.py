@@ -6,13 +6,11 @@ keeps checking the same corpus through the real server."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
-from tests.service.fake_backend import named_app
+from tests.service.fake_backend import ready_client
 from tests.service.server import metric_value
 from tests.service.test_malformed import FILES, JSON, MULTIPART, RAW, _multipart
 
@@ -21,13 +19,8 @@ REFUSED_JSON = {name: case for name, case in JSON.items() if case[2] != 200}
 
 @pytest.fixture(scope="module")
 def app_client():
-    app, backends = named_app(Settings())
-    with TestClient(app) as client:
-        limit = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < limit, "the fake backend never became ready"
-            time.sleep(0.02)
-        yield client, backends[0]
+    with ready_client(Settings()) as client_and_backend:
+        yield client_and_backend
 
 
 def model_work(client: TestClient) -> tuple[float, ...]:
