@@ -95,6 +95,29 @@ def test_a_bad_item_fails_alone():
     assert isinstance(bad, BackendFailure) and errors >= 1
 
 
+def test_a_fatal_error_fails_the_whole_batch_at_once_and_is_reported():
+    """After a broken-device error nothing is retried on the device: every item of the batch fails with 503."""
+    calls, fatal = [], []
+
+    def broken(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered " + "x" * 400)
+
+    async def go():
+        m = Metrics()
+        b = Batcher("image", broken, ThreadPoolExecutor(1), m, max_batch=8, max_wait_s=0.05, max_queue=64,
+                    on_fatal=fatal.append)
+        b.start()
+        res = await asyncio.gather(b.submit([np.array([float(i)]) for i in range(3)], 1e12), return_exceptions=True)
+        await b.stop()
+        return res[0], m.backend_errors.labels("fatal")._value.get()
+    failure, counted = run(go())
+    assert calls == [3] and len(fatal) == 1 and counted == 1
+    assert isinstance(failure, BackendFailure) and failure.retry_after == 1
+    assert failure.message == ("the image encoder failed: CUDA error: an illegal memory access was encountered "
+                               + "x" * 400)[:300]
+
+
 def test_oom_halves_the_batch_down_to_what_fits():
     enc = FakeEncoder(oom_over=2)
 

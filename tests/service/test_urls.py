@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.errors import PayloadTooLarge, UrlFetchFailed, UrlRefused
-from service.urls import UrlFetcher, address_problem, host_allowed
+from service.urls import ByteBudget, UrlFetcher, address_problem, host_allowed
 from tests.service.conftest import encode, shape_image
 from tests.service.https_server import ImageHost, chunked_body, slow_body
 from tests.service.server import ServerProcess
@@ -32,6 +32,8 @@ def host(tmp_path_factory):
         "/to-other-host": (302, {"Location": "https://evil.example/red.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
         "/big": (200, {}, b"\0" * (MAX_BYTES + 1)),
+        "/exact": (200, {}, b"\0" * MAX_BYTES),
+        "/exact-chunked": chunked_body(MAX_BYTES),
         "/big-chunked": chunked_body(MAX_BYTES * 3),
         "/slow": slow_body(0.05),
         "/gone": (404, {}, b"no"),
@@ -113,6 +115,29 @@ def test_loopback_is_refused_without_the_test_switch(host):
 def test_every_hop_and_body_is_checked(host, path, error, words):
     with pytest.raises(error, match=words):
         fetch(fetcher(host), host.url(path))
+
+
+def test_an_image_of_exactly_the_cap_is_fetched_and_one_byte_more_is_not(host):
+    assert fetch(fetcher(host), host.url("/exact")) == b"\0" * MAX_BYTES
+    assert fetch(fetcher(host), host.url("/exact-chunked")) == b"\0" * MAX_BYTES
+    with pytest.raises(PayloadTooLarge) as declared:  # refused from its Content-Length, before the body
+        fetch(fetcher(host), host.url("/big"))
+    assert declared.value.message == "the image is 100,001 bytes; the limit is 100,000 (CLIP_URL_MAX_BYTES)"
+    with pytest.raises(PayloadTooLarge) as streamed:  # no Content-Length: counted as it streams
+        fetch(fetcher(host), host.url("/big-chunked"))
+    assert streamed.value.message == "the image is over 100,000 bytes (CLIP_URL_MAX_BYTES)"
+
+
+def test_a_requests_budget_can_be_spent_to_the_last_byte():
+    budget = ByteBudget(10)
+    assert budget.take(4) and budget.take(6) and not budget.take(1)
+
+
+def test_the_network_never_opens_unix_sockets():
+    network = UrlFetcher(["img.example.com"]).network
+    with pytest.raises(UrlRefused, match="unix sockets are never fetched"):
+        asyncio.run(network.connect_unix_socket("/run/docker.sock"))
+    asyncio.run(network.sleep(0.001))  # httpcore's pauses go to the real backend
 
 
 def test_an_untrusted_certificate_is_refused(host):
