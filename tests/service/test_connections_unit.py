@@ -17,9 +17,17 @@ from service.connections import CUT_OFF, ConnectionLimits, close_all, protocol_c
 from service.settings import Settings
 from tests.service.app_thread import serving, url_of
 from tests.service.fake_backend import named_app
-from tests.service.raw_client import GIVE_UP_S, SlowClient
+from tests.service.raw_client import SlowClient
 
 HEADER_S, BODY_S, MAX_CONNECTIONS = 1.0, 1.0, 4
+GIVE_UP_S = 10.0  # ten times the deadlines: a connection still open this long was never cut off
+
+
+def slow_client(port: int, first: bytes = b"", trickle: bytes = b"") -> SlowClient:
+    """A raw connection that sends `first`, then `trickle` a byte every 0.25 s (tests/service/raw_client.py)."""
+    client = SlowClient(port, first, trickle, give_up_s=GIVE_UP_S)
+    client.start()
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,7 @@ def answer(raw: bytes) -> tuple[int, dict[str, str], dict]:
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
-def wait_until(check, what: str, timeout: float = 30.0) -> None:
+def wait_until(check, what: str, timeout: float = GIVE_UP_S) -> None:
     limit = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < limit, f"timed out waiting until {what}"
@@ -71,8 +79,7 @@ def wait_until(check, what: str, timeout: float = 30.0) -> None:
 
 def test_a_connection_that_sends_nothing_is_closed_unanswered(guarded):
     before = rejected(guarded, "header_timeout")
-    silent = SlowClient(guarded.port)
-    silent.start()
+    silent = slow_client(guarded.port)
     finished(silent)
     assert silent.received == b"" and silent.closed_after >= HEADER_S * 0.9, (silent.received, silent.closed_after)
     assert rejected(guarded, "header_timeout") - before == 1
@@ -84,8 +91,7 @@ def test_a_connection_that_sends_nothing_is_closed_unanswered(guarded):
 ])
 def test_headers_not_complete_in_time_get_408(guarded, first, trickle):
     before = rejected(guarded, "header_timeout")
-    client = SlowClient(guarded.port, first, trickle=trickle)
-    client.start()
+    client = slow_client(guarded.port, first, trickle=trickle)
     finished(client)
     status, headers, body = answer(client.received)
     assert status == 408 and headers["connection"] == "close", client.received
@@ -97,8 +103,7 @@ def test_headers_not_complete_in_time_get_408(guarded, first, trickle):
 def test_a_body_not_complete_in_time_under_v1_gets_openais_error_shape(guarded):
     head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n")
-    client = SlowClient(guarded.port, head + b'{"input": "')
-    client.start()
+    client = slow_client(guarded.port, head + b'{"input": "')
     finished(client)
     status, _, body = answer(client.received)
     assert status == 408 and body["error"]["code"] == "request_timeout", client.received
@@ -108,8 +113,7 @@ def test_a_body_not_complete_in_time_under_v1_gets_openais_error_shape(guarded):
 def test_a_body_not_complete_in_time_gets_408_and_is_logged_as_408(guarded):
     before = (rejected(guarded, "body_timeout"), requests(guarded, "/embed/text", "408"))
     head = b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-    client = SlowClient(guarded.port, head + b'{"texts": ["', trickle=b"a" * 900)
-    client.start()
+    client = slow_client(guarded.port, head + b'{"texts": ["', trickle=b"a" * 900)
     finished(client)
     status, headers, body = answer(client.received)
     assert status == 408 and headers["connection"] == "close", client.received
@@ -125,8 +129,7 @@ def test_an_answered_request_with_an_unread_body_is_closed_without_a_second_answ
     nothing more is written to it."""
     before = rejected(guarded, "body_timeout")
     head = b"POST /no-such-route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-    client = SlowClient(guarded.port, head + b"{")
-    client.start()
+    client = slow_client(guarded.port, head + b"{")
     finished(client)
     assert client.received.startswith(b"HTTP/1.1 404") and b" 408 " not in client.received, client.received
     assert rejected(guarded, "body_timeout") - before == 1
