@@ -1,0 +1,162 @@
+"""int8 tower graphs: ONNX Runtime quantization of a traced fp32 graph, by a named recipe.
+
+    dynamic               (default) weights int8, one scale per tensor; activations quantized on the fly (per call)
+                          before every MatMul/Gemm that has a weight. Everything else stays fp32: the patch or stem
+                          convolutions, LayerNorm, GELU, softmax and the attention products (Q·Kᵀ, A·V).
+    dynamic-per-channel   the same with one weight scale per output channel
+    static                QDQ: weights per channel, activation scales fixed by calibration on the photos this
+                          package ships (export/parity_images, and their mirror images), generated shapes images
+                          and prompts; MatMul/Gemm with a weight, and convolutions
+    static-per-tensor     the same with one weight scale per tensor
+
+Which recipe wins, and why the default is `dynamic`, is measured in docs/export.md ("int8"). Every recipe can keep
+named nodes in fp32 (`keep_fp32`: regular expressions over ONNX node names such as `/visual/conv1/` or
+`/visual/MatMul$`), for a model whose parity gate fails on a few sensitive layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image, ImageOps
+
+from export.errors import ExportError
+from export.parity import PHOTO_DIR
+from models.data.shapes import ShapesConfig, all_pairs, class_label, generate
+from models.factory import LoadedModel
+from models.preprocess import eval_transform
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_SEED = 4321  # not models.eval's seed: the parity gate's shapes images are not calibration images
+CALIBRATION_IMAGES = 96  # shapes images (training split: one or two objects, auxiliary colours)
+CALIBRATION_BATCH = 16
+CALIBRATION_TEMPLATES = ("a {}.", "a photo of the {}.", "itap of a {}.", "a good photo of the {}.")  # not EVAL's
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How a tower graph is quantized; written to the manifest as `quantization`."""
+
+    name: str
+    method: str  # "dynamic" (activation scales computed per call) | "static" (QDQ, calibrated scales)
+    per_channel: bool  # one weight scale per output channel (True) or per tensor
+    op_types: tuple[str, ...]  # ONNX op types whose weights (and inputs) become int8
+    keep_fp32: tuple[str, ...] = ()  # regular expressions over node names: matching nodes stay fp32
+    weight_type: str = "int8"  # signed weights, unsigned activations: the u8s8 kernels VNNI runs
+    activation_type: str = "uint8"
+    calibration: str | None = None  # static only: "minmax" over the calibration set below
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPES: dict[str, Int8Recipe] = {r.name: r for r in (
+    Int8Recipe("dynamic", "dynamic", per_channel=False, op_types=("MatMul", "Gemm")),
+    Int8Recipe("dynamic-per-channel", "dynamic", per_channel=True, op_types=("MatMul", "Gemm")),
+    Int8Recipe("static", "static", per_channel=True, op_types=("MatMul", "Gemm", "Conv"), calibration="minmax"),
+    Int8Recipe("static-per-tensor", "static", per_channel=False, op_types=("MatMul", "Gemm", "Conv"),
+               calibration="minmax"),
+)}
+DEFAULT_RECIPE = "dynamic"
+
+
+def recipe(name: str, keep_fp32: Sequence[str] = ()) -> Int8Recipe:
+    """A named recipe, with extra node-name patterns kept in fp32."""
+    if name not in RECIPES:
+        raise ExportError(f"unknown int8 recipe {name!r}; choose one of {', '.join(RECIPES)}.")
+    for pattern in keep_fp32:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ExportError(f"--int8-keep-fp32 {pattern!r} is not a regular expression: {e}") from e
+    base = RECIPES[name]
+    return replace(base, keep_fp32=base.keep_fp32 + tuple(keep_fp32)) if keep_fp32 else base
+
+
+# --- calibration data (static recipes) -----------------------------------------------------------------------
+def calibration_images(loaded: LoadedModel, n_shapes: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """float32 [P * 2 + n, 3, H, W]: the shipped photos and their mirror images, and generated shapes images."""
+    transform = eval_transform(loaded.preprocess)
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTO_DIR.glob("*.jpg"))]
+    photos += [ImageOps.mirror(p) for p in photos]
+    cfg = ShapesConfig(image_size=loaded.preprocess.height)  # type: ignore[call-arg]
+    shapes = [s.image for s in generate(CALIBRATION_SEED, n_shapes, "train", cfg)]
+    return torch.stack([transform(im) for im in photos + shapes]).numpy()
+
+
+def calibration_tokens(loaded: LoadedModel, n_captions: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """int64 [T, L]: every colour x shape label under CALIBRATION_TEMPLATES, and generated training captions."""
+    labels = [class_label(c, s) for c, s in all_pairs()]
+    prompts = [t.format(label) for label in labels for t in CALIBRATION_TEMPLATES]
+    cfg = ShapesConfig(image_size=loaded.preprocess.height)  # type: ignore[call-arg]
+    captions = [s.caption for s in generate(CALIBRATION_SEED, n_captions, "train", cfg)]
+    return np.asarray(loaded.tokenizer(prompts + captions), dtype=np.int64)
+
+
+class _Batches:
+    """onnxruntime.quantization.CalibrationDataReader over one array, in batches."""
+
+    def __init__(self, input_name: str, data: np.ndarray) -> None:
+        self._it: Iterator[dict] = iter({input_name: data[i:i + CALIBRATION_BATCH]}
+                                        for i in range(0, len(data), CALIBRATION_BATCH))
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+
+# --- quantization --------------------------------------------------------------------------------------------
+def quantize_tower(fp32_graph: Path, out: Path, rec: Int8Recipe, input_name: str,
+                   calibration: np.ndarray | None = None, external_data: bool = False) -> dict:
+    """Write the int8 graph of `fp32_graph` to `out`; returns what was quantized (for the manifest)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
+        prepared = Path(tmp) / fp32_graph.name
+        # ORT's basic graph optimisations and ONNX shape inference first, as ORT's quantization guide asks; its
+        # symbolic shape inference cannot follow the traced reshapes (assertion in _infer_Reshape), so it is skipped
+        quant_pre_process(str(fp32_graph), str(prepared), skip_symbolic_shape=True,
+                          save_as_external_data=external_data)
+        exclude = _matching_nodes(prepared, rec.keep_fp32)
+        common = dict(op_types_to_quantize=list(rec.op_types), per_channel=rec.per_channel,
+                      weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=external_data)
+        if rec.method == "dynamic":
+            quantize_dynamic(str(prepared), str(out), **common)
+        else:
+            if calibration is None:
+                raise ExportError(f"int8 recipe {rec.name!r} needs calibration data")
+            # MatMulConstBOnly: Q·Kᵀ and A·V (two activations) stay fp32, like the softmax between them
+            quantize_static(str(prepared), str(out), _Batches(input_name, calibration), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"MatMulConstBOnly": True}, **common)
+    return summarize(out, exclude)
+
+
+def _matching_nodes(graph: Path, patterns: Sequence[str]) -> list[str]:
+    if not patterns:
+        return []
+    model = onnx.load(str(graph), load_external_data=False)
+    names = [n.name for n in model.graph.node if any(re.search(p, n.name) for p in patterns)]
+    if not names:
+        raise ExportError(f"--int8-keep-fp32 {list(patterns)} matches no node of {graph.name}; node names look like "
+                          f"'/visual/transformer/resblocks.0/mlp/c_fc/MatMul'.")
+    return names
+
+
+def summarize(graph: Path, kept: Sequence[str] = ()) -> dict:
+    """Counts of int8 ops and of the ops the recipe could have quantized but left in fp32, from the graph itself."""
+    model = onnx.load(str(graph), load_external_data=False)
+    ops = Counter(n.op_type for n in model.graph.node)
+    int8 = {op: n for op, n in ops.items() if "Quantize" in op or "Integer" in op or op.startswith("QLinear")}
+    fp32 = {op: ops[op] for op in ("MatMul", "Gemm", "Conv") if ops.get(op)}
+    return {"int8_ops": dict(sorted(int8.items())), "fp32_compute_ops": fp32, "kept_fp32_nodes": list(kept)}
