@@ -4,7 +4,7 @@ r"""Command line of the export package.
         [--precision fp32|fp16|int8] [--int8-recipe NAME] [--int8-keep-fp32 REGEX ...] [--opset N]
     python -m export tensorrt --onnx DIR --out DIR [--fp16] [--min-batch 1 --opt-batch 32 --max-batch 256]
     python -m export verify DIR [--backend onnx|tensorrt] [--device cpu|cuda]
-    python -m export bench DIR [--device cpu|cuda] [--batch-sizes 1,8,32,64] [--json FILE]
+    python -m export bench DIR [--device cpu|cuda] [--batch-sizes 1,8,32,64] [--compare DIR] [--json FILE]
 
 Exit status: 0 ok, 1 parity failed, 2 any other export error (the message says how to fix it).
 """
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated (default 1,8,32,64)")
     bench.add_argument("--backends", default="torch,onnx", help="comma-separated from torch,onnx,tensorrt")
     bench.add_argument("--towers", default="image,text", help="comma-separated from image,text")
+    bench.add_argument("--compare", action="append", default=[], metavar="DIR",
+                       help="another export of the same model (e.g. its int8 export), timed as onnx-<precision>")
     bench.add_argument("--seconds", type=float, default=3.0, help="minimum timing per cell and round")
     bench.add_argument("--rounds", type=int, default=1,
                        help="time every cell this many times, backends interleaved (steadier on a busy machine)")
@@ -154,7 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     rows = bench_export(args.dir, device=args.device, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
                         backends=args.backends.split(","), towers=args.towers.split(","), seconds=args.seconds,
-                        threads=args.threads, source=_override(args), rounds=args.rounds)
+                        threads=args.threads, source=_override(args), rounds=args.rounds, compare=args.compare)
     print(format_table(rows))
     if args.json:
         from export.manifest import read_manifest

@@ -27,7 +27,8 @@ from export.attention import plain_attention
 from export.errors import ExportError
 from export.manifest import (MANIFEST_FILE, PRECISIONS, TOKENIZER_CONFIG, GraphSpec, Manifest, SourceSpec,
                              hash_files, write_manifest)
-from export.quantize import DEFAULT_RECIPE, calibration_images, calibration_tokens, quantize_tower, recipe
+from export.quantize import (DEFAULT_RECIPE, calibration_images, calibration_tokens, check_patterns_matched,
+                             quantize_tower, recipe)
 from export.towers import ImageTower, TextTower
 from models.eval import EVAL_TEMPLATES
 from models.factory import LoadedModel, model_config
@@ -110,6 +111,7 @@ def _export_int8(loaded: LoadedModel, steps: list, out: Path, options: OnnxOptio
             towers[file.removesuffix(".onnx")] = quantize_tower(fp32, out / file, rec, input_name, data,
                                                                 external_data=bool(external))
             files += [file, *_external_files(out / file)]
+    check_patterns_matched(rec.keep_fp32, [n for t in towers.values() for n in t["kept_fp32_nodes"]])
     log.info("int8 (%s): %d attention modules traced as plain MatMuls; %s", rec.name, swapped, towers)
     return files, {"recipe": rec.to_dict(), **towers, "plain_attention_modules": swapped,
                    "onnxruntime": onnxruntime.__version__}

@@ -127,7 +127,7 @@ def quantize_tower(fp32_graph: Path, out: Path, rec: Int8Recipe, input_name: str
         # symbolic shape inference cannot follow the traced reshapes (assertion in _infer_Reshape), so it is skipped
         quant_pre_process(str(fp32_graph), str(prepared), skip_symbolic_shape=True,
                           save_as_external_data=external_data)
-        exclude = _matching_nodes(prepared, rec.keep_fp32)
+        exclude = _matching_nodes(prepared, rec.keep_fp32, rec.op_types)
         common = dict(op_types_to_quantize=list(rec.op_types), per_channel=rec.per_channel,
                       weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=external_data)
         if rec.method == "dynamic":
@@ -142,15 +142,23 @@ def quantize_tower(fp32_graph: Path, out: Path, rec: Int8Recipe, input_name: str
     return summarize(out, exclude)
 
 
-def _matching_nodes(graph: Path, patterns: Sequence[str]) -> list[str]:
+def _matching_nodes(graph: Path, patterns: Sequence[str], op_types: Sequence[str]) -> list[str]:
+    """Names of the nodes the recipe would quantize that a pattern matches."""
     if not patterns:
         return []
     model = onnx.load(str(graph), load_external_data=False)
-    names = [n.name for n in model.graph.node if any(re.search(p, n.name) for p in patterns)]
-    if not names:
-        raise ExportError(f"--int8-keep-fp32 {list(patterns)} matches no node of {graph.name}; node names look like "
-                          f"'/visual/transformer/resblocks.0/mlp/c_fc/MatMul'.")
-    return names
+    return [n.name for n in model.graph.node
+            if n.op_type in op_types and any(re.search(p, n.name) for p in patterns)]
+
+
+def check_patterns_matched(patterns: Sequence[str], kept: Sequence[str]) -> None:
+    """Every keep_fp32 pattern matched a node of some tower (a typo would otherwise keep nothing, silently)."""
+    unmatched = [p for p in patterns if not any(re.search(p, name) for name in kept)]
+    if unmatched:
+        raise ExportError(f"--int8-keep-fp32 {unmatched} matches no node the recipe quantizes in either graph; "
+                          f"node names look like "
+                          f"'/visual/transformer/resblocks.0/mlp/c_fc/MatMul' (image) or "
+                          f"'/transformer/resblocks.0/attn/out_proj/MatMul' (text).")
 
 
 def summarize(graph: Path, kept: Sequence[str] = ()) -> dict:
