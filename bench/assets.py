@@ -77,10 +77,13 @@ def _vit_b_32_weights() -> Path:
 def _ensure_export(model: str, checkpoint: str | None, out: Path, precision: str = "fp32") -> Path:
     """`python -m export onnx` once; an export whose manifest exists and verifies is reused."""
     from export.manifest import read_manifest
+    from export.quantize import DEFAULT_RECIPE, RECIPES
 
     try:
-        read_manifest(out, verify=True)
-        return out
+        manifest = read_manifest(out, verify=True)
+        made_today = precision != "int8" or (manifest.quantization or {}).get("recipe") == RECIPES[DEFAULT_RECIPE].to_dict()
+        if manifest.precision == precision and made_today:  # an int8 export of an older default recipe is redone
+            return out
     except Exception:  # noqa: BLE001 - missing, partial or stale: export again
         pass
     cmd = [sys.executable, "-m", "export", "onnx", "--model", model, "--out", str(out), "--parity-shapes", "16",

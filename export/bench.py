@@ -135,15 +135,16 @@ def _runners(backend: str, export_dir: str | Path, manifest: Manifest, device: s
 
 def _compared(dirs: Sequence[str | Path], manifest: Manifest, device: str, threads: int
               ) -> dict[str, tuple[dict[str, Encode], str]]:
-    """ONNX Runtime runners of other exports of the same model, named "onnx-<precision>"."""
+    """ONNX Runtime runners of other exports of the same model, named "onnx-<precision>" (then "(<dir name>)")."""
     out = {}
     for d in dirs:
         enc = load_encoders(d, backend="onnx", device=device, threads=threads)
         if enc.manifest.fingerprint != manifest.fingerprint:
             raise ExportError(f"--compare {d} is an export of another model (fingerprint {enc.manifest.fingerprint}, "
                               f"not {manifest.fingerprint})")
-        out[f"onnx-{enc.manifest.precision}"] = ({"image": enc.encode_image, "text": enc.encode_text},
-                                                 ", ".join(enc.providers))
+        label = f"onnx-{enc.manifest.precision}"
+        label = label if label not in out else f"{label} ({Path(d).name})"  # two int8 recipes, say
+        out[label] = ({"image": enc.encode_image, "text": enc.encode_text}, ", ".join(enc.providers))
     return out
 
 

@@ -242,6 +242,6 @@ def require_parity(report: ParityReport, where: str) -> None:
 
 def _remedy(precision: str) -> str:
     if precision == "int8":
-        return ("Try another int8 recipe (--int8-recipe dynamic-per-channel), keep the layers that lose accuracy in "
-                "fp32 (--int8-keep-fp32 '/visual/transformer/resblocks.0/'), or export fp32 (--precision fp32)")
+        return ("Keep the layers that lose accuracy in fp32 (--int8-keep-fp32 '/visual/transformer/resblocks.0/'), "
+                "try another --int8-recipe, or export fp32 (--precision fp32)")
     return "Try fp32 (--precision fp32), another --opset, or report the model"

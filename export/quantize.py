@@ -1,9 +1,10 @@
 """int8 tower graphs: ONNX Runtime quantization of a traced fp32 graph, by a named recipe.
 
-    dynamic               (default) weights int8, one scale per tensor; activations quantized on the fly (per call)
-                          before every MatMul/Gemm that has a weight. Everything else stays fp32: the patch or stem
-                          convolutions, LayerNorm, GELU, softmax and the attention products (Q·Kᵀ, A·V).
-    dynamic-per-channel   the same with one weight scale per output channel
+    dynamic               (default) weights int8 with one scale per output channel; activations quantized on the
+                          fly (per call, one scale per tensor) before every MatMul/Gemm that has a weight. Everything
+                          else stays fp32: the patch or stem convolutions, LayerNorm, GELU, softmax and the attention
+                          products (Q·Kᵀ, A·V).
+    dynamic-per-tensor    the same with one weight scale per tensor
     static                QDQ: weights per channel, activation scales fixed by calibration on the photos this
                           package ships (export/parity_images, and their mirror images), generated shapes images
                           and prompts; MatMul/Gemm with a weight, and convolutions
@@ -61,8 +62,8 @@ class Int8Recipe:
 
 
 RECIPES: dict[str, Int8Recipe] = {r.name: r for r in (
-    Int8Recipe("dynamic", "dynamic", per_channel=False, op_types=("MatMul", "Gemm")),
-    Int8Recipe("dynamic-per-channel", "dynamic", per_channel=True, op_types=("MatMul", "Gemm")),
+    Int8Recipe("dynamic", "dynamic", per_channel=True, op_types=("MatMul", "Gemm")),
+    Int8Recipe("dynamic-per-tensor", "dynamic", per_channel=False, op_types=("MatMul", "Gemm")),
     Int8Recipe("static", "static", per_channel=True, op_types=("MatMul", "Gemm", "Conv"), calibration="minmax"),
     Int8Recipe("static-per-tensor", "static", per_channel=False, op_types=("MatMul", "Gemm", "Conv"),
                calibration="minmax"),
@@ -128,8 +129,10 @@ def quantize_tower(fp32_graph: Path, out: Path, rec: Int8Recipe, input_name: str
         quant_pre_process(str(fp32_graph), str(prepared), skip_symbolic_shape=True,
                           save_as_external_data=external_data)
         exclude = _matching_nodes(prepared, rec.keep_fp32, rec.op_types)
+        # the quantizer first rewrites each Gemm X as a MatMul named "X_MatMul" (+ Add), then applies exclusions
+        names = exclude + [f"{name}_MatMul" for name in exclude]
         common = dict(op_types_to_quantize=list(rec.op_types), per_channel=rec.per_channel,
-                      weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=external_data)
+                      weight_type=QuantType.QInt8, nodes_to_exclude=names, use_external_data_format=external_data)
         if rec.method == "dynamic":
             quantize_dynamic(str(prepared), str(out), **common)
         else:

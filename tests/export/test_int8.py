@@ -83,14 +83,17 @@ def test_export_refuses_an_int8_graph_with_a_corrupted_scale(bundled_dir, tmp_pa
 def test_int8_command_prints_the_parity_numbers(bundled_dir, tmp_path, capsys):
     out = tmp_path / "int8"
     assert main(["onnx", "--model", str(bundled_dir), "--out", str(out), "--precision", "int8",
-                 "--int8-keep-fp32", "/transformer/resblocks.2/mlp/", "--parity-shapes", "8"]) == 0
+                 "--int8-keep-fp32", "/transformer/resblocks.2/mlp/", "--int8-keep-fp32", "^/visual/attnpool/Gemm",
+                 "--parity-shapes", "8"]) == 0
     printed = capsys.readouterr().out
     assert "(int8, opset 17)" in printed and "mean" in printed and "zero-shot agreement" in printed
     q = json.loads((out / MANIFEST_FILE).read_text())["quantization"]
-    assert q["recipe"]["keep_fp32"] == ["/transformer/resblocks.2/mlp/"]
+    assert q["recipe"]["keep_fp32"] == ["/transformer/resblocks.2/mlp/", "^/visual/attnpool/Gemm"]
     assert sorted(q["text"]["kept_fp32_nodes"]) == ["/transformer/resblocks.2/mlp/c_fc/MatMul",
                                                     "/transformer/resblocks.2/mlp/c_proj/MatMul"]
     assert q["text"]["int8_ops"]["MatMulInteger"] == 11  # 13 less the two kept in fp32
+    assert q["image"]["kept_fp32_nodes"] == ["/visual/attnpool/Gemm"]  # a Gemm: the quantizer renames it first
+    assert q["image"]["int8_ops"]["MatMulInteger"] == 3
 
 
 @pytest.mark.parametrize("argv, message", [
