@@ -161,7 +161,9 @@ def int8(encoder: list[dict], compare: dict, model: str) -> dict[str, Any]:
                 out.setdefault("served", {}).setdefault(name, {})[c] = {
                     "value": b["items_per_s"] / a["items_per_s"], "fp32_items_per_s": a["items_per_s"],
                     "int8_items_per_s": b["items_per_s"], "fp32_p50_ms": a["latency_ms"]["p50"],
-                    "int8_p50_ms": b["latency_ms"]["p50"]}
+                    "int8_p50_ms": b["latency_ms"]["p50"],  # server CPU per item: steadier on a shared machine
+                    "fp32_cpu_ms_per_item": a.get("server_cpu_ms_per_item"),
+                    "int8_cpu_ms_per_item": b.get("server_cpu_ms_per_item")}
     image = out.get("served", {}).get("image-224", {})
     c16 = image.get(16) or (image[max(image)] if image else None)  # a quick run stops below 16
     out["served_image_c16"] = {**c16, "at_concurrency": 16 if 16 in image else max(image)} if c16 else None

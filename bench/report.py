@@ -92,21 +92,29 @@ def int8_section(results: dict, key: str, compare: dict, out: Path, files: list[
             enc.append(f"| {tower} | {batch} | {a['items_per_s']:.1f} | {b['items_per_s']:.1f} | "
                        f"{b['items_per_s'] / a['items_per_s']:.2f}× |")
     served = ["| scenario | concurrency | fp32 items/s | int8 items/s | int8 ÷ fp32 | fp32 p50 ms | int8 p50 ms | "
-              "other processes (cores) |", "|---|---|---|---|---|---|---|---|"]
+              "server CPU ms/item fp32 / int8 | other processes (cores) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, by_c in results.get("ratios_int8", {}).get(key, {}).get("served", {}).items():
         for c, v in sorted(by_c.items(), key=lambda kv: int(kv[0])):
             busy = max((p.get("other_processes_cores") or 0.0) for s in compare["scenarios"].values()
                        for p in s.get(name, {}).get("points", []) if p["concurrency"] == int(c))
             served.append(f"| {name} | {c} | {v['fp32_items_per_s']:.1f} | {v['int8_items_per_s']:.1f} | "
-                          f"{v['value']:.2f}× | {v['fp32_p50_ms']:.1f} | {v['int8_p50_ms']:.1f} | {busy} |")
+                          f"{v['value']:.2f}× | {v['fp32_p50_ms']:.1f} | {v['int8_p50_ms']:.1f} | "
+                          f"{v.get('fp32_cpu_ms_per_item')} / {v.get('int8_cpu_ms_per_item')} | {busy} |")
     path = plots.precision(results.get("encoder", []), compare, key, out / f"int8-{key}.png",
                            f"{key}: fp32 vs int8 (ONNX Runtime, CPU)")
     files.append(path)
     r = results.get("ratios_int8", {}).get(key)
-    return [f"## int8 vs fp32: {key}", "", ratios.int8_table(r) if r else "", "",
-            f"Encoder limit (in-process, runners interleaved in {results.get('encoder_rounds', 1)} rounds):", "",
-            *enc, "", f"Served (both servers up, points alternating, {compare.get('rounds', 1)} rounds each):", "",
-            *served, "", f"![int8 {key}]({path.name})", ""]
+    md = [f"## int8 vs fp32: {key}", "", ratios.int8_table(r) if r else "", ""]
+    if len(enc) > 2:
+        md += [f"Encoder limit (in-process, runners interleaved in {results.get('encoder_rounds', 1)} rounds):", "",
+               *enc, ""]
+    return md + [f"Served (both servers up, points alternating, {compare.get('rounds', 1)} rounds each; peak RSS "
+                 f"fp32 {_rss(compare, 'fp32')} MiB, int8 {_rss(compare, 'int8')} MiB):", "", *served, "",
+                 f"![int8 {key}]({path.name})", ""]
+
+
+def _rss(compare: dict, precision: str) -> float | None:
+    return max((s.get("peak_rss_mib") or 0.0 for s in compare["scenarios"].get(precision, {}).values()), default=None)
 
 
 def _best(rows: list[dict], model: str, backend: str, tower: str, precision: str | None = None) -> dict | None:
