@@ -11,6 +11,7 @@ Exports are made once under `exports/` (git-ignored) and reused while their sour
 from __future__ import annotations
 
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -81,8 +82,9 @@ def _ensure_export(model: str, checkpoint: str | None, out: Path, precision: str
 
     try:
         manifest = read_manifest(out, verify=True)
-        made_today = precision != "int8" or (manifest.quantization or {}).get("recipe") == RECIPES[DEFAULT_RECIPE].to_dict()
-        if manifest.precision == precision and made_today:  # an int8 export of an older default recipe is redone
+        recipe = json.loads(json.dumps(RECIPES[DEFAULT_RECIPE].to_dict()))  # as manifest.json holds it (lists)
+        current = precision != "int8" or (manifest.quantization or {}).get("recipe") == recipe
+        if manifest.precision == precision and current:  # an int8 export of an older default recipe is redone
             return out
     except Exception:  # noqa: BLE001 - missing, partial or stale: export again
         pass
