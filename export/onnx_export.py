@@ -29,6 +29,7 @@ from export.manifest import (MANIFEST_FILE, PRECISIONS, TOKENIZER_CONFIG, GraphS
                              hash_files, write_manifest)
 from export.quantize import (DEFAULT_RECIPE, calibration_images, calibration_tokens, check_patterns_matched,
                              quantize_tower, recipe)
+from export.runtime.deps import require_onnxruntime
 from export.towers import ImageTower, TextTower
 from models.eval import EVAL_TEMPLATES
 from models.factory import LoadedModel, model_config
@@ -55,7 +56,7 @@ class OnnxOptions:
 
     def __post_init__(self) -> None:
         if self.fp16 and self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"fp16=True contradicts precision={self.precision!r}")
+            raise ExportError(f"fp16=True contradicts precision={self.precision!r}")
         if self.fp16:
             object.__setattr__(self, "precision", "fp16")
         if self.precision not in PRECISIONS:
@@ -98,8 +99,7 @@ def export_onnx(loaded: LoadedModel, source: SourceSpec, out_dir: str | Path,
 
 def _export_int8(loaded: LoadedModel, steps: list, out: Path, options: OnnxOptions) -> tuple[list[str], dict]:
     """Trace each tower in fp32 into a temporary directory, quantize it into `out`; returns (files, recipe record)."""
-    import onnxruntime
-
+    onnxruntime = require_onnxruntime()  # its quantizer writes the graphs
     rec = recipe(options.int8_recipe, options.int8_keep_fp32)
     calibrate = {"pixels": calibration_images, "tokens": calibration_tokens} if rec.method == "static" else {}
     files, towers = [], {}

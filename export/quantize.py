@@ -7,10 +7,10 @@
     dynamic-per-tensor    the same with one weight scale per tensor
     static                QDQ: weights per channel, activation scales fixed by calibration on the photos this
                           package ships (export/parity_images, and their mirror images), generated shapes images
-                          and prompts; MatMul/Gemm with a weight, and convolutions
+                          and prompts; every MatMul (the attention products too) and Gemm, and convolutions
     static-per-tensor     the same with one weight scale per tensor
 
-Which recipe wins, and why the default is `dynamic`, is measured in docs/export.md ("int8"). Every recipe can keep
+Which recipe wins, and why the default is `dynamic`, is measured in docs/export.md ("int8 on CPU"). Every recipe can keep
 named nodes in fp32 (`keep_fp32`: regular expressions over ONNX node names such as `/visual/conv1/` or
 `/visual/MatMul$`), for a model whose parity gate fails on a few sensitive layers.
 """
@@ -138,10 +138,10 @@ def quantize_tower(fp32_graph: Path, out: Path, rec: Int8Recipe, input_name: str
         else:
             if calibration is None:
                 raise ExportError(f"int8 recipe {rec.name!r} needs calibration data")
-            # MatMulConstBOnly: Q·Kᵀ and A·V (two activations) stay fp32, like the softmax between them
+            # QDQ quantizes every MatMul, Q·Kᵀ and A·V included (ORT's MatMulConstBOnly only applies to the
+            # QOperator format), so the softmax output is int8 too; keep_fp32 'attn/MatMul_[12]$' keeps them fp32
             quantize_static(str(prepared), str(out), _Batches(input_name, calibration), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"MatMulConstBOnly": True}, **common)
+                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax, **common)
     return summarize(out, exclude)
 
 
@@ -164,10 +164,23 @@ def check_patterns_matched(patterns: Sequence[str], kept: Sequence[str]) -> None
                           f"'/transformer/resblocks.0/attn/out_proj/MatMul' (text).")
 
 
+COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
+
+
 def summarize(graph: Path, kept: Sequence[str] = ()) -> dict:
-    """Counts of int8 ops and of the ops the recipe could have quantized but left in fp32, from the graph itself."""
+    """From the graph itself: its int8 ops, and the MatMul/Gemm/Conv nodes left in fp32.
+
+    In a QDQ (static) graph a MatMul fed by DequantizeLinear runs in int8 once ORT fuses the pair; it is counted as
+    "MatMul (QDQ)". Dynamic graphs name their int8 ops (MatMulInteger, DynamicQuantizeLinear)."""
     model = onnx.load(str(graph), load_external_data=False)
-    ops = Counter(n.op_type for n in model.graph.node)
-    int8 = {op: n for op, n in ops.items() if "Quantize" in op or "Integer" in op or op.startswith("QLinear")}
-    fp32 = {op: ops[op] for op in ("MatMul", "Gemm", "Conv") if ops.get(op)}
-    return {"int8_ops": dict(sorted(int8.items())), "fp32_compute_ops": fp32, "kept_fp32_nodes": list(kept)}
+    made_by = {out: n.op_type for n in model.graph.node for out in n.output}
+    int8: Counter = Counter()
+    fp32: Counter = Counter()
+    for n in model.graph.node:
+        if n.op_type in COMPUTE_OPS:
+            qdq = all(made_by.get(i) == "DequantizeLinear" for i in n.input[:2])  # data and weight both int8
+            (int8 if qdq else fp32)[f"{n.op_type} (QDQ)" if qdq else n.op_type] += 1
+        elif "Integer" in n.op_type or n.op_type.startswith(("QLinear", "DynamicQuantize")):
+            int8[n.op_type] += 1
+    return {"int8_ops": dict(sorted(int8.items())), "fp32_compute_ops": dict(sorted(fp32.items())),
+            "kept_fp32_nodes": list(kept)}
