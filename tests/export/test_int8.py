@@ -186,3 +186,17 @@ def test_parity_bounds_of_int8():
     assert not report(image_mean_cosine=0.994).passed  # every image above 0.99, but on average too far
     assert not report(text_min_cosine=0.989).passed
     assert report(zero_shot_decided=0, zero_shot_decided_flips=0).passed  # random weights decide nothing
+
+
+def test_static_recipe_is_refused_on_the_resnet_until_its_convolutions_stay_fp32(bundled_dir, tmp_path, capsys):
+    """A real recipe, not a corrupted graph: calibrated int8 convolutions cost the bundled ResNet too much."""
+    refused, kept = tmp_path / "static", tmp_path / "static-convs-fp32"
+    assert main(["onnx", "--model", str(bundled_dir), "--out", str(refused), "--precision", "int8",
+                 "--int8-recipe", "static", "--parity-shapes", "64"]) == 1
+    assert "image min cosine" in capsys.readouterr().err and not (refused / MANIFEST_FILE).exists()
+    assert main(["onnx", "--model", str(bundled_dir), "--out", str(kept), "--precision", "int8",
+                 "--int8-recipe", "static", "--int8-keep-fp32", "/Conv$", "--parity-shapes", "64"]) == 0
+    q = json.loads((kept / MANIFEST_FILE).read_text())["quantization"]
+    assert q["recipe"]["method"] == "static" and q["recipe"]["calibration"] == "minmax"
+    assert q["image"]["fp32_compute_ops"]["Conv"] == len(q["image"]["kept_fp32_nodes"]) == 19
+    assert q["image"]["int8_ops"]["MatMul (QDQ)"] >= 1 and q["text"]["int8_ops"]["MatMul (QDQ)"] >= 12
