@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_CONFIG = "open_clip_config.json"  # open_clip's config, copied in so the tokenizer needs no source model
 KINDS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,13 @@ class Manifest:
     tokenizer_source: str  # models.factory.tokenizer_for source; "." = this directory's open_clip_config.json
     context_length: int  # L: token ids per text
     opset: int  # ONNX opset of the graphs (of the ONNX the engines were built from, for tensorrt)
-    precision: str  # "fp32" | "fp16": arithmetic inside the graphs; inputs and outputs stay float32/int64
+    precision: str  # "fp32" | "fp16" | "int8": arithmetic inside the graphs; inputs and outputs stay float32/int64
     image: GraphSpec
     text: GraphSpec
     files: dict[str, str] = field(default_factory=dict)  # every file of the export (not this one) -> sha256
     parity: dict[str, Any] | None = None  # export.parity report measured when the export was made
     tensorrt: dict[str, Any] | None = None  # tensorrt exports: version, GPU, optimisation profile
+    quantization: dict[str, Any] | None = None  # int8 exports: the export.quantize recipe and what it quantized
     created_with: dict[str, str] = field(default_factory=dict)  # tool versions (torch, open_clip, onnx, ...)
     format_version: int = FORMAT_VERSION
 

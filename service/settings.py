@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     # --- runtime -------------------------------------------------------------------------------------------
     backend: Literal["torch", "onnx", "tensorrt"] = Field("torch", description="inference engine")
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto = cuda when available")
-    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 needs CUDA (torch) or an fp16 export")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="fp16 needs CUDA (torch) or an fp16 "
+                                                                           "export; int8 needs an int8 export (CPU)")
     threads: int = Field(0, ge=0, description="CPU inference threads (0 = all cores)")
     preprocess_workers: int = Field(0, ge=0, description="image decode/resize threads (0 = cores, min 2)")
 
@@ -111,6 +112,9 @@ class Settings(BaseSettings):
         if self.backend in ("onnx", "tensorrt") and not self.export_dir:
             raise ValueError(f"CLIP_BACKEND={self.backend} needs CLIP_EXPORT_DIR (an export directory made by "
                              f"`python -m export onnx ...`)")
+        if self.precision == "int8" and self.backend != "onnx":
+            raise ValueError("CLIP_PRECISION=int8 runs an int8 export on ONNX Runtime: set CLIP_BACKEND=onnx and "
+                             "CLIP_EXPORT_DIR to a `python -m export onnx --precision int8` directory")
         if self.pretrained and self.checkpoint:
             raise ValueError("set CLIP_PRETRAINED or CLIP_CHECKPOINT, not both")
         if self.jpeg_decode == "cuda" and self.device == "cpu":
