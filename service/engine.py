@@ -128,13 +128,9 @@ class Engine:
     async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
         """Image bytes -> L2-normalised embeddings [N, D], in order."""
         deadline = self.deadline() if deadline is None else deadline
-        self.images.admit(len(images))  # a full queue answers 503 before any decoding
-        try:
+        with self.images.reserve(len(images)) as room:  # a full queue answers 503 before any decoding
             pixels = await self.preprocess_images(images, deadline)
-        except BaseException:
-            self.images.release(len(images))
-            raise
-        return np.stack(await self.images.submit(pixels, deadline, admitted=True))
+            return np.stack(await room.submit(pixels, deadline))
 
     # --- texts ----------------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> np.ndarray:
@@ -160,13 +156,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         if loop.time() > deadline:  # not even tokenised: the batcher would refuse them anyway
             raise self._expire(len(texts), f"{len(texts)} texts were not encoded")
-        self.texts.admit(len(texts))
-        try:
+        with self.texts.reserve(len(texts)) as room:
             tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, texts)
-        except BaseException:
-            self.texts.release(len(texts))
-            raise
-        return await self.texts.submit(list(tokens), deadline, admitted=True)
+            return await room.submit(list(tokens), deadline)
 
     # --- classifiers ----------------------------------------------------------------------------------------
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...],
