@@ -2,7 +2,8 @@
 limits (CLIP_MAX_LABELSETS sets, CLIP_LABELSET_CACHE_MB bytes of text).
 
 A label set given inline (/classify's `labels` and `templates`) is checked the same way as one to be stored:
-`define` checks names, labels, templates and the prompt cap before any model work.
+`define` checks its labels, its templates and the prompt cap before any model work; `check_name` a stored set's
+name.
 
 A PUT computes its classifier between the limit check and the insert, and other PUTs run meanwhile. So the
 room is reserved before the computation (`with store.reserve(...)`) and given back if the PUT fails or its
