@@ -2,7 +2,7 @@ r"""Command line of the export package.
 
     python -m export onnx --model <name|checkpoint dir> [--pretrained TAG | --checkpoint FILE] --out DIR \
         [--precision fp32|fp16|int8] [--int8-recipe NAME] [--int8-keep-fp32 REGEX ...] [--opset N]
-    python -m export tensorrt --onnx DIR --out DIR [--fp16] [--min-batch 1 --opt-batch 32 --max-batch 256]
+    python -m export tensorrt --onnx DIR --out DIR [--fp16] [--reuse] [--min-batch 1 --opt-batch 32 --max-batch 256]
     python -m export verify DIR [--backend onnx|tensorrt] [--device cpu|cuda]
     python -m export bench DIR [--device cpu|cuda] [--batch-sizes 1,8,32,64] [--compare DIR] [--json FILE]
 
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--onnx", required=True, help="ONNX export directory (from `python -m export onnx`)")
     trt.add_argument("--out", required=True, help="engine directory to write")
     trt.add_argument("--fp16", action="store_true", help="let TensorRT use fp16 kernels on an fp32 export")
+    trt.add_argument("--reuse", action="store_true",
+                     help="keep engines already in --out when they were built from the same graphs with the same "
+                          "options on this GPU model and TensorRT version (a deploy's build step before each start)")
     trt.add_argument("--min-batch", type=int, default=1)
     trt.add_argument("--opt-batch", type=int, default=32)
     trt.add_argument("--max-batch", type=int, default=256)
@@ -128,7 +131,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
                           f"build TensorRT engines from an fp32 or fp16 export.")
 
     options = BuildOptions(fp16=args.fp16, profile=Profile(args.min_batch, args.opt_batch, args.max_batch))
-    manifest = build_tensorrt_export(args.onnx, args.out, options)
+    manifest = build_tensorrt_export(args.onnx, args.out, options, reuse=args.reuse)
     print(f"built TensorRT engines for {manifest.model_id} in {args.out} ({manifest.tensorrt})")
     return 0
 
