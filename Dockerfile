@@ -130,7 +130,7 @@ WORKDIR /home/clip
 VOLUME ["/cache"]
 EXPOSE 8000
 # /readyz is 503 until the model is loaded and warmed up, and while draining. The start period covers a
-# first start that downloads weights or builds TensorRT engines.
+# first start that downloads weights.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15m --retries=3 \
     CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('CLIP_PORT', '8000'), timeout=4)"
 # SIGTERM starts a drain of CLIP_DRAIN_S (25 s): give `docker stop` a longer timeout (compose does).

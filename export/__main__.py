@@ -17,10 +17,15 @@ import logging
 import sys
 from pathlib import Path
 
-from export.errors import ExportError, ParityError
+from export.errors import TORCH_EXTRA, ExportError, ParityError
 from export.manifest import PRECISIONS
-from export.onnx_export import DEFAULT_OPSET
-from export.quantize import DEFAULT_RECIPE, RECIPES
+
+try:  # every command rebuilds or traces the eager model: PyTorch, open_clip and onnx (the `torch` extra)
+    from export.onnx_export import DEFAULT_OPSET
+    from export.quantize import DEFAULT_RECIPE, RECIPES
+    _MISSING: ImportError | None = None
+except ImportError as e:  # a lean install (`pip install '.[onnx]'`) serves exports but cannot make them
+    _MISSING = e
 
 log = logging.getLogger("export")
 
@@ -173,6 +178,10 @@ COMMANDS = {"onnx": cmd_onnx, "tensorrt": cmd_tensorrt, "verify": cmd_verify, "b
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(f"error: python -m export needs PyTorch, open_clip and onnx, which this install lacks ({_MISSING}): "
+              f"{TORCH_EXTRA}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ os._exit = report_then_exit
 sys.argv = ["service"]
 runpy.run_module("service", run_name="__main__", alter_sys=True)
 """
-PHOTOS = sorted((Path(__file__).resolve().parents[2] / "export" / "parity_images").glob("*.jpg"))
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = sorted((ROOT / "export" / "parity_images").glob("*.jpg"))
 
 
 def serve_and_probe(export_dir: Path, tmp_path: Path) -> tuple[list[str], dict]:
@@ -82,3 +84,23 @@ def test_vit_b_32_onnx_server_imports_no_torch(vitb32_export, tmp_path):
     heavy, answers = serve_and_probe(vitb32_export[0], tmp_path)
     assert heavy == [], f"the onnx server loaded {heavy}"
     assert len(answers["text"]["embeddings"][0]) == vitb32_export[1].embed_dim
+
+
+BLOCKED = "import sys; sys.modules.update(torch=None, open_clip=None, onnx=None); "  # import torch now fails
+
+
+def test_exporting_without_the_torch_extra_says_which_extra():
+    code = BLOCKED + ("import runpy; sys.argv = ['export', 'onnx', '--model', 'x', '--out', 'y']; "
+                      "runpy.run_module('export', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "needs PyTorch" in r.stderr and "clip-serve[torch]" in r.stderr, r.stderr
+
+
+def test_the_torch_backend_without_the_torch_extra_says_how_to_serve_an_export(monkeypatch):
+    from export.errors import MissingDependencyError
+    from service.backends import load_backend
+    from service.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "service.backends.torch_backend", None)  # as if torch were not installed
+    with pytest.raises(MissingDependencyError, match=r"clip-serve\[torch\].*CLIP_BACKEND=onnx CLIP_EXPORT_DIR"):
+        load_backend(Settings(backend="torch"))
