@@ -18,7 +18,7 @@ from typing import Any, Callable
 import open_clip
 import torch
 
-from models import CHECKPOINT_DIR, DEFAULT_MODEL  # noqa: F401 - re-exported: callers import them from here too
+from models import DEFAULT_MODEL
 from models.fingerprint import fingerprint_model
 from models.preprocess import PreprocessConfig
 
