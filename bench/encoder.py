@@ -39,29 +39,17 @@ class EncoderRow:
 
 
 def encoders(model: BenchModel, backend: str, device: str, threads: int, precision: str = "fp32") -> dict[str, Encode]:
-    """numpy-in / numpy-out encoders of one backend, built as the server builds them (TorchBackend / ORT)."""
+    """One backend's towers (export.runtime, as the server loads them) as {"image": encode, "text": encode}."""
     if backend == "torch":
-        import torch
+        from export.runtime.eager import TorchTowers
 
-        from models.factory import load_model
+        towers = TorchTowers.load(model.model, checkpoint=model.checkpoint, device=device, precision=precision,
+                                  threads=threads or cores())  # eager gets the same cores as ONNX Runtime
+    else:
+        from export.runtime import load_encoders
 
-        torch.set_num_threads(threads or cores())  # eager gets the same cores as ONNX Runtime
-        m = load_model(model.model, checkpoint=model.checkpoint, device=device, precision=precision).model
-        dtype = torch.float16 if precision == "fp16" else torch.float32
-
-        @torch.inference_mode()
-        def image(x: np.ndarray) -> np.ndarray:  # [B, 3, H, W] -> [B, D]; host->device copy included
-            return m.encode_image(torch.from_numpy(x).to(device, dtype), normalize=True).float().cpu().numpy()
-
-        @torch.inference_mode()
-        def text(x: np.ndarray) -> np.ndarray:  # [B, L] -> [B, D]
-            return m.encode_text(torch.from_numpy(x).to(device), normalize=True).float().cpu().numpy()
-
-        return {"image": image, "text": text}
-    from export.runtime import load_encoders
-
-    enc = load_encoders(model.export_for(precision), backend=backend, device=device, threads=threads)
-    return {"image": enc.encode_image, "text": enc.encode_text}
+        towers = load_encoders(model.export_for(precision), backend=backend, device=device, threads=threads)
+    return {"image": towers.encode_image, "text": towers.encode_text}
 
 
 def inputs(model: BenchModel, batch: int) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@ r"""Command line of the export package.
 
     python -m export onnx --model <name|checkpoint dir> [--pretrained TAG | --checkpoint FILE] --out DIR \
         [--precision fp32|fp16|int8] [--int8-recipe NAME] [--int8-keep-fp32 REGEX ...] [--opset N]
-    python -m export tensorrt --onnx DIR --out DIR [--fp16] [--min-batch 1 --opt-batch 32 --max-batch 256]
+    python -m export tensorrt --onnx DIR --out DIR [--fp16] [--reuse] [--min-batch 1 --opt-batch 32 --max-batch 256]
     python -m export verify DIR [--backend onnx|tensorrt] [--device cpu|cuda]
     python -m export bench DIR [--device cpu|cuda] [--batch-sizes 1,8,32,64] [--compare DIR] [--json FILE]
 
@@ -17,10 +17,15 @@ import logging
 import sys
 from pathlib import Path
 
-from export.errors import ExportError, ParityError
+from export.errors import TORCH_EXTRA, ExportError, ParityError
 from export.manifest import PRECISIONS
-from export.onnx_export import DEFAULT_OPSET
-from export.quantize import DEFAULT_RECIPE, RECIPES
+
+try:  # every command rebuilds or traces the eager model: PyTorch, open_clip and onnx (the `torch` extra)
+    from export.onnx_export import DEFAULT_OPSET
+    from export.quantize import DEFAULT_RECIPE, RECIPES
+    _MISSING: ImportError | None = None
+except ImportError as e:  # a lean install (`pip install '.[onnx]'`) serves exports but cannot make them
+    _MISSING = e
 
 log = logging.getLogger("export")
 
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--onnx", required=True, help="ONNX export directory (from `python -m export onnx`)")
     trt.add_argument("--out", required=True, help="engine directory to write")
     trt.add_argument("--fp16", action="store_true", help="let TensorRT use fp16 kernels on an fp32 export")
+    trt.add_argument("--reuse", action="store_true",
+                     help="keep engines already in --out when they were built from the same graphs with the same "
+                          "options on this GPU model and TensorRT version (a deploy's build step before each start)")
     trt.add_argument("--min-batch", type=int, default=1)
     trt.add_argument("--opt-batch", type=int, default=32)
     trt.add_argument("--max-batch", type=int, default=256)
@@ -128,7 +136,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
                           f"build TensorRT engines from an fp32 or fp16 export.")
 
     options = BuildOptions(fp16=args.fp16, profile=Profile(args.min_batch, args.opt_batch, args.max_batch))
-    manifest = build_tensorrt_export(args.onnx, args.out, options)
+    manifest = build_tensorrt_export(args.onnx, args.out, options, reuse=args.reuse)
     print(f"built TensorRT engines for {manifest.model_id} in {args.out} ({manifest.tensorrt})")
     return 0
 
@@ -170,6 +178,10 @@ COMMANDS = {"onnx": cmd_onnx, "tensorrt": cmd_tensorrt, "verify": cmd_verify, "b
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(f"error: python -m export needs PyTorch, open_clip and onnx, which this install lacks ({_MISSING}): "
+              f"{TORCH_EXTRA}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)

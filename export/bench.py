@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from export.errors import ExportError
 from export.manifest import Manifest, SourceSpec, load_tokenizer, read_manifest
-from export.runtime import load_encoders
+from export.runtime import Towers, load_encoders
+from export.runtime.eager import TorchTowers
 from export.source import eager_model_for, load_source
 
 log = logging.getLogger(__name__)
@@ -70,28 +71,19 @@ def sample_inputs(manifest: Manifest, tokenizer, batch: int) -> dict[str, np.nda
     h, w = manifest.image_size
     rng = np.random.default_rng(0)
     captions = [f"a photo of a {word}" for word in ("cat", "dog", "red circle", "rocket")]
-    tokens = tokenizer([captions[i % len(captions)] for i in range(batch)]).numpy()
+    tokens = np.asarray(tokenizer([captions[i % len(captions)] for i in range(batch)]), dtype=np.int64)
     return {"image": rng.standard_normal((batch, 3, h, w), dtype=np.float32), "text": tokens}
 
 
-def eager_encoders(manifest: Manifest, device: str, source: SourceSpec | None) -> tuple[dict[str, Encode], str]:
-    """numpy-in / numpy-out wrappers of the eager model, on `device`, in the export's precision on GPU, loaded
-    through models.factory exactly as the torch backend serves it (open_clip's mixed fp16, not model.half())."""
+def eager_encoders(manifest: Manifest, device: str, source: SourceSpec | None) -> tuple[Towers, str]:
+    """The eager model as towers, on `device`, in the export's precision on GPU, loaded through models.factory
+    exactly as the torch backend serves it (open_clip's mixed fp16, not model.half())."""
     loaded = eager_model_for(manifest, source)  # fp32 on CPU: checks it is the export's model (fingerprint)
-    precision = manifest.precision if device == "cuda" else "fp32"
+    precision = manifest.precision if device == "cuda" and manifest.precision != "int8" else "fp32"
     if device != "cpu":
         loaded = load_source(source or manifest.source, device, precision)
-    model, dtype = loaded.model, torch.float16 if precision == "fp16" else torch.float32
-
-    @torch.inference_mode()
-    def image(x: np.ndarray) -> np.ndarray:
-        return model.encode_image(torch.from_numpy(x).to(device, dtype), normalize=True).float().cpu().numpy()
-
-    @torch.inference_mode()
-    def text(x: np.ndarray) -> np.ndarray:
-        return model.encode_text(torch.from_numpy(x).to(device), normalize=True).float().cpu().numpy()
-
-    return {"image": image, "text": text}, f"torch {torch.__version__} {device} {precision}"
+    towers = TorchTowers(loaded, precision, device)
+    return towers, ", ".join(towers.providers)
 
 
 def bench_export(export_dir: str | Path, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 64),
@@ -107,7 +99,7 @@ def bench_export(export_dir: str | Path, device: str = "cpu", batch_sizes: Seque
     manifest = read_manifest(export_dir)
     threads = threads or cpu_count()  # eager torch and ONNX Runtime get the same cores
     torch.set_num_threads(threads)
-    runners = {b: _runners(b, export_dir, manifest, device, threads, source) for b in backends}
+    runners = {b: _runners(b, export_dir, manifest, device, threads, source) for b in backends}  # name -> towers
     runners.update(_compared(compare, manifest, device, threads))
     tokenizer = load_tokenizer(manifest, export_dir)
     cells = [(t, n, b) for t in towers for n in batch_sizes for b in runners]
@@ -115,7 +107,9 @@ def bench_export(export_dir: str | Path, device: str = "cpu", batch_sizes: Seque
     for _, (tower, batch, backend) in tqdm([(r, c) for r in range(rounds) for c in cells], desc="bench",
                                           unit="cell"):
         x = sample_inputs(manifest, tokenizer, batch)[tower]
-        times[(tower, batch, backend)] += time_calls(runners[backend][0][tower], x, seconds)
+        towers = runners[backend][0]
+        encode = towers.encode_image if tower == "image" else towers.encode_text
+        times[(tower, batch, backend)] += time_calls(encode, x, seconds)
     return [_row(cell, t, runners[cell[2]][1]) for cell, t in times.items()]
 
 
@@ -126,15 +120,15 @@ def _row(cell: tuple[str, int, str], times: list[float], runs: str) -> BenchRow:
 
 
 def _runners(backend: str, export_dir: str | Path, manifest: Manifest, device: str, threads: int,
-             source: SourceSpec | None) -> tuple[dict[str, Encode], str]:
+             source: SourceSpec | None) -> tuple[Towers, str]:
     if backend == "torch":
         return eager_encoders(manifest, device, source)
     enc = load_encoders(export_dir, backend=backend, device=device, threads=threads)
-    return {"image": enc.encode_image, "text": enc.encode_text}, ", ".join(enc.providers)
+    return enc, ", ".join(enc.providers)
 
 
 def _compared(dirs: Sequence[str | Path], manifest: Manifest, device: str, threads: int
-              ) -> dict[str, tuple[dict[str, Encode], str]]:
+              ) -> dict[str, tuple[Towers, str]]:
     """ONNX Runtime runners of other exports of the same model, named "onnx-<precision>" (then "(<dir name>)")."""
     out = {}
     for d in dirs:
@@ -144,7 +138,7 @@ def _compared(dirs: Sequence[str | Path], manifest: Manifest, device: str, threa
                               f"not {manifest.fingerprint})")
         label = f"onnx-{enc.manifest.precision}"
         label = label if label not in out else f"{label} ({Path(d).name})"  # two int8 recipes, say
-        out[label] = ({"image": enc.encode_image, "text": enc.encode_text}, ", ".join(enc.providers))
+        out[label] = (enc, ", ".join(enc.providers))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -25,14 +26,15 @@ from tqdm import tqdm
 
 from export.attention import plain_attention
 from export.errors import ExportError
-from export.manifest import (MANIFEST_FILE, PRECISIONS, TOKENIZER_CONFIG, GraphSpec, Manifest, SourceSpec,
-                             hash_files, write_manifest)
+from export.manifest import (CLIP_BPE_VOCAB, MANIFEST_FILE, PRECISIONS, TOKENIZER_CONFIG, GraphSpec, Manifest,
+                             SourceSpec, hash_files, write_manifest)
 from export.quantize import (DEFAULT_RECIPE, calibration_images, calibration_tokens, check_patterns_matched,
                              quantize_tower, recipe)
 from export.runtime.deps import require_onnxruntime
 from export.towers import ImageTower, TextTower
 from models.eval import EVAL_TEMPLATES
 from models.factory import LoadedModel, model_config
+from models.tokenizer import default_bpe_path, exact_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,10 @@ def export_onnx(loaded: LoadedModel, source: SourceSpec, out_dir: str | Path,
     tokenizer_source = _write_tokenizer_config(source, loaded, out)
     if tokenizer_source == ".":
         files.append(TOKENIZER_CONFIG)
+    tokenizer = write_tokenizer_vocab(loaded, out)
+    files += [tokenizer["vocab"]] if tokenizer else []
     manifest = build_manifest(loaded, source, out, files, tokenizer_source, precision, options.opset)
+    manifest.tokenizer = tokenizer
     manifest.quantization = quantization
     if quantization:
         manifest.created_with["onnxruntime"] = quantization["onnxruntime"]
@@ -195,6 +200,19 @@ def _write_tokenizer_config(source: SourceSpec, loaded: LoadedModel, out: Path) 
     config = {"model_cfg": model_config(source.model), "preprocess_cfg": loaded.preprocess.to_open_clip()}
     (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return "."
+
+
+def write_tokenizer_vocab(loaded: LoadedModel, out: Path) -> dict | None:
+    """Copy open_clip's CLIP vocabulary in when the model's tokenizer is open_clip's CLIP BPE (models.tokenizer gives
+    its ids exactly), so serving tokenises without open_clip; returns the manifest's `tokenizer` record, or None for
+    other tokenizers (Hugging Face ones, SigLIP's), which keep needing open_clip (the `torch` extra)."""
+    exact = exact_equivalent(loaded.tokenizer)
+    if exact is None:
+        log.warning("the tokenizer of %s (%s) is not open_clip's CLIP BPE: serving this export needs open_clip (the "
+                    "`torch` extra)", loaded.model_id, type(loaded.tokenizer).__name__)
+        return None
+    shutil.copyfile(default_bpe_path(), out / CLIP_BPE_VOCAB)
+    return {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB}
 
 
 def graph_specs(loaded: LoadedModel) -> tuple[GraphSpec, GraphSpec]:

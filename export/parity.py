@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from export.errors import ParityError
+from export.runtime.base import Towers
+from export.runtime.eager import TorchTowers
 from models.data.shapes import ShapesConfig, all_pairs, class_label, generate
 from models.eval import EVAL_SEED, EVAL_TEMPLATES
 from models.factory import LoadedModel
-from models.preprocess import PreprocessConfig, eval_transform
+from models.preprocess import PreprocessConfig, eval_pixels
+from models.prompts import label_prompts, prototypes
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,11 @@ class ParityReport:
 class ParityInputs:
     """What both sides are fed."""
 
-    photos: torch.Tensor  # [P, 3, H, W] float32, preprocessed
-    shapes: torch.Tensor  # [S, 3, H, W] float32, preprocessed
+    photos: np.ndarray  # [P, 3, H, W] float32, preprocessed
+    shapes: np.ndarray  # [S, 3, H, W] float32, preprocessed
     shape_labels: list[int]  # [S] index into labels
-    texts: torch.Tensor  # [T, L] int64: PARITY_TEXTS
-    prompts: torch.Tensor  # [C * K, L] int64: every label under every template, label-major
+    texts: np.ndarray  # [T, L] int64: PARITY_TEXTS
+    prompts: np.ndarray  # [C * K, L] int64: every label under every template, label-major
     n_labels: int
 
 
@@ -127,51 +129,34 @@ def parity_inputs(loaded: LoadedModel, n_shapes: int = 64, templates: Sequence[s
     pre = loaded.preprocess
     labels = [class_label(c, s) for c, s in all_pairs()]
     shapes, truth = shape_images(pre, n_shapes, labels)
-    prompts = [t.format(label) for label in labels for t in templates]
+    tokenize = loaded.tokenizer
     return ParityInputs(photos=photo_pixels(pre), shapes=shapes, shape_labels=truth,
-                        texts=loaded.tokenizer(list(PARITY_TEXTS)), prompts=loaded.tokenizer(prompts),
+                        texts=np.asarray(tokenize(list(PARITY_TEXTS)), dtype=np.int64),
+                        prompts=np.asarray(tokenize(label_prompts(labels, templates)), dtype=np.int64),
                         n_labels=len(labels))
 
 
-def photo_pixels(pre: PreprocessConfig) -> torch.Tensor:
-    """[P, 3, H, W] the bundled photos through the model's own eval transform."""
-    transform = eval_transform(pre)
+def photo_pixels(pre: PreprocessConfig) -> np.ndarray:
+    """[P, 3, H, W] the bundled photos through the model's eval preprocessing."""
     paths = sorted(PHOTO_DIR.glob("*.jpg"))
     if not paths:
         raise ParityError(f"no parity photos in {PHOTO_DIR}: the package is incomplete; reinstall clip-serve.")
-    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    return np.stack([eval_pixels(Image.open(p).convert("RGB"), pre) for p in paths])
 
 
-def shape_images(pre: PreprocessConfig, n: int, labels: list[str]) -> tuple[torch.Tensor, list[int]]:
+def shape_images(pre: PreprocessConfig, n: int, labels: list[str]) -> tuple[np.ndarray, list[int]]:
     """[S, 3, H, W] shapes evaluation images (the models.eval seed) and their true label indices."""
-    transform = eval_transform(pre)
     cfg = ShapesConfig(image_size=pre.height)  # type: ignore[call-arg]
     samples = list(generate(EVAL_SEED, n - n // 2, "heldout", cfg)) + list(generate(EVAL_SEED, n // 2, "seen", cfg))
-    pixels = torch.stack([transform(s.image) for s in samples])
+    pixels = np.stack([eval_pixels(s.image, pre) for s in samples])
     truth = [labels.index(class_label(s.objects[0].colour, s.objects[0].shape)) for s in samples]
     return pixels, truth
 
 
-@torch.inference_mode()
-def eager_embeddings(loaded: LoadedModel, x: torch.Tensor, tower: str) -> np.ndarray:
-    """[N, ...] -> float32 [N, D] from the eager model, L2-normalised, in batches."""
-    model = loaded.model
-    device = next(model.parameters()).device
-    encode = model.encode_image if tower == "image" else model.encode_text
-    out = [encode(x[i:i + BATCH].to(device), normalize=True).float().cpu() for i in range(0, len(x), BATCH)]
-    return torch.cat(out).numpy()
-
-
-def exported_embeddings(encoders, x: torch.Tensor, tower: str) -> np.ndarray:
-    """[N, ...] -> float32 [N, D] from an export (export.runtime.Encoders), in batches."""
-    encode = encoders.encode_image if tower == "image" else encoders.encode_text
-    return np.concatenate([encode(x[i:i + BATCH].numpy()) for i in range(0, len(x), BATCH)])
-
-
-def prototypes(prompt_embeddings: np.ndarray, n_labels: int) -> np.ndarray:
-    """[C * K, D] template embeddings -> [D, C] class prototypes (mean over templates, renormalised)."""
-    e = prompt_embeddings.reshape(n_labels, -1, prompt_embeddings.shape[-1]).mean(axis=1)  # [C, D]
-    return (e / np.linalg.norm(e, axis=-1, keepdims=True)).T
+def embeddings(towers: Towers, x: np.ndarray, tower: str) -> np.ndarray:
+    """[N, ...] -> float32 [N, D] from any runtime (export.runtime.base.Towers), in batches of BATCH."""
+    encode = towers.encode_image if tower == "image" else towers.encode_text
+    return np.concatenate([encode(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
 
 
 def decision_margin(cosines: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -189,17 +174,19 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def check_parity(loaded: LoadedModel, encoders, precision: str, n_shapes: int = 64,
+def check_parity(loaded: LoadedModel, encoders: Towers, precision: str, n_shapes: int = 64,
                  templates: Sequence[str] = EVAL_TEMPLATES) -> ParityReport:
-    """Compare an export (export.runtime.Encoders) with the eager model it came from."""
+    """Compare an export's towers (or any runtime's) with the eager fp32 model they came from."""
     inputs = parity_inputs(loaded, n_shapes, templates)
-    images = torch.cat([inputs.photos, inputs.shapes])  # [P + S, 3, H, W]
-    texts = torch.cat([inputs.texts, inputs.prompts])  # [T + C * K, L]
-    img_e, img_x = eager_embeddings(loaded, images, "image"), exported_embeddings(encoders, images, "image")
-    txt_e, txt_x = eager_embeddings(loaded, texts, "text"), exported_embeddings(encoders, texts, "text")
+    eager = TorchTowers(loaded)
+    images = np.concatenate([inputs.photos, inputs.shapes])  # [P + S, 3, H, W]
+    texts = np.concatenate([inputs.texts, inputs.prompts])  # [T + C * K, L]
+    img_e, img_x = embeddings(eager, images, "image"), embeddings(encoders, images, "image")
+    txt_e, txt_x = embeddings(eager, texts, "text"), embeddings(encoders, texts, "text")
     n_photos, n_texts = len(inputs.photos), len(inputs.texts)
-    cos_e = img_e[n_photos:] @ prototypes(txt_e[n_texts:], inputs.n_labels)  # [S, C]
-    pred_e, pred_x = cos_e.argmax(-1), (img_x[n_photos:] @ prototypes(txt_x[n_texts:], inputs.n_labels)).argmax(-1)
+    cos_e = img_e[n_photos:] @ prototypes(txt_e[n_texts:], inputs.n_labels).T  # [S, C]
+    pred_e = cos_e.argmax(-1)
+    pred_x = (img_x[n_photos:] @ prototypes(txt_x[n_texts:], inputs.n_labels).T).argmax(-1)
     decided = decision_margin(cos_e, loaded.logit_scale) >= DECIDED_MARGIN  # [S] bool
     truth = np.asarray(inputs.shape_labels)
     img_cos, txt_cos = row_cosine(img_e, img_x), row_cosine(txt_e, txt_x)

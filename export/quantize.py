@@ -27,14 +27,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
-import torch
 from PIL import Image, ImageOps
 
 from export.errors import ExportError
 from export.parity import PHOTO_DIR
 from models.data.shapes import ShapesConfig, all_pairs, class_label, generate
 from models.factory import LoadedModel
-from models.preprocess import eval_transform
+from models.preprocess import eval_pixels
+from models.prompts import label_prompts
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,17 @@ def recipe(name: str, keep_fp32: Sequence[str] = ()) -> Int8Recipe:
 # --- calibration data (static recipes) -----------------------------------------------------------------------
 def calibration_images(loaded: LoadedModel, n_shapes: int = CALIBRATION_IMAGES) -> np.ndarray:
     """float32 [P * 2 + n, 3, H, W]: the shipped photos and their mirror images, and generated shapes images."""
-    transform = eval_transform(loaded.preprocess)
     photos = [Image.open(p).convert("RGB") for p in sorted(PHOTO_DIR.glob("*.jpg"))]
     photos += [ImageOps.mirror(p) for p in photos]
     cfg = ShapesConfig(image_size=loaded.preprocess.height)  # type: ignore[call-arg]
     shapes = [s.image for s in generate(CALIBRATION_SEED, n_shapes, "train", cfg)]
-    return torch.stack([transform(im) for im in photos + shapes]).numpy()
+    return np.stack([eval_pixels(im, loaded.preprocess) for im in photos + shapes])
 
 
 def calibration_tokens(loaded: LoadedModel, n_captions: int = CALIBRATION_IMAGES) -> np.ndarray:
     """int64 [T, L]: every colour x shape label under CALIBRATION_TEMPLATES, and generated training captions."""
     labels = [class_label(c, s) for c, s in all_pairs()]
-    prompts = [t.format(label) for label in labels for t in CALIBRATION_TEMPLATES]
+    prompts = label_prompts(labels, CALIBRATION_TEMPLATES)
     cfg = ShapesConfig(image_size=loaded.preprocess.height)  # type: ignore[call-arg]
     captions = [s.caption for s in generate(CALIBRATION_SEED, n_captions, "train", cfg)]
     return np.asarray(loaded.tokenizer(prompts + captions), dtype=np.int64)

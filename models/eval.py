@@ -13,12 +13,13 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from models.data.shapes import ShapesConfig, all_pairs, class_label, generate
 from models.factory import LoadedModel, load_model
-from models.preprocess import PreprocessConfig, eval_transform
-from models.zeroshot import zero_shot_weights
+from models.preprocess import PreprocessConfig, eval_pixels
+from models.prompts import label_prompts, prototypes
 
 EVAL_TEMPLATES = (
     "a photo of a {}.", "a {}.", "a drawing of a {}.", "a picture of a {}.", "there is a {}.",
@@ -27,65 +28,27 @@ EVAL_TEMPLATES = (
 EVAL_SEED = 1234  # training uses other seeds; the "heldout"/"seen" splits are separate random streams anyway
 
 
-class NumpyTowers:
-    """An export's encoders (numpy in, L2-normalised float32 [B, D] out) seen as the two methods evaluation calls
-    on an open_clip model, so both are evaluated by the same code. `encoders` is export.runtime.Encoders."""
-
-    def __init__(self, encoders: Any) -> None:
-        self.encoders = encoders
-
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        return torch.from_numpy(self.encoders.encode_image(pixels.cpu().numpy()))  # already L2-normalised
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        return torch.from_numpy(self.encoders.encode_text(tokens.cpu().numpy()))
-
-
-@torch.no_grad()
-def split_accuracy(loaded: LoadedModel, weights: torch.Tensor, split: str, n: int, seed: int,
-                   batch_size: int = 256) -> float:
-    """Top-1 accuracy over n single-object images of a split, classified among all pairs."""
-    return _split_accuracy(loaded.model.encode_image, loaded.preprocess, weights, split, n, seed, batch_size)
-
-
-def _split_accuracy(encode_image: Callable[..., torch.Tensor], preprocess: PreprocessConfig, weights: torch.Tensor,
-                    split: str, n: int, seed: int, batch_size: int = 256) -> float:
-    labels = [class_label(c, s) for c, s in all_pairs()]
-    transform = eval_transform(preprocess)
-    samples = list(generate(seed, n, split, ShapesConfig(image_size=preprocess.height)))  # type: ignore[arg-type]
-    correct = 0
-    device = weights.device
-    for i in range(0, n, batch_size):
-        chunk = samples[i:i + batch_size]
-        x = torch.stack([transform(s.image) for s in chunk]).to(device)  # [B, 3, H, W]
-        feats = encode_image(x, normalize=True)  # [B, D]
-        pred = (feats @ weights).argmax(dim=-1).tolist()
-        truth = [labels.index(class_label(s.objects[0].colour, s.objects[0].shape)) for s in chunk]
-        correct += sum(int(p == t) for p, t in zip(pred, truth))
-    return correct / n
-
-
 def evaluate(loaded: LoadedModel, n_heldout: int = 1200, n_seen: int = 1040, seed: int = EVAL_SEED,
              templates: Sequence[str] = EVAL_TEMPLATES) -> dict:
-    """Held-out and seen top-1 among all colour x shape labels, with template ensembling."""
-    device = next(loaded.model.parameters()).device
+    """Held-out and seen top-1 among all colour x shape labels, with template ensembling (eager PyTorch)."""
+    from export.runtime.eager import TorchTowers  # the one "model: numpy in, numpy out" (export/runtime)
+
     was_training = loaded.model.training
     loaded.model.eval()
     try:
-        return evaluate_towers(loaded.model, loaded.tokenizer, loaded.preprocess, n_heldout, n_seen, seed, templates,
-                               device)
+        return evaluate_towers(TorchTowers(loaded), loaded.tokenizer, loaded.preprocess, n_heldout, n_seen, seed,
+                               templates)
     finally:
         loaded.model.train(was_training)
 
 
-@torch.no_grad()
-def evaluate_towers(model: Any, tokenizer: Callable, preprocess: PreprocessConfig, n_heldout: int = 1200,
-                    n_seen: int = 1040, seed: int = EVAL_SEED, templates: Sequence[str] = EVAL_TEMPLATES,
-                    device: str | torch.device = "cpu") -> dict:
-    """`evaluate` for anything with open_clip's encode_image / encode_text (a model, or NumpyTowers)."""
+def evaluate_towers(towers: Any, tokenizer: Callable, preprocess: PreprocessConfig, n_heldout: int = 1200,
+                    n_seen: int = 1040, seed: int = EVAL_SEED, templates: Sequence[str] = EVAL_TEMPLATES) -> dict:
+    """`evaluate` for any runtime's towers (export.runtime.base.Towers: numpy in, L2-normalised numpy out)."""
     labels = [class_label(c, s) for c, s in all_pairs()]
-    weights = zero_shot_weights(model, tokenizer, labels, templates, device)
-    accuracy = {split: _split_accuracy(model.encode_image, preprocess, weights, split, n, seed)
+    tokens = np.asarray(tokenizer(label_prompts(labels, templates)), dtype=np.int64)  # [C * T, L]
+    classes = prototypes(towers.encode_text(tokens), len(labels))  # [C, D]
+    accuracy = {split: _split_accuracy(towers.encode_image, preprocess, classes, split, n, seed)
                 for split, n in (("heldout", n_heldout), ("seen", n_seen))}
     return {
         "heldout_top1": round(accuracy["heldout"], 4),
@@ -99,13 +62,28 @@ def evaluate_towers(model: Any, tokenizer: Callable, preprocess: PreprocessConfi
     }
 
 
+def _split_accuracy(encode_image: Callable[[np.ndarray], np.ndarray], preprocess: PreprocessConfig,
+                    classes: np.ndarray, split: str, n: int, seed: int, batch_size: int = 256) -> float:
+    """Top-1 accuracy over n single-object images of a split, classified among all pairs ([C, D] prototypes)."""
+    labels = [class_label(c, s) for c, s in all_pairs()]
+    samples = list(generate(seed, n, split, ShapesConfig(image_size=preprocess.height)))  # type: ignore[arg-type]
+    correct = 0
+    for i in range(0, n, batch_size):
+        chunk = samples[i:i + batch_size]
+        x = np.stack([eval_pixels(s.image, preprocess) for s in chunk])  # [B, 3, H, W]
+        pred = (encode_image(x) @ classes.T).argmax(axis=-1).tolist()  # [B, D] @ [D, C]
+        truth = [labels.index(class_label(s.objects[0].colour, s.objects[0].shape)) for s in chunk]
+        correct += sum(int(p == t) for p, t in zip(pred, truth))
+    return correct / n
+
+
 def evaluate_export(export_dir: str, n_heldout: int = 1200, n_seen: int = 1040, seed: int = EVAL_SEED) -> dict:
     """`evaluate` of an export directory through ONNX Runtime on CPU, labelled with its manifest."""
     from export.runtime import load_encoders  # only here: models needs no runtime to evaluate a checkpoint
 
     enc = load_encoders(export_dir, backend="onnx", device="cpu")
     m = enc.manifest
-    result = evaluate_towers(NumpyTowers(enc), enc.tokenizer(), m.preprocess_config, n_heldout, n_seen, seed)
+    result = evaluate_towers(enc, enc.tokenizer(), m.preprocess_config, n_heldout, n_seen, seed)
     return {"model": m.model_id, "fingerprint": m.fingerprint, "export": str(export_dir), "precision": m.precision,
             "backend": "onnx", **result}
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.factory import DEFAULT_MODEL
+from models import DEFAULT_MODEL  # the package, not models.factory: settings load no torch or open_clip
 
 
 class Settings(BaseSettings):
@@ -125,8 +125,19 @@ class Settings(BaseSettings):
         return self
 
     def resolved_device(self) -> str:
+        """cpu or cuda. "auto" asks the backend's own runtime, so an onnx or tensorrt server never imports torch:
+        onnx -> cuda when this onnxruntime build has the CUDA provider and the driver sees a GPU; tensorrt -> cuda
+        (it runs nowhere else); torch -> cuda when torch sees a device."""
         if self.device != "auto":
             return self.device
+        if self.backend == "tensorrt":
+            return "cuda"
+        if self.backend == "onnx":
+            from export.runtime.deps import require_onnxruntime
+            from export.runtime.gpu_libs import cuda_device_count
+
+            has_cuda_ep = "CUDAExecutionProvider" in require_onnxruntime().get_available_providers()
+            return "cuda" if has_cuda_ep and cuda_device_count() > 0 else "cpu"
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"

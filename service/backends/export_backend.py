@@ -1,10 +1,9 @@
-"""ONNX Runtime or TensorRT, loaded from an export directory's manifest alone (no source model needed)."""
+"""ONNX Runtime or TensorRT, loaded from an export directory's manifest alone: no source model, no torch, no open_clip
+(when the export carries its tokenizer vocabulary, as every export made by this version does)."""
 
 from __future__ import annotations
 
 import logging
-
-import numpy as np
 
 from service.backends.base import Backend
 from service.settings import Settings
@@ -20,9 +19,9 @@ class ExportBackend(Backend):
         self.name = settings.backend
         precision = read_manifest(settings.export_dir, verify=False).precision  # load_encoders verifies the files
         self.device = _device(settings, precision)
-        self.encoders = load_encoders(settings.export_dir, backend=settings.backend, device=self.device,
-                                      threads=settings.threads,
-                                      max_batch=max(settings.image_max_batch, settings.text_max_batch))
+        self.towers = self.encoders = load_encoders(
+            settings.export_dir, backend=settings.backend, device=self.device, threads=settings.threads,
+            max_batch=max(settings.image_max_batch, settings.text_max_batch))
         m = self.encoders.manifest
         self.precision = m.precision
         _check_precision(settings, m.precision)
@@ -30,14 +29,7 @@ class ExportBackend(Backend):
         self.context_length, self.logit_scale = m.context_length, float(m.logit_scale)
         self.preprocess = m.preprocess_config
         self.tokenizer = self.encoders.tokenizer()
-        self.max_batch = self.encoders.max_batch
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
-
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        return self.encoders.encode_image(pixels)
-
-    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self.encoders.encode_text(tokens)
 
 
 def _device(settings: Settings, precision: str) -> str:
