@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 #
-# clip-serve images. Two final targets:
+# clip-serve images. Three final targets:
 #
-#   docker build -t clip-serve:gpu .                # default: NVIDIA CUDA runtime base, pip install '.[gpu]'
-#   docker build -t clip-serve:cpu --target cpu .   # python slim base, pip install '.[cpu]'
+#   docker build -t clip-serve:gpu .                          # default: NVIDIA CUDA runtime base, pip install '.[gpu]'
+#   docker build -t clip-serve:cpu --target cpu .             # python slim base, pip install '.[cpu]': serves ONNX
+#                                                             # exports without PyTorch (the bundled model's is inside)
+#   docker build -t clip-serve:cpu-full --target cpu-full .   # the cpu image plus PyTorch ('.[cpu,torch]'): the
+#                                                             # torch backend, and `python -m export onnx` for exports
 #
 # Each target has a builder stage that creates /opt/venv with the same install step `make` uses, and a
 # final stage that copies only that venv (no pip, compilers or test tooling) and runs as a non-root user.
@@ -15,10 +18,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------------------------------------------------
-# CPU builder. The extra index gives the CPU-only torch wheel (+cpu); PyPI's default torch is a CUDA build
-# several GB larger. Pass --build-arg PIP_EXTRA_INDEX_URL= to install exactly what PyPI serves.
+# CPU builder: the lean set (ONNX Runtime, no PyTorch, torchvision or open_clip).
 FROM ${PYTHON_IMAGE} AS cpu-build
-ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -29,6 +30,24 @@ COPY export ./export
 COPY service ./service
 RUN pip install '.[cpu]' \
  && pip uninstall -y pip
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU builder with PyTorch. The extra index gives the CPU-only torch wheel (+cpu); PyPI's default torch is a
+# CUDA build several GB larger. Pass --build-arg PIP_EXTRA_INDEX_URL= to install exactly what PyPI serves.
+FROM ${PYTHON_IMAGE} AS cpu-full-build
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY export ./export
+COPY service ./service
+RUN pip install '.[cpu,torch]' \
+ && pip uninstall -y pip
+# The bundled model as an ONNX export (parity-checked against PyTorch here), for the lean image to serve offline.
+RUN python -m export onnx --model models/checkpoints/shapes-rn-s --out /opt/exports/shapes-rn-s
 
 # ---------------------------------------------------------------------------------------------------------
 # GPU builder: same base as the GPU runtime so the venv's interpreter path (/usr/bin/python3) matches.
@@ -59,13 +78,12 @@ ARG GPU_LIBS_CHECK=1
 RUN if [ "$GPU_LIBS_CHECK" != 0 ]; then python -m export.runtime.gpu_libs; fi
 
 # ---------------------------------------------------------------------------------------------------------
-# CPU runtime.
-FROM ${PYTHON_IMAGE} AS cpu
+# CPU runtime with PyTorch (`cpu-full`): the torch backend, and the one-off export step of docker-compose.cpu.yml.
+FROM ${PYTHON_IMAGE} AS cpu-full
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/clip clip \
  && mkdir -p /cache \
  && chown clip:clip /cache
-COPY --from=cpu-build /opt/venv /opt/venv
-# HF_HOME / TORCH_HOME / XDG_CACHE_HOME keep every library's downloads on the /cache volume too.
+COPY --from=cpu-full-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -80,8 +98,39 @@ USER clip
 WORKDIR /home/clip
 VOLUME ["/cache"]
 EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=15m --retries=3 \
+    CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('CLIP_PORT', '8000'), timeout=4)"
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU runtime: the lean set. It serves ONNX exports (CLIP_BACKEND=onnx, CLIP_EXPORT_DIR); without settings, the
+# bundled model's export made in cpu-full-build, so `docker run clip-serve:cpu` works offline.
+FROM ${PYTHON_IMAGE} AS cpu
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/clip clip \
+ && mkdir -p /cache \
+ && chown clip:clip /cache
+COPY --from=cpu-build /opt/venv /opt/venv
+COPY --from=cpu-full-build /opt/exports /opt/exports
+# HF_HOME / XDG_CACHE_HOME keep every library's downloads on the /cache volume too.
+ENV PATH=/opt/venv/bin:$PATH \
+    CLIP_BACKEND=onnx \
+    CLIP_EXPORT_DIR=/opt/exports/shapes-rn-s \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    CLIP_HOST=0.0.0.0 \
+    CLIP_PORT=8000 \
+    CLIP_DEVICE=cpu \
+    CLIP_CACHE_DIR=/cache/weights \
+    HF_HOME=/cache/huggingface \
+    TORCH_HOME=/cache/torch \
+    XDG_CACHE_HOME=/cache/xdg
+USER clip
+WORKDIR /home/clip
+VOLUME ["/cache"]
+EXPOSE 8000
 # /readyz is 503 until the model is loaded and warmed up, and while draining. The start period covers a
-# first start that downloads weights or builds TensorRT engines.
+# first start that downloads weights.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15m --retries=3 \
     CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('CLIP_PORT', '8000'), timeout=4)"
 # SIGTERM starts a drain of CLIP_DRAIN_S (25 s): give `docker stop` a longer timeout (compose does).

@@ -3,20 +3,27 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= cpu,dev,bulk
+EXTRAS ?= cpu,torch,dev,bulk
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# PRECISION=fp32|fp16|int8: serve/eval an ONNX export of the bundled model in that precision (made once under
+# exports/, git-ignored). Unset: `make serve` serves the checkpoint with PyTorch, as always.
+PRECISION ?=
+BUNDLED    := models/checkpoints/shapes-rn-s
+EXPORT_DIR := exports/shapes-rn-s$(if $(PRECISION),-$(PRECISION))
+EXPORT_ENV := $(if $(PRECISION),CLIP_BACKEND=onnx CLIP_DEVICE=cpu CLIP_PRECISION=$(PRECISION) CLIP_EXPORT_DIR=$(EXPORT_DIR))
 
 .PHONY: serve test test-fast mutation bench train eval export system-deps clean help
 
 help:
 	@echo "make serve   - install (first time) and serve the bundled model on http://$(HOST):$(PORT)"
+	@echo "               (PRECISION=int8: export it to int8 ONNX once, then serve that with ONNX Runtime)"
 	@echo "make test    - install (first time) and run the whole test suite"
 	@echo "make mutation - mutation check of the security- and reliability-critical modules (~1 h; docs/mutation.md)"
 	@echo "make bench   - run the benchmark suite (writes docs/benchmarks/)"
 	@echo "make train   - retrain the bundled model (about 30 min on 2 CPU cores)"
-	@echo "make eval    - zero-shot evaluation of the bundled model"
-	@echo "make export  - export the bundled model to ONNX under exports/shapes-rn-s"
+	@echo "make eval    - zero-shot evaluation of the bundled model (PRECISION=int8: and of its int8 export)"
+	@echo "make export  - export the bundled model to ONNX under exports/shapes-rn-s (PRECISION=int8: -int8)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -40,8 +47,8 @@ system-deps:
 	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
 	  else echo "note: install Debian's 'wrk' package for the wrk cross-check of the benchmarks"; fi; fi
 
-serve: $(STAMP)
-	CLIP_HOST=$(HOST) CLIP_PORT=$(PORT) $(PY) -m service
+serve: $(STAMP) $(if $(PRECISION),$(EXPORT_DIR)/manifest.json)
+	CLIP_HOST=$(HOST) CLIP_PORT=$(PORT) $(if $(PRECISION),$(EXPORT_ENV) )$(PY) -m service
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
@@ -67,11 +74,15 @@ train: $(STAMP)
 	$(PY) -m models.train --model shapes-rn-s --out models/checkpoints/shapes-rn-s --seed 0
 	$(PY) -m models.card --checkpoint models/checkpoints/shapes-rn-s --weights-dtype fp16
 
-eval: $(STAMP)
-	$(PY) -m models.eval --checkpoint models/checkpoints/shapes-rn-s
+eval: $(STAMP) $(if $(PRECISION),$(EXPORT_DIR)/manifest.json)
+	$(PY) -m models.eval --checkpoint $(BUNDLED) $(if $(PRECISION),--export $(EXPORT_DIR))
 
 export: $(STAMP)
-	$(PY) -m export onnx --model models/checkpoints/shapes-rn-s --out exports/shapes-rn-s
+	$(PY) -m export onnx --model $(BUNDLED) --out $(EXPORT_DIR) $(if $(PRECISION),--precision $(PRECISION))
+
+# made once, and again when the bundled weights change; parity is checked before manifest.json is written
+$(EXPORT_DIR)/manifest.json: $(BUNDLED)/open_clip_model.safetensors | $(STAMP)
+	$(PY) -m export onnx --model $(BUNDLED) --out $(EXPORT_DIR) $(if $(PRECISION),--precision $(PRECISION))
 
 clean:
 	rm -rf $(VENV) .pytest_cache exports

@@ -3,12 +3,15 @@
 Exports are made once under `exports/` (git-ignored) and reused while their source is unchanged:
 - `exports/bench-vit-b-32/`: ViT-B-32 with random (seeded) weights, saved first as a local state dict so the
   eager torch model and the ONNX graphs are the same model (same fingerprint);
-- `exports/bench-<name>/`: the bundled model (`models.factory.DEFAULT_MODEL`), keyed "bundled" in results.
+- `exports/bench-<name>/`: the bundled model (`models.factory.DEFAULT_MODEL`), keyed "bundled" in results;
+- `exports/bench-<...>-int8/`: int8 exports of the same models (`python -m export onnx --precision int8`), made
+  when a run measures int8.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -33,13 +36,24 @@ class BenchModel:
     model: str  # CLIP_MODEL
     checkpoint: str | None  # CLIP_CHECKPOINT
     export_dir: Path  # CLIP_EXPORT_DIR for the onnx backend
+    int8_export_dir: Path | None = None  # the int8 export, when this run measures int8
 
-    def server_env(self, backend: str) -> dict[str, str]:
+    def export_for(self, precision: str) -> Path:
+        """The export directory of one precision ("fp32" or "int8")."""
+        if precision == "int8":
+            if self.int8_export_dir is None:
+                raise ValueError(f"{self.key} has no int8 export in this run")
+            return self.int8_export_dir
+        return self.export_dir
+
+    def server_env(self, backend: str, precision: str = "fp32") -> dict[str, str]:
         env = {"CLIP_MODEL": self.model, "CLIP_BACKEND": backend}
         if self.checkpoint:
             env["CLIP_CHECKPOINT"] = self.checkpoint
         if backend != "torch":
-            env["CLIP_EXPORT_DIR"] = str(self.export_dir)
+            env["CLIP_EXPORT_DIR"] = str(self.export_for(precision))
+        if precision == "int8":
+            env["CLIP_PRECISION"] = "int8"
         return env
 
 
@@ -61,16 +75,21 @@ def _vit_b_32_weights() -> Path:
     return VIT_B_32_WEIGHTS
 
 
-def _ensure_export(model: str, checkpoint: str | None, out: Path) -> Path:
+def _ensure_export(model: str, checkpoint: str | None, out: Path, precision: str = "fp32") -> Path:
     """`python -m export onnx` once; an export whose manifest exists and verifies is reused."""
     from export.manifest import read_manifest
+    from export.quantize import DEFAULT_RECIPE, RECIPES
 
     try:
-        read_manifest(out, verify=True)
-        return out
+        manifest = read_manifest(out, verify=True)
+        recipe = json.loads(json.dumps(RECIPES[DEFAULT_RECIPE].to_dict()))  # as manifest.json holds it (lists)
+        current = precision != "int8" or (manifest.quantization or {}).get("recipe") == recipe
+        if manifest.precision == precision and current:  # an int8 export of an older default recipe is redone
+            return out
     except Exception:  # noqa: BLE001 - missing, partial or stale: export again
         pass
-    cmd = [sys.executable, "-m", "export", "onnx", "--model", model, "--out", str(out), "--parity-shapes", "16"]
+    cmd = [sys.executable, "-m", "export", "onnx", "--model", model, "--out", str(out), "--parity-shapes", "16",
+           "--precision", precision]
     if checkpoint:
         cmd += ["--checkpoint", checkpoint]
     log.info("exporting %s to %s (once; reused by later runs)", model, out)
@@ -78,19 +97,23 @@ def _ensure_export(model: str, checkpoint: str | None, out: Path) -> Path:
     return out
 
 
-def vit_b_32() -> BenchModel:
+def vit_b_32(int8: bool = False) -> BenchModel:
     weights = str(_vit_b_32_weights())
-    return BenchModel("vit-b-32", "ViT-B-32", weights, _ensure_export("ViT-B-32", weights, EXPORTS / "bench-vit-b-32"))
+    out = EXPORTS / "bench-vit-b-32"
+    return BenchModel("vit-b-32", "ViT-B-32", weights, _ensure_export("ViT-B-32", weights, out),
+                      _ensure_export("ViT-B-32", weights, out.with_name(out.name + "-int8"), "int8") if int8 else None)
 
 
-def bundled() -> BenchModel:
+def bundled(int8: bool = False) -> BenchModel:
     """The model `make serve` serves (models.factory.DEFAULT_MODEL, a checkpoint directory)."""
     from models.factory import DEFAULT_MODEL
 
     path = Path(DEFAULT_MODEL)
     if not (path / "open_clip_config.json").is_file():
         raise FileNotFoundError(f"the bundled checkpoint {path} is missing (run `make train`)")
-    return BenchModel("bundled", str(path), None, _ensure_export(str(path), None, EXPORTS / f"bench-{path.name}"))
+    out = EXPORTS / f"bench-{path.name}"
+    return BenchModel("bundled", str(path), None, _ensure_export(str(path), None, out),
+                      _ensure_export(str(path), None, out.with_name(out.name + "-int8"), "int8") if int8 else None)
 
 
 # --- images -------------------------------------------------------------------------------------------------

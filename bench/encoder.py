@@ -1,7 +1,9 @@
-"""Encoder limit: in-process items/s per backend (eager torch, ONNX Runtime), tower and batch size.
+"""Encoder limit: in-process items/s per backend (eager torch, ONNX Runtime fp32 and int8), tower and batch size.
 
 No HTTP, no decoding: random pixels [B, 3, H, W] and real token ids [B, L] straight into the encoder, with the
-same thread count the server uses. This is the ceiling the served numbers are divided by (ratio a).
+same thread count the server uses. This is the ceiling the served numbers are divided by (ratio a). Within one
+(tower, batch) the runners take turns, `rounds` times, so a burst of load from other processes hits them alike
+and ratios between them (int8 over fp32) are taken back to back.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class EncoderRow:
     model: str  # BenchModel.key
     backend: str  # "torch" | "onnx"
     device: str  # "cpu" | "cuda"
-    precision: str  # "fp32" | "fp16"
+    precision: str  # "fp32" | "fp16" | "int8"
     tower: str  # "image" | "text"
     batch: int
     items_per_s: float
@@ -37,29 +39,17 @@ class EncoderRow:
 
 
 def encoders(model: BenchModel, backend: str, device: str, threads: int, precision: str = "fp32") -> dict[str, Encode]:
-    """numpy-in / numpy-out encoders of one backend, built as the server builds them (TorchBackend / ORT)."""
+    """One backend's towers (export.runtime, as the server loads them) as {"image": encode, "text": encode}."""
     if backend == "torch":
-        import torch
+        from export.runtime.eager import TorchTowers
 
-        from models.factory import load_model
+        towers = TorchTowers.load(model.model, checkpoint=model.checkpoint, device=device, precision=precision,
+                                  threads=threads or cores())  # eager gets the same cores as ONNX Runtime
+    else:
+        from export.runtime import load_encoders
 
-        torch.set_num_threads(threads or cores())  # eager gets the same cores as ONNX Runtime
-        m = load_model(model.model, checkpoint=model.checkpoint, device=device, precision=precision).model
-        dtype = torch.float16 if precision == "fp16" else torch.float32
-
-        @torch.inference_mode()
-        def image(x: np.ndarray) -> np.ndarray:  # [B, 3, H, W] -> [B, D]; host->device copy included
-            return m.encode_image(torch.from_numpy(x).to(device, dtype), normalize=True).float().cpu().numpy()
-
-        @torch.inference_mode()
-        def text(x: np.ndarray) -> np.ndarray:  # [B, L] -> [B, D]
-            return m.encode_text(torch.from_numpy(x).to(device), normalize=True).float().cpu().numpy()
-
-        return {"image": image, "text": text}
-    from export.runtime import load_encoders
-
-    enc = load_encoders(model.export_dir, backend=backend, device=device, threads=threads)
-    return {"image": enc.encode_image, "text": enc.encode_text}
+        towers = load_encoders(model.export_for(precision), backend=backend, device=device, threads=threads)
+    return {"image": towers.encode_image, "text": towers.encode_text}
 
 
 def inputs(model: BenchModel, batch: int) -> dict[str, np.ndarray]:
@@ -75,27 +65,34 @@ def inputs(model: BenchModel, batch: int) -> dict[str, np.ndarray]:
 
 def measure(model: BenchModel, backends: Sequence[str] = ("torch", "onnx"), towers: Sequence[str] = ("image", "text"),
             batch_sizes: Sequence[int] = (1, 8, 32), seconds: float = 3.0, device: str = "cpu",
-            threads: int = 0, precision: str = "fp32") -> list[EncoderRow]:
-    """Every (backend, tower, batch) cell of one model."""
-    rows: list[EncoderRow] = []
-    cells = [(b, t, n) for b in backends for t in towers for n in batch_sizes]
-    loaded: dict[str, dict[str, Encode]] = {}
+            threads: int = 0, precision: str = "fp32", int8: bool = False, rounds: int = 1) -> list[EncoderRow]:
+    """Every (backend, precision, tower, batch) cell of one model; `int8` adds ONNX Runtime on the int8 export.
+
+    `precision` is the torch backend's (fp16 on a GPU); exports are fp32 (and int8)."""
+    runners = [(b, precision if b == "torch" else "fp32") for b in backends] + ([("onnx", "int8")] if int8 else [])
+    loaded = {r: encoders(model, r[0], device, threads, r[1]) for r in runners}
     data = {n: inputs(model, n) for n in batch_sizes}
-    for backend, tower, batch in tqdm(cells, desc=f"encoder {model.key}", unit="cell"):
-        if backend not in loaded:
-            loaded[backend] = encoders(model, backend, device, threads, precision if backend == "torch" else "fp32")
-        with OtherLoad(own_cpu_seconds) as other:
-            times = time_calls(loaded[backend][tower], data[batch][tower], seconds, min_calls=2)
-            sec, calls = float(np.median(times)), len(times)
-        prec = precision if backend == "torch" else "fp32"
-        rows.append(EncoderRow(model.key, backend, device, prec, tower, batch, batch / sec, sec * 1000, calls,
-                               other.cores))
-    return rows
+    times: dict[tuple, list[float]] = {}
+    other: dict[tuple, list[float]] = {}
+    order = [(t, n, r) for _ in range(rounds) for t in towers for n in batch_sizes for r in runners]
+    for tower, batch, runner in tqdm(order, desc=f"encoder {model.key}", unit="cell"):
+        with OtherLoad(own_cpu_seconds) as busy:
+            times.setdefault((tower, batch, runner), []).extend(
+                time_calls(loaded[runner][tower], data[batch][tower], seconds / rounds, min_calls=2))
+        other.setdefault((tower, batch, runner), []).append(busy.cores or 0.0)
+    rows = []
+    for (tower, batch, (backend, prec)), t in times.items():
+        sec = float(np.median(t))
+        rows.append(EncoderRow(model.key, backend, device, prec, tower, batch, batch / sec, sec * 1000, len(t),
+                               round(max(other[(tower, batch, (backend, prec))]), 2)))
+    return sorted(rows, key=lambda r: (r.backend, r.precision, r.tower, r.batch))
 
 
-def best(rows: list[EncoderRow], model: str, backend: str, tower: str) -> EncoderRow | None:
-    """The batch size with the most items/s for one (model, backend, tower)."""
-    mine = [r for r in rows if (r.model, r.backend, r.tower) == (model, backend, tower)]
+def best(rows: list[EncoderRow], model: str, backend: str, tower: str, precision: str | None = None
+         ) -> EncoderRow | None:
+    """The batch size with the most items/s for one (model, backend, tower[, precision])."""
+    mine = [r for r in rows if (r.model, r.backend, r.tower) == (model, backend, tower)
+            and (precision is None or r.precision == precision)]
     return max(mine, key=lambda r: r.items_per_s, default=None)
 
 

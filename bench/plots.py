@@ -77,3 +77,36 @@ def batch_sizes(served: dict, path: Path, title: str, scenarios=("image-224", "i
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def precision(encoder_rows: list[dict], compare: dict, model: str, path: Path, title: str) -> Path:
+    """fp32 vs int8: encoder limit per batch size (left), served items/s per concurrency (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = [r for r in encoder_rows if r["model"] == model and r["backend"] == "onnx"]
+    for i, (tower, prec) in enumerate((t, p) for t in ("image", "text") for p in ("fp32", "int8")):
+        pts = sorted((r["batch"], r["items_per_s"]) for r in rows if (r["tower"], r["precision"]) == (tower, prec))
+        if pts:
+            left.plot(*zip(*pts), marker="o", linestyle="-" if prec == "int8" else "--", color=f"C{i // 2}",
+                      alpha=1.0 if prec == "int8" else 0.6, label=f"{tower} {prec}")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("batch size")
+    left.set_ylabel("items/s (in-process, ONNX Runtime)")
+    left.set_title("encoder limit")
+    for prec, scenarios in compare.get("scenarios", {}).items():
+        for j, (name, s) in enumerate(sorted(scenarios.items())):
+            pts = sorted((p["concurrency"], p["items_per_s"]) for p in s["points"])
+            right.plot(*zip(*pts), marker="o", linestyle="-" if prec == "int8" else "--", color=f"C{j}",
+                       alpha=1.0 if prec == "int8" else 0.6, label=f"{name} {prec}")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("concurrency (closed loop)")
+    right.set_ylabel("items/s served")
+    right.set_title("served over HTTP")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # a run of the int8 stage alone has no encoder rows
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

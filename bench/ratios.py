@@ -25,8 +25,10 @@ def _point_at(served: dict, scenario: str, concurrency: int) -> dict | None:
     return next((p for p in _points(served, scenario) if p["concurrency"] == concurrency), None)
 
 
-def _encoder_best(encoder: list[dict], model: str, backend: str, tower: str) -> dict | None:
-    rows = [r for r in encoder if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)]
+def _encoder_best(encoder: list[dict], model: str, backend: str, tower: str, int8: bool = False) -> dict | None:
+    """The fastest batch size of a (model, backend, tower): the served precision's rows, or the int8 ones."""
+    rows = [r for r in encoder if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)
+            and (r.get("precision") == "int8") == int8]
     return max(rows, key=lambda r: r["items_per_s"], default=None)
 
 
@@ -132,3 +134,73 @@ def _detail_eff(e: dict | None) -> str:
         return ""
     return (f"{e['served_items_per_s']:.1f} items/s served (c={e['at_concurrency']}) vs "
             f"{e['encoder_items_per_s']:.1f} in-process (batch {e['at_batch']})")
+
+
+INT8_TARGETS = {  # issue 14, ViT-B-32 on a 2-core CPU: int8 export against the fp32 export, same run
+    "encoder_image": (">=", 2.5),
+    "encoder_text": (">=", 2.0),
+    "served_image_c16": (">=", 2.0),
+    "p50_c1": ("<", 1.0),
+}
+
+
+def int8(encoder: list[dict], compare: dict, model: str) -> dict[str, Any]:
+    """int8 over fp32 (ONNX Runtime, CPU): encoder limits, served /embed/image at concurrency 16, p50 at 1."""
+    out: dict[str, Any] = {"model": model}
+    for tower in ("image", "text"):
+        fp32, q = _encoder_best(encoder, model, "onnx", tower), _encoder_best(encoder, model, "onnx", tower, int8=True)
+        out[f"encoder_{tower}"] = ({"value": q["items_per_s"] / fp32["items_per_s"], "int8_items_per_s": q["items_per_s"],
+                                    "int8_batch": q["batch"], "fp32_items_per_s": fp32["items_per_s"],
+                                    "fp32_batch": fp32["batch"]} if fp32 and q else None)
+    scen = compare.get("scenarios", {})
+    fp32_pts, int8_pts = {"scenarios": scen.get("fp32", {})}, {"scenarios": scen.get("int8", {})}
+    for name in ("image-224", "text"):
+        for c in sorted({p["concurrency"] for p in _points(fp32_pts, name)}):
+            a, b = _point_at(fp32_pts, name, c), _point_at(int8_pts, name, c)
+            if a and b and a["items_per_s"] and a["latency_ms"] and b["latency_ms"]:
+                out.setdefault("served", {}).setdefault(name, {})[c] = {
+                    "value": b["items_per_s"] / a["items_per_s"], "fp32_items_per_s": a["items_per_s"],
+                    "int8_items_per_s": b["items_per_s"], "fp32_p50_ms": a["latency_ms"]["p50"],
+                    "int8_p50_ms": b["latency_ms"]["p50"],  # server CPU per item: steadier on a shared machine
+                    "fp32_cpu_ms_per_item": a.get("server_cpu_ms_per_item"),
+                    "int8_cpu_ms_per_item": b.get("server_cpu_ms_per_item")}
+    image = out.get("served", {}).get("image-224", {})
+    c16 = image.get(16) or (image[max(image)] if image else None)  # a quick run stops below 16
+    out["served_image_c16"] = {**c16, "at_concurrency": 16 if 16 in image else max(image)} if c16 else None
+    one = image.get(1)
+    out["p50_c1"] = {**one, "value": one["int8_p50_ms"] / one["fp32_p50_ms"]} if one else None
+    targeted = model == "vit-b-32"  # the issue's targets are for ViT-B-32; other models are reported only
+    out["verdicts"] = {k: _check(INT8_TARGETS[k], (out.get(k) or {}).get("value")) if targeted else "no target"
+                       for k in INT8_TARGETS}
+    return out
+
+
+def _check(target: tuple[str, float], value: float | None) -> str:
+    if value is None:
+        return "not measured"
+    op, threshold = target
+    return "met" if (value >= threshold if op == ">=" else value < threshold) else "NOT met"
+
+
+def int8_table(r: dict) -> str:
+    """Markdown: each int8 ratio, its value, its target, met or not."""
+    rows = []
+    for key, label in (("encoder_image", "image encoder limit, int8 ÷ fp32"),
+                       ("encoder_text", "text encoder limit, int8 ÷ fp32")):
+        e = r.get(key)
+        rows.append((label, e and e["value"], key, e and f"{e['int8_items_per_s']:.1f} (batch {e['int8_batch']}) vs "
+                                                        f"{e['fp32_items_per_s']:.1f} (batch {e['fp32_batch']}) items/s"))
+    s = r.get("served_image_c16")
+    rows.append((f"served /embed/image at concurrency {s['at_concurrency'] if s else 16}, int8 ÷ fp32",
+                 s and s["value"], "served_image_c16",
+                 s and f"{s['int8_items_per_s']:.1f} vs {s['fp32_items_per_s']:.1f} img/s"))
+    p = r.get("p50_c1")
+    rows.append(("served /embed/image p50 at concurrency 1, int8 ÷ fp32", p and p["value"], "p50_c1",
+                 p and f"{p['int8_p50_ms']:.1f} vs {p['fp32_p50_ms']:.1f} ms"))
+    lines = ["| ratio | value | target | | detail |", "|---|---|---|---|---|"]
+    for label, value, key, detail in rows:
+        op, threshold = INT8_TARGETS[key]
+        shown = "–" if value is None else f"{value:.2f}"
+        target = f"{op} {threshold:g}" if r["verdicts"][key] != "no target" else "–"
+        lines.append(f"| {label} | {shown} | {target} | {r['verdicts'][key]} | {detail or ''} |")
+    return "\n".join(lines)

@@ -67,6 +67,8 @@ def write(results: dict, out: Path) -> list[Path]:
             files.append(path)
             md.append(f"![{name} {key}]({path.name})")
         md.append("")
+    for key, compare in results.get("int8", {}).items():
+        md += int8_section(results, key, compare, out, files)
     if results.get("decode"):
         md += ["## 1920×1080 JPEG preprocessing: reduced-size vs full decoding", "", results["decode"]["image"], "",
                decode_table(results["decode"]), ""]
@@ -79,6 +81,43 @@ def write(results: dict, out: Path) -> list[Path]:
     return files
 
 
-def _best(rows: list[dict], model: str, backend: str, tower: str) -> dict | None:
-    mine = [r for r in rows if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)]
+def int8_section(results: dict, key: str, compare: dict, out: Path, files: list[Path]) -> list[str]:
+    """Markdown (and a plot) for int8 against fp32 on one model: ratios, encoder cells, served points."""
+    rows = [r for r in results.get("encoder", []) if r["model"] == key and r["backend"] == "onnx"]
+    cell = {(r["tower"], r["batch"], r["precision"]): r for r in rows}
+    enc = ["| tower | batch | fp32 items/s | int8 items/s | int8 ÷ fp32 |", "|---|---|---|---|---|"]
+    for tower, batch in sorted({(t, b) for t, b, _ in cell}):
+        a, b = cell.get((tower, batch, "fp32")), cell.get((tower, batch, "int8"))
+        if a and b:
+            enc.append(f"| {tower} | {batch} | {a['items_per_s']:.1f} | {b['items_per_s']:.1f} | "
+                       f"{b['items_per_s'] / a['items_per_s']:.2f}× |")
+    served = ["| scenario | concurrency | fp32 items/s | int8 items/s | int8 ÷ fp32 | fp32 p50 ms | int8 p50 ms | "
+              "server CPU ms/item fp32 / int8 | other processes (cores) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, by_c in results.get("ratios_int8", {}).get(key, {}).get("served", {}).items():
+        for c, v in sorted(by_c.items(), key=lambda kv: int(kv[0])):
+            busy = max((p.get("other_processes_cores") or 0.0) for s in compare["scenarios"].values()
+                       for p in s.get(name, {}).get("points", []) if p["concurrency"] == int(c))
+            served.append(f"| {name} | {c} | {v['fp32_items_per_s']:.1f} | {v['int8_items_per_s']:.1f} | "
+                          f"{v['value']:.2f}× | {v['fp32_p50_ms']:.1f} | {v['int8_p50_ms']:.1f} | "
+                          f"{v.get('fp32_cpu_ms_per_item')} / {v.get('int8_cpu_ms_per_item')} | {busy} |")
+    path = plots.precision(results.get("encoder", []), compare, key, out / f"int8-{key}.png",
+                           f"{key}: fp32 vs int8 (ONNX Runtime, CPU)")
+    files.append(path)
+    r = results.get("ratios_int8", {}).get(key)
+    md = [f"## int8 vs fp32: {key}", "", ratios.int8_table(r) if r else "", ""]
+    if len(enc) > 2:
+        md += [f"Encoder limit (in-process, runners interleaved in {results.get('encoder_rounds', 1)} rounds):", "",
+               *enc, ""]
+    return md + [f"Served (both servers up, points alternating, {compare.get('rounds', 1)} rounds each; peak RSS "
+                 f"fp32 {_rss(compare, 'fp32')} MiB, int8 {_rss(compare, 'int8')} MiB):", "", *served, "",
+                 f"![int8 {key}]({path.name})", ""]
+
+
+def _rss(compare: dict, precision: str) -> float | None:
+    return max((s.get("peak_rss_mib") or 0.0 for s in compare["scenarios"].get(precision, {}).values()), default=None)
+
+
+def _best(rows: list[dict], model: str, backend: str, tower: str, precision: str | None = None) -> dict | None:
+    mine = [r for r in rows if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)
+            and (r.get("precision") == "int8") == (precision == "int8")]
     return max(mine, key=lambda r: r["items_per_s"], default=None)

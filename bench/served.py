@@ -15,7 +15,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -116,27 +118,32 @@ def run_scenario(server: BenchServer, s: Scenario, budget: Budget) -> ScenarioRe
     out = ScenarioResult(s.name)
     with server.memory() as mem:
         for c in tqdm(s.concurrency, desc=s.name, unit="point", leave=False):
-            before, cpu0 = server.metrics(), server.cpu_seconds()
-            with OtherLoad(lambda: (server.cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
-                p = load.run(server.url, s.make, c, budget.seconds, warmup_s=budget.warmup_s)
-                cpu1 = server.cpu_seconds()
-            server.wait_idle()
-            after = server.metrics()
-            point = load.to_json(p)
-            # CPU per item is steadier than items/s on a shared machine: it says what each item costs
-            point["server_cpu_ms_per_item"] = (round(1000 * (cpu1 - cpu0) / p.total_items, 2)
-                                               if cpu0 is not None and cpu1 is not None and p.total_items else None)
-            point["other_processes_cores"] = other.cores  # how quiet the machine was (0 = only us)
-            point["client_cpu_ms_per_item"] = round(1000 * p.client_cpu_s / p.total_items, 2) if p.total_items else None
-            point["mean_batch"] = mean_batch(before, after, s.modality)
-            point["batch_histogram"] = batch_histogram(before, after, s.modality)
-            point["text_cache_hits"] = int(metric(after, "clip_cache_hits_total", cache="text") -
-                                           metric(before, "clip_cache_hits_total", cache="text"))
-            out.points.append(point)
-            tqdm.write(f"  {s.name:<16} {p.line()}  mean batch {point['mean_batch']}, server CPU "
-                       f"{point['server_cpu_ms_per_item']} ms/item, other processes {other.cores} cores")
+            out.points.append(run_point(server, s, c, budget.seconds, budget.warmup_s))
     out.peak_rss_mib, out.peak_gpu_mib = mem.peak_rss_mib, mem.peak_gpu_mib
     return out
+
+
+def run_point(server: BenchServer, s: Scenario, c: int, seconds: float, warmup_s: float, label: str = "") -> dict:
+    """One closed-loop point of a scenario at concurrency c, with the server's batch sizes and CPU time."""
+    before, cpu0 = server.metrics(), server.cpu_seconds()
+    with OtherLoad(lambda: (server.cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
+        p = load.run(server.url, s.make, c, seconds, warmup_s=warmup_s)
+        cpu1 = server.cpu_seconds()
+    server.wait_idle()
+    after = server.metrics()
+    point = load.to_json(p)
+    # CPU per item is steadier than items/s on a shared machine: it says what each item costs
+    point["server_cpu_ms_per_item"] = (round(1000 * (cpu1 - cpu0) / p.total_items, 2)
+                                       if cpu0 is not None and cpu1 is not None and p.total_items else None)
+    point["other_processes_cores"] = other.cores  # how quiet the machine was (0 = only us)
+    point["client_cpu_ms_per_item"] = round(1000 * p.client_cpu_s / p.total_items, 2) if p.total_items else None
+    point["mean_batch"] = mean_batch(before, after, s.modality)
+    point["batch_histogram"] = batch_histogram(before, after, s.modality)
+    point["text_cache_hits"] = int(metric(after, "clip_cache_hits_total", cache="text") -
+                                   metric(before, "clip_cache_hits_total", cache="text"))
+    tqdm.write(f"  {label + s.name:<21} {p.line()}  mean batch {point['mean_batch']}, server CPU "
+               f"{point['server_cpu_ms_per_item']} ms/item, other processes {other.cores} cores")
+    return point
 
 
 def scenarios(budget: Budget, text_items_per_s: float | None, quick: bool) -> tuple[list[Scenario], dict]:
@@ -219,3 +226,49 @@ def measure(model: BenchModel, backend: str, budget: Budget, raw_dir: Path, text
                          batch1, budget, result["notes"])
         result["scenarios"].update(out)
     return result
+
+
+PRECISION_CONCURRENCY = (1, 8, 16, 32)  # 16: the issue 14 target point; 1: latency
+
+
+def compare_precisions(model: BenchModel, budget: Budget, raw_dir: Path, concurrency: Sequence[int] = PRECISION_CONCURRENCY,
+                       rounds: int = 2, precisions: Sequence[str] = ("fp32", "int8")) -> dict:
+    """/embed/image (one 224x224 JPEG) and /embed/text (one new text) against one server per precision (ONNX
+    Runtime on CPU, default settings otherwise), all up at once: each (scenario, concurrency) is measured on every
+    server in turn, `rounds` times, so the ratios between precisions are taken back to back."""
+    run_id = f"{time.time_ns() % 10**9}"
+    todo = [Scenario("image-224", image_request(photo_jpegs(224, 224)), concurrency),
+            Scenario("text", text_request(run_id), concurrency, "text")]
+    rounds_out: dict = {p: {s.name: {c: [] for c in concurrency} for s in todo} for p in precisions}
+    with ExitStack() as stack:
+        servers = {p: stack.enter_context(BenchServer({**model.server_env("onnx", p), "CLIP_DEVICE": "cpu"},
+                                                      raw_dir / f"server-{model.key}-onnx-{p}.log"))
+                   for p in precisions}
+        info = {p: httpx.get(srv.url + "/info", timeout=30).json() for p, srv in servers.items()}
+        for s in todo:
+            for c in s.concurrency:
+                for _ in range(rounds):
+                    for p, srv in servers.items():
+                        rounds_out[p][s.name][c].append(run_point(srv, s, c, budget.seconds / rounds,
+                                                                  budget.warmup_s, f"{p} "))
+        rss = {p: srv.memory().peak_rss_mib for p, srv in servers.items()}
+    scenarios_out = {p: {name: {"name": name, "points": [_pool(pts) for pts in by_c.values()],
+                                "peak_rss_mib": rss[p], "peak_gpu_mib": None, "note": ""}
+                         for name, by_c in by_name.items()} for p, by_name in rounds_out.items()}
+    return {"model": model.key, "backend": "onnx", "precisions": list(precisions), "rounds": rounds,
+            "info": info, "scenarios": scenarios_out}
+
+
+def _pool(points: list[dict]) -> dict:
+    """One point from the rounds of one (precision, scenario, concurrency): items/s summed over all windows, latency
+    percentiles as the median of the rounds', and every round kept."""
+    window = sum(p["window_s"] for p in points)
+    items = sum(p["items_per_s"] * p["window_s"] for p in points)
+    latency = {q: statistics.median(p["latency_ms"][q] for p in points if p["latency_ms"])
+               for q in ("p50", "p90", "p99", "mean", "max") if all(p["latency_ms"] for p in points)}
+    merged = {**points[0], "window_s": round(window, 3), "ok": sum(p["ok"] for p in points),
+              "failed": sum(p["failed"] for p in points), "items_per_s": items / window if window else 0.0,
+              "latency_ms": latency, "rounds": points}
+    merged["other_processes_cores"] = max((p["other_processes_cores"] or 0.0) for p in points)
+    merged["errors"] = {k: sum(p["errors"].get(k, 0) for p in points) for p in points for k in p["errors"]}
+    return merged

@@ -1,6 +1,7 @@
 """Encoder throughput per batch size: eager PyTorch vs the exported graphs (not a test; numbers for docs).
 
     python -m export bench exports/vit-b-32 [--device cpu] [--batch-sizes 1,8,32,64] [--json out.json]
+    python -m export bench exports/vit-b-32 --compare exports/vit-b-32-int8 --backends onnx --rounds 6
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export.errors import ExportError
 from export.manifest import Manifest, SourceSpec, load_tokenizer, read_manifest
-from export.runtime import load_encoders
+from export.runtime import Towers, load_encoders
+from export.runtime.eager import TorchTowers
 from export.source import eager_model_for, load_source
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ Encode = Callable[[np.ndarray], np.ndarray]  # numpy batch in, float32 [B, D] ou
 @dataclass
 class BenchRow:
     tower: str  # "image" | "text"
-    backend: str  # "torch" (eager) | "onnx" | "tensorrt"
+    backend: str  # "torch" (eager) | "onnx" | "tensorrt" | "onnx-int8" (a --compare export of that precision)
     batch: int
     items_per_s: float  # from the fastest call: the least disturbed by other processes
     items_per_s_median: float  # from the median call
@@ -68,50 +71,45 @@ def sample_inputs(manifest: Manifest, tokenizer, batch: int) -> dict[str, np.nda
     h, w = manifest.image_size
     rng = np.random.default_rng(0)
     captions = [f"a photo of a {word}" for word in ("cat", "dog", "red circle", "rocket")]
-    tokens = tokenizer([captions[i % len(captions)] for i in range(batch)]).numpy()
+    tokens = np.asarray(tokenizer([captions[i % len(captions)] for i in range(batch)]), dtype=np.int64)
     return {"image": rng.standard_normal((batch, 3, h, w), dtype=np.float32), "text": tokens}
 
 
-def eager_encoders(manifest: Manifest, device: str, source: SourceSpec | None) -> tuple[dict[str, Encode], str]:
-    """numpy-in / numpy-out wrappers of the eager model, on `device`, in the export's precision on GPU, loaded
-    through models.factory exactly as the torch backend serves it (open_clip's mixed fp16, not model.half())."""
+def eager_encoders(manifest: Manifest, device: str, source: SourceSpec | None) -> tuple[Towers, str]:
+    """The eager model as towers, on `device`, in the export's precision on GPU, loaded through models.factory
+    exactly as the torch backend serves it (open_clip's mixed fp16, not model.half())."""
     loaded = eager_model_for(manifest, source)  # fp32 on CPU: checks it is the export's model (fingerprint)
-    precision = manifest.precision if device == "cuda" else "fp32"
+    precision = manifest.precision if device == "cuda" and manifest.precision != "int8" else "fp32"
     if device != "cpu":
         loaded = load_source(source or manifest.source, device, precision)
-    model, dtype = loaded.model, torch.float16 if precision == "fp16" else torch.float32
-
-    @torch.inference_mode()
-    def image(x: np.ndarray) -> np.ndarray:
-        return model.encode_image(torch.from_numpy(x).to(device, dtype), normalize=True).float().cpu().numpy()
-
-    @torch.inference_mode()
-    def text(x: np.ndarray) -> np.ndarray:
-        return model.encode_text(torch.from_numpy(x).to(device), normalize=True).float().cpu().numpy()
-
-    return {"image": image, "text": text}, f"torch {torch.__version__} {device} {precision}"
+    towers = TorchTowers(loaded, precision, device)
+    return towers, ", ".join(towers.providers)
 
 
 def bench_export(export_dir: str | Path, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 64),
                  backends: Sequence[str] = ("torch", "onnx"), towers: Sequence[str] = ("image", "text"),
                  seconds: float = 3.0, threads: int = 0, source: SourceSpec | None = None,
-                 rounds: int = 1) -> list[BenchRow]:
+                 rounds: int = 1, compare: Sequence[str | Path] = ()) -> list[BenchRow]:
     """Throughput of every (tower, backend, batch size) cell.
 
     With rounds > 1 every cell is timed once per round, backends interleaved, so a burst of load from other
-    processes hits both backends alike; each row then pools the calls of all rounds.
+    processes hits both backends alike; each row then pools the calls of all rounds. `compare`: other exports of
+    the same model (e.g. its int8 export), run by ONNX Runtime as backend "onnx-<precision>".
     """
     manifest = read_manifest(export_dir)
     threads = threads or cpu_count()  # eager torch and ONNX Runtime get the same cores
     torch.set_num_threads(threads)
-    runners = {b: _runners(b, export_dir, manifest, device, threads, source) for b in backends}
+    runners = {b: _runners(b, export_dir, manifest, device, threads, source) for b in backends}  # name -> towers
+    runners.update(_compared(compare, manifest, device, threads))
     tokenizer = load_tokenizer(manifest, export_dir)
-    cells = [(t, n, b) for t in towers for n in batch_sizes for b in backends]
+    cells = [(t, n, b) for t in towers for n in batch_sizes for b in runners]
     times: dict[tuple[str, int, str], list[float]] = {c: [] for c in cells}
     for _, (tower, batch, backend) in tqdm([(r, c) for r in range(rounds) for c in cells], desc="bench",
                                           unit="cell"):
         x = sample_inputs(manifest, tokenizer, batch)[tower]
-        times[(tower, batch, backend)] += time_calls(runners[backend][0][tower], x, seconds)
+        towers = runners[backend][0]
+        encode = towers.encode_image if tower == "image" else towers.encode_text
+        times[(tower, batch, backend)] += time_calls(encode, x, seconds)
     return [_row(cell, t, runners[cell[2]][1]) for cell, t in times.items()]
 
 
@@ -122,25 +120,43 @@ def _row(cell: tuple[str, int, str], times: list[float], runs: str) -> BenchRow:
 
 
 def _runners(backend: str, export_dir: str | Path, manifest: Manifest, device: str, threads: int,
-             source: SourceSpec | None) -> tuple[dict[str, Encode], str]:
+             source: SourceSpec | None) -> tuple[Towers, str]:
     if backend == "torch":
         return eager_encoders(manifest, device, source)
     enc = load_encoders(export_dir, backend=backend, device=device, threads=threads)
-    return {"image": enc.encode_image, "text": enc.encode_text}, ", ".join(enc.providers)
+    return enc, ", ".join(enc.providers)
+
+
+def _compared(dirs: Sequence[str | Path], manifest: Manifest, device: str, threads: int
+              ) -> dict[str, tuple[Towers, str]]:
+    """ONNX Runtime runners of other exports of the same model, named "onnx-<precision>" (then "(<dir name>)")."""
+    out = {}
+    for d in dirs:
+        enc = load_encoders(d, backend="onnx", device=device, threads=threads)
+        if enc.manifest.fingerprint != manifest.fingerprint:
+            raise ExportError(f"--compare {d} is an export of another model (fingerprint {enc.manifest.fingerprint}, "
+                              f"not {manifest.fingerprint})")
+        label = f"onnx-{enc.manifest.precision}"
+        label = label if label not in out else f"{label} ({Path(d).name})"  # two int8 recipes, say
+        out[label] = (enc, ", ".join(enc.providers))
+    return out
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """Markdown: one line per (tower, batch); items/s per backend as best (median); speed-up over eager torch."""
+    """Markdown: one line per (tower, batch); items/s per backend as best (median); speed-up over the first backend
+    (eager torch when it ran), from the fastest calls and (in parentheses) the median ones."""
     backends = list(dict.fromkeys(r.backend for r in rows))
     cell = {(r.tower, r.batch, r.backend): r for r in rows}
-    others = [b for b in backends if b != "torch"] if "torch" in backends else []
-    head = ["tower", "batch"] + [f"{b} items/s" for b in backends] + [f"{b} / torch" for b in others]
+    ref = "torch" if "torch" in backends else backends[0]
+    others = [b for b in backends if b != ref]
+    head = ["tower", "batch"] + [f"{b} items/s" for b in backends] + [f"{b} / {ref}" for b in others]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for tower, batch in dict.fromkeys((r.tower, r.batch) for r in rows):
         row = [cell[(tower, batch, b)] for b in backends]
         vals = [tower, str(batch)] + [f"{r.items_per_s:.1f} ({r.items_per_s_median:.1f})" for r in row]
-        torch_row = cell.get((tower, batch, "torch"))
-        vals += [f"{cell[(tower, batch, b)].items_per_s / torch_row.items_per_s:.2f}×" for b in others]
+        base = cell[(tower, batch, ref)]
+        vals += [f"{cell[(tower, batch, b)].items_per_s / base.items_per_s:.2f}× "
+                 f"({cell[(tower, batch, b)].items_per_s_median / base.items_per_s_median:.2f}×)" for b in others]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 GPU_EXTRA = "pip install 'clip-serve[gpu]'"
 CPU_EXTRA = "pip install 'clip-serve[cpu]'"
+TORCH_EXTRA = "pip install 'clip-serve[torch]'"
 
 
 class ExportError(RuntimeError):

@@ -29,6 +29,7 @@ import torch
 from export.bench import time_encode
 from export.manifest import SourceSpec
 from export.parity import MIN_COSINE, check_parity
+from export.runtime.eager import TorchTowers
 from models.eval import EVAL_TEMPLATES
 from models.factory import LoadedModel
 
@@ -165,36 +166,26 @@ def _throughput(enc, loaded, result: PathResult, seconds: float) -> None:
     for b in BATCHES:
         x = rng.standard_normal((b, 3, h, w), dtype=np.float32)
         result.image_items_per_s[b] = b / time_encode(enc.encode_image, x, seconds)
-    tokens = loaded.tokenizer(["a photo of a cat"] * BATCHES[-1]).numpy()
+    tokens = np.asarray(loaded.tokenizer(["a photo of a cat"] * BATCHES[-1]), dtype=np.int64)
     result.text_items_per_s[BATCHES[-1]] = BATCHES[-1] / time_encode(enc.encode_text, tokens, seconds)
 
 
-class TorchEncoders:
-    """The torch backend's model on CUDA behind the Encoders interface (numpy in, numpy out): loaded through
-    models.factory in `precision` (open_clip's fp16 keeps LayerNorm in fp32), as service/backends/torch_backend.py
-    loads and calls it."""
+def torch_towers(spec: SourceSpec, precision: str) -> TorchTowers:
+    """The torch backend's model on CUDA: loaded through models.factory in `precision` (open_clip's fp16 keeps
+    LayerNorm in fp32), as service/backends/torch_backend.py loads it."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"no CUDA: torch.cuda.is_available() is False (torch {torch.__version__}, built for "
+                           f"CUDA {torch.version.cuda}; no GPU, or a CPU build of torch)")
+    from export.source import load_source
 
-    def __init__(self, spec: SourceSpec, precision: str) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"no CUDA: torch.cuda.is_available() is False (torch {torch.__version__}, built for "
-                               f"CUDA {torch.version.cuda}; no GPU, or a CPU build of torch)")
-        from export.source import load_source
-
-        self.model = load_source(spec, "cuda", precision).model
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-
-    @torch.inference_mode()
-    def encode_image(self, x: np.ndarray) -> np.ndarray:
-        out = self.model.encode_image(torch.from_numpy(x).to("cuda", self.dtype), normalize=True)
-        return out.float().cpu().numpy()
-
-    @torch.inference_mode()
-    def encode_text(self, x: np.ndarray) -> np.ndarray:
-        return self.model.encode_text(torch.from_numpy(x).cuda(), normalize=True).float().cpu().numpy()
+    return TorchTowers(load_source(spec, "cuda", precision), precision, "cuda")
 
 
 def _torch(spec: SourceSpec, precision: str) -> Callable[[], tuple[object, str]]:
-    return lambda: (TorchEncoders(spec, precision), f"torch {torch.__version__} cuda {precision}")
+    def make():
+        towers = torch_towers(spec, precision)
+        return towers, ", ".join(towers.providers)
+    return make
 
 
 def _ort(exports: Exports, precision: str, only: str) -> Callable[[], tuple[object, str]]:
@@ -215,11 +206,14 @@ def _ort(exports: Exports, precision: str, only: str) -> Callable[[], tuple[obje
 def _trt(exports: Exports, precision: str, work: Path) -> Callable[[], tuple[object, str]]:
     def make():
         from export.runtime import load_encoders
-        from export.runtime.deps import require_cuda_torch, require_tensorrt
+        from export.runtime.deps import require_cudart, require_tensorrt
+        from export.tensorrt_build import BuildOptions, Profile, build_tensorrt_export
 
-        require_tensorrt(), require_cuda_torch()  # before exporting: the answer costs nothing
-        enc = load_encoders(exports.dir(precision), backend="tensorrt", device="cuda", max_batch=max(BATCHES),
-                            cache_dir=work / f"trt-cache-{precision}")
+        require_tensorrt(), require_cudart()  # before exporting: the answer costs nothing
+        engines = work / f"trt-{precision}"  # built explicitly, as `python -m export tensorrt` does; parity below
+        build_tensorrt_export(exports.dir(precision), engines, BuildOptions(profile=Profile(1, 32, max(BATCHES))),
+                              parity=False)
+        enc = load_encoders(engines, backend="tensorrt", device="cuda")
         return enc, ", ".join(enc.providers)
     return make
 

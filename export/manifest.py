@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,11 +18,14 @@ from typing import Any, Iterable
 from export.errors import ExportError
 from models.preprocess import PreprocessConfig
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_CONFIG = "open_clip_config.json"  # open_clip's config, copied in so the tokenizer needs no source model
+CLIP_BPE_VOCAB = "bpe_simple_vocab_16e6.txt.gz"  # open_clip's CLIP vocabulary, copied in: tokenising needs no open_clip
 KINDS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,16 @@ class Manifest:
     tokenizer_source: str  # models.factory.tokenizer_for source; "." = this directory's open_clip_config.json
     context_length: int  # L: token ids per text
     opset: int  # ONNX opset of the graphs (of the ONNX the engines were built from, for tensorrt)
-    precision: str  # "fp32" | "fp16": arithmetic inside the graphs; inputs and outputs stay float32/int64
+    precision: str  # "fp32" | "fp16" | "int8": arithmetic inside the graphs; inputs and outputs stay float32/int64
     image: GraphSpec
     text: GraphSpec
     files: dict[str, str] = field(default_factory=dict)  # every file of the export (not this one) -> sha256
     parity: dict[str, Any] | None = None  # export.parity report measured when the export was made
     tensorrt: dict[str, Any] | None = None  # tensorrt exports: version, GPU, optimisation profile
+    quantization: dict[str, Any] | None = None  # int8 exports: the export.quantize recipe and what it quantized
+    # how to tokenise from this directory alone: {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB} (models.tokenizer,
+    # no open_clip); None (other tokenizers, exports made before it existed): open_clip from tokenizer_source
+    tokenizer: dict[str, Any] | None = None
     created_with: dict[str, str] = field(default_factory=dict)  # tool versions (torch, open_clip, onnx, ...)
     format_version: int = FORMAT_VERSION
 
@@ -181,9 +189,21 @@ def tokenizer_source_path(manifest: Manifest, export_dir: str | Path) -> str:
 
 
 def load_tokenizer(manifest: Manifest, export_dir: str | Path):
-    """The model's tokenizer (list[str] -> int64 [B, context_length]), from the manifest alone."""
-    from models.factory import tokenizer_for
+    """The model's tokenizer (list[str] -> int64 [B, context_length]), from the manifest alone: models.tokenizer on
+    the export's own vocabulary file when it has one (no torch, no open_clip), else open_clip's (the `torch` extra)."""
+    if manifest.tokenizer and manifest.tokenizer.get("type") == "clip_bpe":
+        from models.tokenizer import ClipTokenizer
 
+        return ClipTokenizer(manifest.context_length, bpe_path=Path(export_dir) / manifest.tokenizer["vocab"])
+    try:
+        from models.factory import tokenizer_for
+    except ImportError as e:  # a lean install (the `onnx` extra): no open_clip to rebuild this tokenizer
+        raise ExportError(f"{export_dir} has no tokenizer vocabulary of its own (an export made before clip-serve "
+                          f"wrote one, or a tokenizer other than CLIP's BPE), and tokenising it needs open_clip, which "
+                          f"is not installed ({e}): re-export with `python -m export onnx` to serve it without "
+                          f"PyTorch, or install the `torch` extra (pip install 'clip-serve[torch]').") from e
+    log.warning("%s has no tokenizer vocabulary of its own: open_clip builds its tokenizer from %r (re-export with "
+             "`python -m export onnx` to serve it without open_clip)", export_dir, manifest.tokenizer_source)
     tok = tokenizer_for(tokenizer_source_path(manifest, export_dir))
     length = int(getattr(tok, "context_length", None) or manifest.context_length)
     if length != manifest.context_length:

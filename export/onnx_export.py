@@ -2,7 +2,9 @@
 
 Uses torch.onnx's TorchScript-based exporter (dynamo=False): it traces open_clip's ViT and argmax text pooling
 with a dynamic batch axis in seconds. fp16 exports trace a half-precision copy of the model, with casts at
-the graph edges so callers still pass float32 pixels / int64 tokens and get float32 embeddings back.
+the graph edges so callers still pass float32 pixels / int64 tokens and get float32 embeddings back. int8 exports
+trace fp32 graphs (attention as plain MatMuls, export/attention.py) into a temporary directory and quantize them
+with ONNX Runtime (export/quantize.py); their I/O is float32 / int64 too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
+import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,12 +24,17 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from export.attention import plain_attention
 from export.errors import ExportError
-from export.manifest import (MANIFEST_FILE, TOKENIZER_CONFIG, GraphSpec, Manifest, SourceSpec, hash_files,
-                             write_manifest)
+from export.manifest import (CLIP_BPE_VOCAB, MANIFEST_FILE, PRECISIONS, TOKENIZER_CONFIG, GraphSpec, Manifest,
+                             SourceSpec, hash_files, write_manifest)
+from export.quantize import (DEFAULT_RECIPE, calibration_images, calibration_tokens, check_patterns_matched,
+                             quantize_tower, recipe)
+from export.runtime.deps import require_onnxruntime
 from export.towers import ImageTower, TextTower
 from models.eval import EVAL_TEMPLATES
 from models.factory import LoadedModel, model_config
+from models.tokenizer import default_bpe_path, exact_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -38,37 +47,89 @@ IMAGE_FILE, TEXT_FILE = "image.onnx", "text.onnx"
 class OnnxOptions:
     """How to export."""
 
-    fp16: bool = False  # arithmetic in float16 inside the graphs (I/O stays float32 / int64)
+    precision: str = "fp32"  # arithmetic inside the graphs: fp32, fp16 or int8 (I/O stays float32 / int64)
+    fp16: bool = False  # the older spelling of precision="fp16"
     opset: int = DEFAULT_OPSET
     parity: bool = True  # check against eager PyTorch and refuse to write manifest.json on failure
     parity_shapes: int = 64  # shapes evaluation images in the parity check
     parity_templates: tuple[str, ...] = EVAL_TEMPLATES  # zero-shot prompts per label in the parity check
+    int8_recipe: str = DEFAULT_RECIPE  # export.quantize.RECIPES
+    int8_keep_fp32: tuple[str, ...] = ()  # node-name patterns kept fp32 on top of the recipe's own
+
+    def __post_init__(self) -> None:
+        if self.fp16 and self.precision not in ("fp32", "fp16"):
+            raise ExportError(f"fp16=True contradicts precision={self.precision!r}")
+        if self.fp16:
+            object.__setattr__(self, "precision", "fp16")
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 def export_onnx(loaded: LoadedModel, source: SourceSpec, out_dir: str | Path,
                 options: OnnxOptions = OnnxOptions()) -> Manifest:
     """Write image.onnx, text.onnx, open_clip_config.json and (after parity passes) manifest.json."""
     out = _prepare_dir(Path(out_dir))
-    precision = "fp16" if options.fp16 else "fp32"
-    graph_model = _graph_model(loaded.model, options.fp16)
+    precision = options.precision
+    fp16 = precision == "fp16"
+    graph_model = _graph_model(loaded.model, fp16)
     h, w = loaded.preprocess.size
     pixels = torch.zeros(TRACE_BATCH, 3, h, w)  # [B, 3, H, W]
     tokens = loaded.tokenizer(["a photo of a cat", "a diagram"])  # [B, L] int64
-    compute_dtype = torch.float16 if options.fp16 else torch.float32
+    compute_dtype = torch.float16 if fp16 else torch.float32
     steps = [(IMAGE_FILE, ImageTower(graph_model, compute_dtype), pixels, "pixels"),
              (TEXT_FILE, TextTower(graph_model), tokens, "tokens")]
-    files = []
-    for file, tower, example, input_name in tqdm(steps, desc=f"export onnx ({precision})", unit="tower"):
-        files += [file, *export_tower(tower, example, out / file, input_name, loaded.embed_dim, options.opset)]
+    quantization = None
+    if precision == "int8":
+        files, quantization = _export_int8(loaded, steps, out, options)
+    else:
+        files = []
+        for file, tower, example, input_name in tqdm(steps, desc=f"export onnx ({precision})", unit="tower"):
+            files += [file, *export_tower(tower, example, out / file, input_name, loaded.embed_dim, options.opset)]
     tokenizer_source = _write_tokenizer_config(source, loaded, out)
     if tokenizer_source == ".":
         files.append(TOKENIZER_CONFIG)
+    tokenizer = write_tokenizer_vocab(loaded, out)
+    files += [tokenizer["vocab"]] if tokenizer else []
     manifest = build_manifest(loaded, source, out, files, tokenizer_source, precision, options.opset)
+    manifest.tokenizer = tokenizer
+    manifest.quantization = quantization
+    if quantization:
+        manifest.created_with["onnxruntime"] = quantization["onnxruntime"]
     if options.parity:
         manifest.parity = _parity(loaded, out, manifest, options)
     write_manifest(manifest, out)
     log.info("wrote %s", out / MANIFEST_FILE)
     return manifest
+
+
+def _export_int8(loaded: LoadedModel, steps: list, out: Path, options: OnnxOptions) -> tuple[list[str], dict]:
+    """Trace each tower in fp32 into a temporary directory, quantize it into `out`; returns (files, recipe record)."""
+    onnxruntime = require_onnxruntime()  # its quantizer writes the graphs
+    rec = recipe(options.int8_recipe, options.int8_keep_fp32)
+    calibrate = {"pixels": calibration_images, "tokens": calibration_tokens} if rec.method == "static" else {}
+    files, towers = [], {}
+    with tempfile.TemporaryDirectory(dir=out, prefix=".fp32-") as tmp, plain_attention(loaded.model) as swapped:
+        for file, tower, example, input_name in tqdm(steps, desc=f"export onnx (int8, {rec.name})", unit="tower"):
+            fp32 = Path(tmp) / file
+            external = export_tower(tower, example, fp32, input_name, loaded.embed_dim, options.opset)
+            data = calibrate[input_name](loaded) if input_name in calibrate else None
+            towers[file.removesuffix(".onnx")] = quantize_tower(fp32, out / file, rec, input_name, data,
+                                                                external_data=bool(external))
+            files += [file, *_external_files(out / file)]
+    check_patterns_matched(rec.keep_fp32, [n for t in towers.values() for n in t["kept_fp32_nodes"]])
+    log.info("int8 (%s): %d attention modules traced as plain MatMuls; %s", rec.name, swapped, towers)
+    return files, {"recipe": rec.to_dict(), **towers, "plain_attention_modules": swapped,
+                   "onnxruntime": onnxruntime.__version__}
+
+
+def _external_files(path: Path) -> list[str]:
+    """External data files a graph refers to (graphs over protobuf's 2 GB limit)."""
+    return _external_locations(onnx.load(str(path), load_external_data=False))
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    return sorted({entry.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in t.external_data if entry.key == "location"})
 
 
 def _prepare_dir(out: Path) -> Path:
@@ -125,8 +186,7 @@ def _fix_output_shape(path: Path, embed_dim: int) -> list[str]:
     dim.Clear()
     dim.dim_value = embed_dim
     onnx.save(model, str(path))
-    return sorted({entry.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                   for entry in t.external_data if entry.key == "location"})
+    return _external_locations(model)
 
 
 def _write_tokenizer_config(source: SourceSpec, loaded: LoadedModel, out: Path) -> str:
@@ -140,6 +200,19 @@ def _write_tokenizer_config(source: SourceSpec, loaded: LoadedModel, out: Path) 
     config = {"model_cfg": model_config(source.model), "preprocess_cfg": loaded.preprocess.to_open_clip()}
     (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return "."
+
+
+def write_tokenizer_vocab(loaded: LoadedModel, out: Path) -> dict | None:
+    """Copy open_clip's CLIP vocabulary in when the model's tokenizer is open_clip's CLIP BPE (models.tokenizer gives
+    its ids exactly), so serving tokenises without open_clip; returns the manifest's `tokenizer` record, or None for
+    other tokenizers (Hugging Face ones, SigLIP's), which keep needing open_clip (the `torch` extra)."""
+    exact = exact_equivalent(loaded.tokenizer)
+    if exact is None:
+        log.warning("the tokenizer of %s (%s) is not open_clip's CLIP BPE: serving this export needs open_clip (the "
+                    "`torch` extra)", loaded.model_id, type(loaded.tokenizer).__name__)
+        return None
+    shutil.copyfile(default_bpe_path(), out / CLIP_BPE_VOCAB)
+    return {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB}
 
 
 def graph_specs(loaded: LoadedModel) -> tuple[GraphSpec, GraphSpec]:

@@ -1,7 +1,10 @@
 r"""Build TensorRT engines (TensorRT 10 Python API) from an ONNX export: one engine per tower.
 
-    python -m export tensorrt --onnx exports/vit-b-32 --out exports/vit-b-32-trt [--fp16] \
+    python -m export tensorrt --onnx exports/vit-b-32 --out exports/vit-b-32-trt [--fp16] [--reuse] \
         [--min-batch 1 --opt-batch 32 --max-batch 256]
+
+This is the only place engines are built: serving loads the engine directory this writes and never builds one
+(export/runtime/trt.py refuses an ONNX export with this command).
 
 Engines are specific to the GPU model and TensorRT version that built them, so the manifest records both.
 A timing cache (timing.cache) is reused across builds, which makes rebuilding after a restart or for another
@@ -10,9 +13,10 @@ export with --fp16 lets TensorRT pick fp16 kernels (BuilderFlag.FP16, deprecated
 engines are built without TF32 (TensorRT allows it by default; its 10-bit mantissa inputs can break fp32 parity
 at 0.99999), and the manifest says so (`tensorrt.tf32`).
 
-Engines and the timing cache are written whole (temporary file + rename) and, for engines built at load time,
-under a lock in the cache directory, so replicas sharing a volume never read a half-written engine and build
-each engine once (export/cache_files.py).
+Engines, the timing cache and the manifest are written whole (temporary file + rename), under a lock in the output
+directory, so build jobs sharing a volume (one init container per pod, say) take turns; with --reuse the later ones
+keep the engines the first one built when they come from the same graphs, for the same profile, GPU model and
+TensorRT version (export/cache_files.py).
 
 NOT RUN YET: written against the TensorRT 10 documentation; no GPU with TensorRT was available when it was
 written (see docs/export.md, "What has and has not run on a GPU").
@@ -20,8 +24,6 @@ written (see docs/export.md, "What has and has not run on a GPU").
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -34,14 +36,13 @@ from export.cache_files import exclusive_lock, write_atomic
 from export.errors import ExportError
 from export.manifest import (MANIFEST_FILE, TOKENIZER_CONFIG, GraphSpec, Manifest, hash_files, read_manifest,
                              write_manifest)
-from export.runtime.deps import require_cuda_torch, require_tensorrt
-from export.runtime.trt import trt_logger
+from export.runtime.deps import require_tensorrt
+from export.runtime.trt import gpu_name, trt_logger
 
 log = logging.getLogger(__name__)
 
 TIMING_CACHE = "timing.cache"
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory; ViT-L fits in far less
-RECIPE = "2"  # part of the engine cache key: bump when the build settings change (2: no TF32 in fp32 engines)
 
 
 @dataclass(frozen=True)
@@ -113,22 +114,41 @@ def uses_tf32(options: BuildOptions, strongly_typed: bool) -> bool:
 
 
 def build_tensorrt_export(onnx_dir: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),
-                          parity: bool = True) -> Manifest:
-    """`python -m export tensorrt`: engines + manifest in out_dir, checked against eager PyTorch."""
+                          parity: bool = True, reuse: bool = False) -> Manifest:
+    """`python -m export tensorrt`: engines + manifest in out_dir, checked against eager PyTorch.
+
+    reuse: keep an engine directory already built from the same graphs with the same options for this GPU model and
+    TensorRT version (what a deploy's build step runs before every start)."""
     src, out = Path(onnx_dir), Path(out_dir)
     onnx_manifest = read_manifest(src)
     if onnx_manifest.kind != "onnx":
         raise ExportError(f"{src} is not an ONNX export (kind={onnx_manifest.kind}); export ONNX first.")
-    torch = require_cuda_torch()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    engines = _build_both(src, out, onnx_manifest, options)
-    extra = _copy_tokenizer_config(src, out, onnx_manifest)
-    manifest = _engine_manifest(onnx_manifest, out, engines, extra, options, torch.cuda.get_device_name())
-    if parity:
-        manifest.parity = _parity(out, manifest)
-    write_manifest(manifest, out)
+    with exclusive_lock(out, "building TensorRT engines"):
+        current = _reusable(out, onnx_manifest, options) if reuse else None
+        if current is not None:
+            log.info("reusing the TensorRT engines in %s (same graphs, options, GPU and TensorRT)", out)
+            return current
+        (out / MANIFEST_FILE).unlink(missing_ok=True)  # a build cut short must leave no manifest vouching for it
+        engines = _build_both(src, out, onnx_manifest, options)
+        extra = _copy_tokenizer_files(src, out, onnx_manifest)
+        manifest = _engine_manifest(onnx_manifest, out, engines, extra, options, gpu_name())
+        if parity:
+            manifest.parity = _parity(out, manifest)
+        write_manifest(manifest, out)
     return manifest
+
+
+def _reusable(out: Path, onnx_manifest: Manifest, options: BuildOptions) -> Manifest | None:
+    """The manifest of engines in `out` built from these graphs with these options for this GPU and TensorRT."""
+    try:
+        built = read_manifest(out)  # every engine's sha256 checked too
+    except ExportError:
+        return None
+    trt = require_tensorrt()
+    want = {"version": trt.__version__, "gpu": gpu_name(), "profile": asdict(options.profile),
+            "built_from_onnx": dict(onnx_manifest.files), "fp16_flag": options.fp16}
+    have = {k: (built.tensorrt or {}).get(k) for k in want}
+    return built if built.kind == "tensorrt" and have == want else None
 
 
 def _build_both(src: Path, out: Path, manifest: Manifest, options: BuildOptions) -> dict[str, GraphSpec]:
@@ -144,12 +164,13 @@ def _build_both(src: Path, out: Path, manifest: Manifest, options: BuildOptions)
     return specs
 
 
-def _copy_tokenizer_config(src: Path, out: Path, manifest: Manifest) -> list[str]:
-    """The engines' directory must also rebuild the tokenizer on its own."""
-    if manifest.tokenizer_source != ".":
-        return []
-    shutil.copy2(src / TOKENIZER_CONFIG, out / TOKENIZER_CONFIG)
-    return [TOKENIZER_CONFIG]
+def _copy_tokenizer_files(src: Path, out: Path, manifest: Manifest) -> list[str]:
+    """The engines' directory must also tokenise on its own: open_clip's config and the vocabulary file."""
+    names = [TOKENIZER_CONFIG] if manifest.tokenizer_source == "." else []
+    names += [manifest.tokenizer["vocab"]] if manifest.tokenizer else []
+    for name in names:
+        shutil.copy2(src / name, out / name)
+    return names
 
 
 def _engine_manifest(onnx_manifest: Manifest, out: Path, engines: dict[str, GraphSpec], extra_files: list[str],
@@ -162,46 +183,18 @@ def _engine_manifest(onnx_manifest: Manifest, out: Path, engines: dict[str, Grap
         files=hash_files(out, [engines["image"].file, engines["text"].file, *extra_files]),
         tensorrt={"version": trt.__version__, "gpu": gpu, "profile": asdict(options.profile),
                   "timing_cache": TIMING_CACHE, "built_from_onnx": dict(onnx_manifest.files),
-                  "tf32": uses_tf32(options, onnx_manifest.precision == "fp16")},
+                  "tf32": uses_tf32(options, onnx_manifest.precision == "fp16"), "fp16_flag": options.fp16},
         created_with={**onnx_manifest.created_with, "tensorrt": trt.__version__})
 
 
 def _parity(out: Path, manifest: Manifest) -> dict:
+    """Engines against eager PyTorch (the `torch` extra); a build step without torch passes parity=False."""
     from export.parity import check_parity, require_parity
-    from export.runtime import Encoders
-    from export.runtime.trt import TrtTower
+    from export.runtime.trt import tensorrt_encoders
     from export.source import eager_model_for
 
     loaded = eager_model_for(manifest)
-    encoders = Encoders(manifest, out, TrtTower(out / manifest.image.file), TrtTower(out / manifest.text.file))
+    encoders = tensorrt_encoders(out, manifest, "cuda")
     report = check_parity(loaded, encoders, manifest.precision)
     require_parity(report, str(out))
     return report.to_dict()
-
-
-def cached_engines(onnx_dir: Path, manifest: Manifest, engine_dir: Path, profile: Profile) -> tuple[Path, Path]:
-    """Engines for an ONNX export, built on first use and reused on later starts (keyed by graph + GPU + TRT).
-
-    Replicas sharing engine_dir take turns under its lock: the first builds, the others wait and then reuse."""
-    trt, torch = require_tensorrt(), require_cuda_torch()
-    key = _cache_key(manifest, profile, trt.__version__, torch.cuda.get_device_name())
-    stamp = engine_dir / "key.json"
-    paths = (engine_dir / "image.engine", engine_dir / "text.engine")
-    with exclusive_lock(engine_dir, "building TensorRT engines"):
-        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_file() for p in paths):
-            log.info("reusing TensorRT engines in %s", engine_dir)
-            return paths
-        stamp.unlink(missing_ok=True)  # a build cut short must leave no stamp vouching for a mix of engines
-        options = BuildOptions(fp16=manifest.precision == "fp16", profile=profile)
-        for spec, path in zip((manifest.image, manifest.text), paths):
-            log.info("building %s for %s (first start on this GPU; reused afterwards)", path.name, onnx_dir)
-            build_engine(onnx_dir / spec.file, path, spec, manifest.precision, options, engine_dir / TIMING_CACHE)
-        write_atomic(stamp, (json.dumps({"key": key}) + "\n").encode())
-    return paths
-
-
-def _cache_key(manifest: Manifest, profile: Profile, trt_version: str, gpu: str) -> str:
-    """What an engine depends on: the graphs' bytes, the profile, the precision, TensorRT and the GPU model."""
-    parts = [manifest.files[manifest.image.file], manifest.files[manifest.text.file], manifest.precision,
-             json.dumps(asdict(profile), sort_keys=True), trt_version, gpu, RECIPE]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -18,14 +18,13 @@ from typing import Any, Callable
 import open_clip
 import torch
 
+from models import DEFAULT_MODEL
 from models.fingerprint import fingerprint_model
 from models.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-DEFAULT_MODEL = str(CHECKPOINT_DIR / "shapes-rn-s")
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 

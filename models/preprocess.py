@@ -1,11 +1,21 @@
-"""The image preprocessing a model expects, as plain typed data (also written into export manifests)."""
+"""The image preprocessing a model expects: plain typed data (also written into export manifests), and that
+preprocessing itself in PIL + numpy (`eval_pixels`), equal to open_clip's torchvision eval transform.
+
+Imports neither torch nor open_clip: the server preprocesses with `eval_pixels` whatever the backend, and only
+`eval_transform` (open_clip's own transform, for training and for checking `eval_pixels`) needs the `torch` extra.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+import numpy as np
+from PIL import Image
+
+# open_clip.constants, copied so that reading a config needs no open_clip (tests/models/test_preprocess.py checks)
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -56,3 +66,59 @@ def eval_transform(pre: PreprocessConfig):
     cfg = PreprocessCfg(size=pre.size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
                         resize_mode=pre.resize_mode, fill_color=pre.fill_color)
     return image_transform_v2(cfg, is_train=False)
+
+
+def eval_pixels(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
+    """PIL image -> float32 [3, H, W]: open_clip's eval transform (`eval_transform`) in PIL + numpy.
+
+    The same Pillow resize call with the same output size as torchvision makes, then the same crop / pad
+    arithmetic, /255 and mean/std in float32: equal to open_clip's result up to float rounding (tests hold it to
+    1e-5 in normalised units on real photos and odd sizes)."""
+    size = _resized_size(img.size, pre)
+    if size != img.size:  # torchvision returns an image of the asked size unchanged
+        img = img.resize(size, _pil_filter(pre))
+    rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # [h, w, 3] uint8
+    fill = pre.fill_color if pre.resize_mode == "longest" else 0  # torchvision's CenterCrop pads with 0
+    rgb = center_crop_or_pad(rgb, pre.size, fill)  # [H, W, 3]
+    x = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)  # [3, H, W], as ToTensor
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    return (x - mean) / std  # as Normalize: subtract, then divide, in float32
+
+
+def _pil_filter(pre: PreprocessConfig) -> Image.Resampling:
+    """open_clip: bilinear when asked, bicubic otherwise; its non-square "shortest" resize is always bicubic."""
+    if pre.interpolation == "bilinear" and not (pre.resize_mode == "shortest" and pre.size[0] != pre.size[1]):
+        return Image.Resampling.BILINEAR
+    return Image.Resampling.BICUBIC
+
+
+def _resized_size(size: tuple[int, int], pre: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) after open_clip's resize step, computed as torchvision and open_clip compute it."""
+    w, h = size
+    th, tw = pre.size
+    if pre.resize_mode == "squash":
+        return tw, th
+    if pre.resize_mode == "shortest" and th == tw:  # torchvision Resize(int): shortest side, long side truncated
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(th * long / short)
+        return (th, new_long) if w <= h else (new_long, th)
+    # open_clip's ResizeKeepRatio: "longest" fits the longest side, non-square "shortest" the shortest
+    ratio_h, ratio_w = h / th, w / tw
+    ratio = max(ratio_h, ratio_w) if pre.resize_mode == "longest" else min(ratio_h, ratio_w)
+    # at least one pixel: open_clip's own transform raises on a 1000x2 image in "longest" mode (a zero side)
+    return max(1, round(w / ratio)), max(1, round(h / ratio))
+
+
+def center_crop_or_pad(rgb: np.ndarray, size: tuple[int, int], fill: int = 0) -> np.ndarray:
+    """[h, w, C] -> [H, W, C]: pad with `fill` where smaller (left/top get the smaller half), then crop the centre
+    (offsets rounded as torchvision's center_crop and open_clip's center_crop_or_pad round them)."""
+    ch, cw = size
+    h, w = rgb.shape[:2]
+    if ch > h or cw > w:
+        top, left = max(0, (ch - h) // 2), max(0, (cw - w) // 2)
+        bottom, right = max(0, (ch - h + 1) // 2), max(0, (cw - w + 1) // 2)
+        rgb = np.pad(rgb, ((top, bottom), (left, right), (0, 0)), constant_values=fill)
+        h, w = rgb.shape[:2]
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return rgb[top:top + ch, left:left + cw]

@@ -1,8 +1,9 @@
 """Dynamic batching: one bounded queue per modality, filled until max batch or max wait, run off the loop.
 
-    admit(n) (cap on reserved + queued + in-flight items, checked before any preprocessing) -> submit(items)
-    -> queue -> collect() -> drop items whose client left or whose deadline passed -> encoder in the
-    inference thread -> futures resolved.
+    with reserve(n) as room: (cap on reserved + queued + in-flight items, checked before any preprocessing)
+        room.submit(items) -> queue -> collect() -> drop items whose client left or whose deadline passed
+        -> encoder in the inference thread -> futures resolved
+    (leaving the block without submitting gives the room back)
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import re
 import time
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -109,10 +111,21 @@ class Batcher:
         self.depth += delta
         self.metrics.queue_depth.labels(self.modality).set(self.depth)
 
-    def admit(self, n: int) -> None:
-        """Reserve room for n items (all or none) or refuse at once with 503. Call before preprocessing, so a
-        full queue answers in microseconds instead of after decoding; then submit(..., admitted=True) or
-        release(n)."""
+    @contextmanager
+    def reserve(self, n: int) -> Iterator["QueueRoom"]:
+        """Room for n items (all or none), or a refusal at once: 503 when the queue is full. Taken before
+        preprocessing, so a full queue answers in microseconds instead of after decoding. Inside the block,
+        `room.submit(items)` queues them; leaving the block any other way (an error, the client leaving) gives the
+        room back, so no path can leave the queue looking fuller than it is."""
+        self._take(n)
+        room = QueueRoom(self, n)
+        try:
+            yield room
+        finally:
+            if not room.submitted:
+                self._set_depth(-n)
+
+    def _take(self, n: int) -> None:
         if self.closed:
             self.metrics.rejected.labels("draining").inc()
             raise NotReady("server is shutting down", retry_after=1)
@@ -125,14 +138,12 @@ class Batcher:
                              f"CLIP_MAX_QUEUE); retry later", retry_after=1)
         self._set_depth(n)
 
-    def release(self, n: int) -> None:
-        """Give back a reservation that will not be submitted (preprocessing failed or the client left)."""
-        self._set_depth(-n)
+    async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        """Reserve room, queue items (all or none) and wait for their embeddings, in order."""
+        with self.reserve(len(payloads)) as room:
+            return await room.submit(payloads, deadline)
 
-    async def submit(self, payloads: list[np.ndarray], deadline: float, admitted: bool = False) -> list[np.ndarray]:
-        """Queue items (all or none) and wait for their embeddings, in order. `admitted`: admit() was called."""
-        if not admitted:
-            self.admit(len(payloads))
+    async def _enqueue(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
         for item in items:
@@ -148,13 +159,13 @@ class Batcher:
         while True:
             items = await collect(self.queue, self.max_batch, self.max_wait_s)
             try:
-                live = self._admit(items)
+                live = self._live(items)
                 if live:
                     await self._run(live)
             finally:
                 self._set_depth(-len(items))
 
-    def _admit(self, items: list[WorkItem]) -> list[WorkItem]:
+    def _live(self, items: list[WorkItem]) -> list[WorkItem]:
         """Drop cancelled items (client gone) and fail expired ones, without computing them."""
         now_loop, now = asyncio.get_running_loop().time(), time.monotonic()
         live = []
@@ -208,3 +219,21 @@ class Batcher:
             return
         for item in items:  # retry alone, so only the culprit fails
             await self._run([item])
+
+
+class QueueRoom:
+    """Room reserved in one batcher's queue (Batcher.reserve). Submitting hands it to the queued items, which the
+    batcher gives back as it finishes them; room never submitted is given back when the `with` block ends."""
+
+    def __init__(self, batcher: Batcher, n: int):
+        self.batcher, self.n = batcher, n
+        self.submitted = False
+
+    async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        """Queue the n items this room was reserved for and wait for their embeddings, in order."""
+        if self.submitted:
+            raise RuntimeError("this room was submitted already; reserve again for more items")
+        if len(payloads) != self.n:
+            raise ValueError(f"room for {self.n} items, {len(payloads)} submitted")
+        self.submitted = True  # from here the batcher loop releases each item as it takes it off the queue
+        return await self.batcher._enqueue(payloads, deadline)

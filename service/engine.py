@@ -1,7 +1,8 @@
 """The inference engine behind the routes: preprocessing pool, batchers, caches, classifiers.
 
-One request: route validates -> text cache lookup -> preprocess in the worker pool -> batcher -> backend
-(inference thread) -> embeddings back to the route.
+A route makes one call here with inputs already parsed and checked (service/inputs.py): embed_images, embed_texts,
+embed_mixed (/v1), classify, or classifier (PUT /labelsets). Inside: text cache lookup -> preprocess in the worker
+pool (room in the batcher's queue reserved first) -> batcher -> backend (inference thread) -> embeddings back.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from models.prompts import prototypes
 from service.backends import Backend
 from service.batcher import Batcher
 from service.cache import ByteLRU
@@ -119,7 +122,7 @@ class Engine:
         errors = {i: f.exception() for i, f in enumerate(futures) if f in done and f.exception() is not None}
         bad = [i for i, exc in errors.items() if not isinstance(exc, _Skipped)]
         if bad:
-            raise _named(errors[bad[0]], bad[0], len(images))
+            raise _placed(errors[bad[0]], bad[0], len(images))
         if pending or errors:  # timed out, or workers found the deadline passed before they began
             skipped = job.close()
             raise self._expire(skipped, f"{skipped} of {len(images)} images were not decoded")
@@ -128,13 +131,9 @@ class Engine:
     async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
         """Image bytes -> L2-normalised embeddings [N, D], in order."""
         deadline = self.deadline() if deadline is None else deadline
-        self.images.admit(len(images))  # a full queue answers 503 before any decoding
-        try:
+        with self.images.reserve(len(images)) as room:  # a full queue answers 503 before any decoding
             pixels = await self.preprocess_images(images, deadline)
-        except BaseException:
-            self.images.release(len(images))
-            raise
-        return np.stack(await self.images.submit(pixels, deadline, admitted=True))
+            return np.stack(await room.submit(pixels, deadline))
 
     # --- texts ----------------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> np.ndarray:
@@ -160,18 +159,60 @@ class Engine:
         loop = asyncio.get_running_loop()
         if loop.time() > deadline:  # not even tokenised: the batcher would refuse them anyway
             raise self._expire(len(texts), f"{len(texts)} texts were not encoded")
-        self.texts.admit(len(texts))
-        try:
+        with self.texts.reserve(len(texts)) as room:
             tokens = await loop.run_in_executor(self.preprocess_pool, self._tokenize, texts)
-        except BaseException:
-            self.texts.release(len(texts))
-            raise
-        return await self.texts.submit(list(tokens), deadline, admitted=True)
+            return await room.submit(list(tokens), deadline)
+
+    async def count_tokens(self, texts: list[str]) -> int:
+        """Prompt tokens as the model sees them: non-padding ids, start/end included, truncated to the context."""
+        if not texts:
+            return 0
+        tokens = await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, self.backend.tokenize, texts)
+        return int(np.count_nonzero(tokens))  # [B, context_length], 0 is padding
+
+    # --- texts and images in one list (/v1/embeddings) ------------------------------------------------------
+    async def embed_mixed(self, items: Sequence[Union[str, bytes]], field: str,
+                          deadline: Optional[float] = None) -> "MixedEmbeddings":
+        """Texts (str) and images (bytes) of one list, encoded concurrently, back in list order, with the texts'
+        prompt tokens. An error from the image side is placed in the list, as `field`[i]: where an image is
+        named, its position in `items`; where the list holds one image, that image, whatever went wrong."""
+        deadline = self.deadline() if deadline is None else deadline
+        image_pos = [i for i, x in enumerate(items) if isinstance(x, bytes)]
+        text_pos = [i for i, x in enumerate(items) if not isinstance(x, bytes)]
+        texts: list[str] = [items[i] for i in text_pos]  # type: ignore[misc]
+
+        async def images_or_none() -> Optional[np.ndarray]:
+            if not image_pos:
+                return None
+            try:
+                return await self.embed_images([items[i] for i in image_pos], deadline)  # type: ignore[misc]
+            except ApiError as exc:
+                raise exc.at(field, _position(exc.index, image_pos))
+
+        async def texts_or_none() -> Optional[np.ndarray]:
+            return await self.embed_texts(texts, deadline) if texts else None
+
+        text_emb, image_emb, tokens = await _all(texts_or_none(), images_or_none(), self.count_tokens(texts))
+        out = np.empty((len(items), self.backend.embed_dim), dtype=np.float32)  # [N, D]
+        if text_emb is not None:
+            out[text_pos] = text_emb
+        if image_emb is not None:
+            out[image_pos] = image_emb
+        return MixedEmbeddings(out, tokens)
 
     # --- classifiers ----------------------------------------------------------------------------------------
+    async def classify(self, images: list[bytes], labels: tuple[str, ...], templates: tuple[str, ...],
+                       deadline: Optional[float] = None) -> np.ndarray:
+        """[N, C] scores of each image over the labels (see `scores`). One deadline for the whole request: the
+        label prompts first (usually cached), then the images."""
+        deadline = self.deadline() if deadline is None else deadline
+        proto = await self.classifier(labels, templates, deadline)
+        return self.scores(await self.embed_images(images, deadline), proto)
+
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...],
                          deadline: Optional[float] = None) -> np.ndarray:
-        """[C, D] prototypes: per label, the mean of its normalised template embeddings, renormalised.
+        """[C, D] prototypes: per label, the mean of its normalised template embeddings, renormalised
+        (models/prompts.py).
 
         Refused (413) above CLIP_MAX_PROMPTS before any prompt is built. Prompts are built and encoded about one
         encoder batch at a time, each cut to what can reach the model, so memory stays bounded whatever the
@@ -190,8 +231,7 @@ class Engine:
         for i in range(0, len(labels), step):
             part = labels[i:i + step]
             emb = await self.embed_texts(prompts_for(part, templates, limit), deadline)  # [c*T, D]
-            proto[i:i + len(part)] = emb.reshape(len(part), len(templates), -1).mean(axis=1)
-        proto /= np.linalg.norm(proto, axis=1, keepdims=True).clip(min=1e-12)
+            proto[i:i + len(part)] = prototypes(emb, len(part))
         self.labelset_cache.put(key, proto)
         return proto
 
@@ -230,8 +270,33 @@ class _DecodeJob:
             return self.n - self.started
 
 
-def _named(exc: BaseException, index: int, n: int) -> ApiError:
-    """An image's failure as the client sees it: its index when the request had several."""
+def _placed(exc: BaseException, index: int, n: int) -> ApiError:
+    """An image's failure, placed: its index when the request had several (one image needs no naming), and always
+    for a failure the preprocessor did not foresee."""
     if isinstance(exc, ApiError):
-        return type(exc)(f"images[{index}]: {exc.message}" if n > 1 else exc.message)
-    return BadInput(f"images[{index}]: could not be decoded ({type(exc).__name__}: {exc})")
+        return exc.at("images", index if n > 1 else None)
+    return BadInput(f"could not be decoded ({type(exc).__name__}: {exc})").at("images", index)
+
+
+def _position(index: Optional[int], positions: list[int]) -> Optional[int]:
+    """Where item `index` of a sub-list sits in the whole list. An error naming no item is about the only item of a
+    one-item sub-list, and about none in particular of a longer one."""
+    if index is not None:
+        return positions[index]
+    return positions[0] if len(positions) == 1 else None
+
+
+async def _all(*aws: Awaitable) -> list:
+    """Like gather, but a failure cancels the siblings, so their queued items are dropped."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+@dataclass(frozen=True)
+class MixedEmbeddings:
+    vectors: np.ndarray  # [N, D] float32, in the order of the items
+    prompt_tokens: int  # of the texts, as the model sees them (OpenAI's usage)

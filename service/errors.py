@@ -2,11 +2,15 @@
 
 Paths under /v1 (the OpenAI-compatible API) get OpenAI's shape instead, {"error": {"message", "type", "param",
 "code"}}, so OpenAI clients raise their usual exceptions; `code` carries our specific type.
+
+An error knows where in the request it lies as data (`field`, `index`), set where that is known; it is written
+into the message here, once: "images[3]: not valid base64" (ours), or the same with OpenAI's `param` = the field.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Self
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,11 +27,26 @@ class ApiError(Exception):
     status = 500
     type = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None):
+    def __init__(self, message: str, *, retry_after: float | None = None, field: str | None = None,
+                 index: int | None = None):
         super().__init__(message)
-        self.message = message
+        self.message = message  # what went wrong, without its place in the request
         self.retry_after = retry_after
-        self.param = param  # the offending request field, when one is to blame (OpenAI's `param`)
+        self.field = field  # the offending request field, when one is to blame (OpenAI's `param`)
+        self.index = index  # the offending item of that field (a list), when one item is to blame
+
+    def at(self, field: str, index: int | None = None) -> Self:
+        """This error, placed at `field` (item `index`); returns itself, for `raise exc.at(...)`."""
+        self.field, self.index = field, index
+        return self
+
+    @property
+    def located_message(self) -> str:
+        """The message as clients read it: prefixed with the item it concerns, when one does."""
+        return self.message if self.index is None else f"{self.field}[{self.index}]: {self.message}"
+
+    def __str__(self) -> str:  # logs and tracebacks read as the client does
+        return self.located_message
 
 
 class BadInput(ApiError):
@@ -120,8 +139,8 @@ def error_response(exc: ApiError, path: str = "") -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     if exc.status == 503:
         headers["Retry-After"] = str(max(1, round(exc.retry_after or 1)))
-    return JSONResponse(error_payload(path, exc.status, exc.type, exc.message, exc.param), status_code=exc.status,
-                        headers=headers)
+    return JSONResponse(error_payload(path, exc.status, exc.type, exc.located_message, exc.field),
+                        status_code=exc.status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -4,7 +4,8 @@ Only JPEG, PNG, WebP, GIF, BMP and TIFF are decoded; the pixel count is checked 
 decoding; decompression-bomb warnings are errors; large images are reduced by an integer factor before anything
 else (JPEG while decoding, others right after), so no full-size copy is ever widened; EXIF orientation is
 applied; transparency is composited on white; every mode becomes RGB; animations give their first frame.
-Preprocessing is the model's own open_clip transform (shortest-side bicubic resize, centre crop, mean/std).
+Preprocessing is the model's own open_clip eval transform (shortest-side bicubic resize, centre crop, mean/std),
+computed in PIL + numpy (models.preprocess.eval_pixels) for every backend, so serving needs no torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from models.preprocess import PreprocessConfig, eval_transform
+from models.preprocess import PreprocessConfig, eval_pixels
 from service.errors import BadInput, PayloadTooLarge, UnsupportedMedia
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -184,7 +185,6 @@ class ImagePreprocessor:
         self.pre, self.max_pixels = pre, max_pixels
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns (= errors, see above) past this; one cap per process
         self.reduce_for = min(pre.size) if reduced_jpeg_decode else None
-        self._transform: Callable = eval_transform(pre)
         self.jpeg_on_device: Callable[[Image.Image, bytes], np.ndarray | None] | None = None
         if jpeg_decode != "cpu":  # CLIP_JPEG_DECODE=cuda: nvJPEG, see service/jpeg_tensor.py
             from service.jpeg_tensor import JpegOnDevice
@@ -198,4 +198,4 @@ class ImagePreprocessor:
             if pixels is not None:
                 return pixels
         img = decode(data, self.max_pixels, self.reduce_for, img)
-        return self._transform(img).numpy().astype(np.float32, copy=False)  # [3, H, W]
+        return eval_pixels(img, self.pre)  # float32 [3, H, W]

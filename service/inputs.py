@@ -1,244 +1,190 @@
-"""Turning request bodies into lists of image bytes / texts / labels, for JSON and multipart alike."""
+"""Each route's whole input, parsed and checked before any model work: one function per route, one typed value
+back. JSON and multipart alike; image strings decoded (and image URLs fetched) here, label sets looked up and
+validated here, so a route goes parse -> one engine call -> answer.
+
+Limits are checked as early as the body allows: counts of JSON images before any is decoded, labels x templates
+before any prompt is built. Each parse notes the request's item count for the access log.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
-from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
-from service.errors import ApiError, BadInput, InvalidField, PayloadTooLarge, UnsupportedMedia
-from service.urls import ByteBudget
+from service.backends import Backend
+from service.bodies import (content_type, images_from_strings, int_field, is_url, read_json, read_multipart,
+                            single_field, validate)
+from service.errors import InvalidField, ModelNotFound, UnsupportedMedia
+from service.labelset_store import LabelSet, LabelSetStore, check_name, define
+from service.limits import check_count
+from service.request_scope import note_items, until_done_or_gone
+from service.schemas import (ClassifyRequest, EmbedImagesRequest, EmbedTextsRequest, LabelSetRequest,
+                             OpenAIEmbeddingsRequest)
+from service.settings import Settings
 
-_DATA_URI_HEAD = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[^;,]*)*)(;base64)?$")
-_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.isspace() (and re's \s) accepts in ASCII
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# how a lone surrogate can hide in UTF-8 JSON: a \ud800-\udfff escape, or its 3 raw bytes (json.loads decodes bytes
-# with "surrogatepass")
-_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-# Bodies above this are parsed (and their base64 decoded) in a thread, not on the event loop. Measured on 2 cores, a
-# 19 MB body stalled every other request (GET /healthz) on the loop by 229 ms (base64 images) and 136 ms (3.9 million
-# short strings); in a thread by 44 and 74 ms, the longest single call that holds the GIL (json.loads). Parsing
-# below this size takes well under a millisecond: not worth a thread hop.
-OFF_LOOP_BYTES = 64 * 1024
-_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # scheme: (base64 never holds ':'; data: is handled first)
-T = TypeVar("T")
-URLS_OFF = ("image URLs are off on this server; send the image bytes as base64, or ask the operator to set "
-            "CLIP_ALLOW_URLS=true with CLIP_URL_ALLOWED_HOSTS")
+MODEL_ALIASES = ("clip",)  # what tools configured for "a CLIP model" may send, besides the id and fingerprint
+_HTTP_URL = re.compile(r"^https?://\S+$", re.I)
+_JSON_OR_FORM = "use multipart/form-data or application/json"
 
 
-def is_url(s: str) -> bool:
-    """Strings that start with a URL scheme (other than data:) rather than carry an image."""
-    s = s.lstrip()
-    return s[:5].lower() != "data:" and bool(_URL_LIKE.match(s))
+@dataclass(frozen=True)
+class ImageInputs:
+    images: list[bytes]  # encoded image files, in request order
 
 
-def is_path(s: str) -> bool:
-    """Recognisably a local path. Not a leading '/' alone: base64 of a JPEG starts with '/9j/'. Paths are never
-    opened either way; one that looks like base64 just fails to decode as an image."""
-    return s.lstrip().startswith(("\\", "~", "./", "../"))
+@dataclass(frozen=True)
+class TextInputs:
+    texts: list[str]
 
 
-def decode_image_string(s: str, index: int) -> bytes:
-    """base64 or data: URI -> bytes. Non-image data URIs are 415; bad base64 is 400."""
-    s = s.strip()
-    if s.startswith("data:"):
-        head, comma, s = s.partition(",")  # the regex sees the short head only, never a 20 MB payload
-        m = _DATA_URI_HEAD.match(head)
-        if not m or not comma:
-            raise BadInput(f"images[{index}]: malformed data URI")
-        mime, is_b64 = (m.group(1) or "text/plain").lower(), bool(m.group(3))
-        if not mime.startswith("image/"):
-            raise UnsupportedMedia(f"images[{index}]: data URI of type {mime!r} is not an image")
-        if not is_b64:
-            raise BadInput(f"images[{index}]: data URI must be base64-encoded")
-    if is_path(s):
-        raise BadInput(f"images[{index}]: local paths are never read; send the image bytes as base64")
-    if is_url(s):
-        raise BadInput(f"images[{index}]: {URLS_OFF}")
-    return _b64decode(s, index)
+@dataclass(frozen=True)
+class ClassifyInputs:
+    images: list[bytes]
+    labelset: LabelSet  # the request's own labels and templates, or a stored set's
+    top_k: Optional[int]
 
 
-def _b64decode(s: str, index: int) -> bytes:
-    """Standard or URL-safe base64, padding optional, whitespace (MIME line breaks) ignored. bytes.translate
-    drops ASCII whitespace 12x faster than re.sub (12 vs 143 ms for 20 MB); other whitespace takes the slow way."""
-    try:
-        raw = s.encode("ascii").translate(None, _ASCII_SPACE)
-    except UnicodeEncodeError:
-        raw = re.sub(r"\s+", "", s).encode("utf-8", "surrogatepass")
-    if not raw:
-        raise BadInput(f"images[{index}]: not valid base64")
-    try:  # validate=True refuses any character outside the alphabet (after altchars are mapped to it)
-        altchars = b"-_" if (b"-" in raw or b"_" in raw) else None
-        return base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=altchars, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput(f"images[{index}]: not valid base64")
+@dataclass(frozen=True)
+class OpenAIEmbeddingsInputs:
+    items: list[Union[str, bytes]]  # `input` in order: texts as str, images as the bytes of their files
+    dimensions: Optional[int]
+    encoding_format: str
 
 
-async def images_from_strings(request: Request, strings: list[str]) -> list[bytes]:
-    """JSON image strings -> bytes: base64 and data URIs decoded here, https URLs fetched when the server allows
-    them (CLIP_ALLOW_URLS; service/urls.py checks every hop). Local paths and file: URLs are always refused."""
-    fetcher = getattr(request.app.state, "url_fetcher", None)
-    urls = {i: s.strip() for i, s in enumerate(strings) if is_url(s)}
-    if urls and fetcher is None:
-        raise BadInput(f"images[{min(urls)}]: {URLS_OFF}")
-    out = await _off_loop(sum(map(len, strings)), _decode_strings, strings, urls)
-    if urls:
-        # all of a request's downloads together may hold no more memory than its body could (CLIP_MAX_BODY_BYTES)
-        budget = ByteBudget(request.app.state.settings.max_body_bytes)
-
-        async def one(i: int, url: str) -> bytes:
-            try:
-                return await fetcher.fetch(url, budget)
-            except ApiError as exc:
-                raise type(exc)(f"images[{i}]: {exc.message}") from None
-
-        tasks = [asyncio.ensure_future(one(i, u)) for i, u in urls.items()]
-        try:
-            for i, data in zip(urls, await asyncio.gather(*tasks)):
-                out[i] = data
-        finally:
-            for t in tasks:  # one failed (or the client left): stop the other downloads too
-                t.cancel()
-    return out  # type: ignore[return-value]
+# --- our API ------------------------------------------------------------------------------------------------------
+async def parse_embed_images(request: Request, s: Settings) -> ImageInputs:
+    """POST /embed/image: multipart `file` parts, or JSON `images` (base64, data: URIs, URLs when allowed)."""
+    ctype = content_type(request)
+    if ctype == "multipart/form-data":
+        images = (await read_multipart(request, max_files=s.max_images_per_request, max_fields=0)).images
+    elif ctype in ("application/json", ""):
+        body = await read_json(request, EmbedImagesRequest)
+        check_count("images", len(body.images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
+        images = await _image_bytes(request, body.images)
+    else:
+        raise UnsupportedMedia(f"content type {ctype!r} not supported; {_JSON_OR_FORM}")
+    check_count("images", len(images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
+    note_items(request, len(images))
+    return ImageInputs(images)
 
 
-def _decode_strings(strings: list[str], skip: dict[int, str]) -> list[Optional[bytes]]:
-    return [None if i in skip else decode_image_string(s, i) for i, s in enumerate(strings)]
+async def parse_embed_texts(request: Request, s: Settings) -> TextInputs:
+    """POST /embed/text: JSON `texts`."""
+    if content_type(request) not in ("application/json", ""):
+        raise UnsupportedMedia("send application/json: {\"texts\": [...]}")
+    body = await read_json(request, EmbedTextsRequest)
+    check_count("texts", len(body.texts), s.max_texts_per_request, "CLIP_MAX_TEXTS_PER_REQUEST")
+    note_items(request, len(body.texts))
+    return TextInputs(body.texts)
 
 
-async def _off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) in a thread when `size` (bytes of input) is large, so other requests keep being served.
-
-    The thread still holds the GIL inside each C call (json.loads, pydantic, b64decode), so the loop can stall
-    for the longest single call, no longer for their sum (numbers in the README's Security section)."""
-    if size <= OFF_LOOP_BYTES:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
-
-
-@dataclass
-class ParsedForm:
-    """What a request carried, independent of its encoding."""
-
-    images: list[bytes] = field(default_factory=list)
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-def content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
-    """Parse and validate a JSON body; malformed JSON is 400, wrong fields/types are 422. Large bodies are parsed
-    in a thread (OFF_LOOP_BYTES)."""
-    body = await request.body()
-    return await _off_loop(len(body), parse_json, body, model)
+async def parse_classify(request: Request, s: Settings, store: LabelSetStore) -> ClassifyInputs:
+    """POST /classify: images as for /embed/image (or JSON `image`), and `labels` + `templates` or a stored
+    `labelset`. The images are checked first, then the labels."""
+    ctype = content_type(request)
+    if ctype == "multipart/form-data":
+        form = await read_multipart(request, max_files=s.max_images_per_request, max_fields=s.max_labels + 200)
+        templates = form.fields.get("templates")
+        body = validate(ClassifyRequest, dict(
+            labels=form.fields.get("labels"), labelset=single_field(form.fields, "labelset"),
+            templates=templates[0] if templates and len(templates) == 1 and "{}" not in templates[0] else templates,
+            top_k=int_field(form.fields, "top_k")))
+        images = form.images
+    elif ctype in ("application/json", ""):
+        body = await read_json(request, ClassifyRequest)
+        if body.images is not None and body.image is not None:
+            raise InvalidField("give either `images` or `image`, not both")
+        strings = body.images if body.images is not None else ([body.image] if body.image is not None else [])
+        check_count("images", len(strings), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
+        images = await _image_bytes(request, strings)
+    else:
+        raise UnsupportedMedia(f"content type {ctype!r} not supported; {_JSON_OR_FORM}")
+    check_count("images", len(images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
+    note_items(request, len(images))
+    return ClassifyInputs(images, _classify_labelset(body, s, store), body.top_k)
 
 
-def parse_json(body: bytes, model: type[BaseModel]) -> BaseModel:
-    """JSON bytes -> a validated request model. Every way JSON can fail Python is a 400, decided here before any
-    model work: too deep nesting (RecursionError), numbers over Python's 4,300-digit int limit (ValueError),
-    invalid UTF-8, and lone UTF-16 surrogates ("\\ud800"), which are not text and cannot be UTF-8 encoded."""
-    try:
-        data = json.loads(body)
-    except RecursionError:
-        raise BadInput("body nests too deeply: this server parses JSON up to about 900 levels")
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
-        reason = "a number has too many digits" if "integer string conversion" in str(exc) else str(exc)[:200]
-        raise BadInput(f"body is not valid JSON: {reason}")
-    if _SURROGATE_BYTES.search(body) or json.detect_encoding(body) != "utf-8":  # else none can be there
-        reject_surrogates(data)
-    return validate(model, data)
+def _classify_labelset(body: ClassifyRequest, s: Settings, store: LabelSetStore) -> LabelSet:
+    if body.labelset is not None:
+        if body.labels is not None:
+            raise InvalidField("give either `labels` or `labelset`, not both")
+        stored = store.require(body.labelset)
+        return LabelSet(stored.labels, stored.templates)
+    if body.labels is None:
+        raise InvalidField("labels: required (or name a stored `labelset`)", field="labels")
+    return define(body.labels, body.templates, s)
 
 
-def reject_surrogates(data: Any) -> None:
-    """400 naming the first string (or key) holding a lone surrogate. Iterative: JSON may nest ~900 deep."""
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
-                raise BadInput(f"{path or 'body'}: not valid Unicode text (it holds a lone UTF-16 surrogate such "
-                               f"as \\ud800); send UTF-8 text", param=_top_field(path))
-        elif isinstance(value, dict):
-            for key in value:
-                if _SURROGATE.search(key):
-                    raise BadInput(f"{path or 'body'}: a key is not valid Unicode text (a lone UTF-16 surrogate)",
-                                   param=_top_field(path))
-            stack.extend((f"{path}.{k}" if path else k, v) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+def parse_labelset_name(name: str) -> str:
+    """PUT /labelsets/{name}'s name: 1-64 letters, digits, '_', '.', '-' (checked before anything else)."""
+    return check_name(name)
 
 
-def _top_field(path: str) -> Optional[str]:
-    return re.split(r"[.\[]", path, maxsplit=1)[0] or None
+async def parse_labelset(request: Request, s: Settings) -> LabelSet:
+    """PUT /labelsets/{name}'s body: JSON `labels` and `templates`, checked as /classify's."""
+    body = await read_json(request, LabelSetRequest)
+    return define(body.labels, body.templates, s)
 
 
-def validate(model: type[BaseModel], data: Any) -> BaseModel:
-    """Validate parsed fields (JSON or form parts) against a request model; wrong fields/types are 422."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidField(_pydantic_message(exc))
+async def _image_bytes(request: Request, strings: list[str], field: str = "images",
+                       positions: Optional[Sequence[int]] = None) -> list[bytes]:
+    """Image strings -> bytes; URL downloads (CLIP_ALLOW_URLS) stop as soon as the client leaves."""
+    work = images_from_strings(request, strings, field, positions)
+    return await (until_done_or_gone(request, work) if any(map(is_url, strings)) else work)
 
 
-def _pydantic_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{loc}: {err.get('msg')}")
-    return "; ".join(parts)
+# --- OpenAI's API -------------------------------------------------------------------------------------------------
+async def parse_openai_embeddings(request: Request, s: Settings, backend: Backend) -> OpenAIEmbeddingsInputs:
+    """POST /v1/embeddings: `input` strings are texts, except data: URIs (and https URLs when the server fetches
+    them), which are images; `model` must name the served model; `dimensions` at most the model's. An error about
+    one item names its place in `input` (`param` "input")."""
+    if content_type(request) not in ("application/json", ""):
+        raise UnsupportedMedia("send application/json: {\"model\": \"clip\", \"input\": [...]}")
+    body = await read_json(request, OpenAIEmbeddingsRequest)
+    check_model(body.model, backend)
+    if body.dimensions is not None and body.dimensions > backend.embed_dim:
+        raise InvalidField(f"dimensions: {body.dimensions} is more than the model's {backend.embed_dim}",
+                           field="dimensions")
+    items: list[Union[str, bytes]] = list(_input_strings(body.input))
+    if not items:
+        raise InvalidField("input: give at least one string", field="input")
+    note_items(request, len(items))
+    urls_allowed = getattr(request.app.state, "url_fetcher", None) is not None  # CLIP_ALLOW_URLS
+    image_pos = [i for i, x in enumerate(items) if is_image(x, urls_allowed)]  # type: ignore[arg-type]
+    n_texts = len(items) - len(image_pos)
+    if n_texts:
+        check_count("texts", n_texts, s.max_texts_per_request, "CLIP_MAX_TEXTS_PER_REQUEST")
+    if image_pos:
+        check_count("images", len(image_pos), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
+        images = await _image_bytes(request, [items[i] for i in image_pos], "input", image_pos)  # type: ignore[misc]
+        for i, data in zip(image_pos, images):
+            items[i] = data
+    return OpenAIEmbeddingsInputs(items, body.dimensions, body.encoding_format)
 
 
-async def read_multipart(request: Request, max_files: int, max_fields: int) -> ParsedForm:
-    """multipart/form-data: parts named `file` are images; other parts are fields (repeatable)."""
-    try:
-        form = await request.form(max_files=max_files + 1, max_fields=max_fields + 16)
-    except (ApiError, ClientDisconnect):  # BodyLimit's 413 while the body streams in, or the client left: as is
-        raise
-    except Exception as exc:  # python-multipart raises several types for malformed bodies
-        msg = str(exc)
-        if "Too many" in msg:
-            raise PayloadTooLarge(f"too many parts in the form: {msg}")
-        raise BadInput(f"malformed multipart body: {msg}")
-    parsed = ParsedForm()
-    try:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key not in ("file", "files", "image", "images"):
-                    raise InvalidField(f"unexpected file part {key!r}; name image parts 'file'")
-                parsed.images.append(await value.read())
-            else:  # a part's charset (e.g. unicode_escape) can decode to lone surrogates: refuse those
-                if _SURROGATE.search(key) or _SURROGATE.search(value):
-                    raise BadInput(f"form field {key!r}: not valid Unicode text (a lone UTF-16 surrogate)")
-                parsed.fields.setdefault(key, []).append(value)
-    finally:
-        await form.close()
-    return parsed
+def check_model(requested: str, backend: Backend) -> None:
+    """The request's `model` must name what this server serves: its id, its fingerprint, or an alias."""
+    if requested in (backend.model_id, backend.fingerprint, *MODEL_ALIASES):
+        return
+    raise ModelNotFound(f"The model `{requested}` does not exist on this server. It serves `{backend.model_id}` "
+                        f"(fingerprint {backend.fingerprint}); send that, the fingerprint, or `clip`.", field="model")
 
 
-def single_field(fields: dict[str, list[str]], name: str) -> Optional[str]:
-    values = fields.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise InvalidField(f"field {name!r} given {len(values)} times; give it once")
-    return values[0]
+def _input_strings(value: object) -> list[str]:
+    """The request's `input` as a list of strings; token arrays are refused with the reason."""
+    items = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    if any(not isinstance(x, str) for x in items):
+        raise InvalidField("input: token arrays are not supported (this server tokenises with the model's own "
+                           "tokenizer); send strings. LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)",
+                           field="input")
+    return items
 
 
-def int_field(fields: dict[str, list[str]], name: str) -> Optional[int]:
-    v = single_field(fields, name)
-    if v is None:
-        return None
-    try:
-        return int(v)
-    except ValueError:
-        raise InvalidField(f"{name}: must be an integer, got {v[:40]!r}{'...' if len(v) > 40 else ''}")
+def is_image(item: str, urls_allowed: bool) -> bool:
+    """data: URIs go to the image tower (a non-image data URI is refused with 415, not embedded as text); so do
+    single http(s) URLs when the server fetches image URLs. Everything else is text."""
+    item = item.strip()
+    return item[:5].lower() == "data:" or (urls_allowed and bool(_HTTP_URL.match(item)))

@@ -1,4 +1,9 @@
-"""Named label sets and their limits (CLIP_MAX_LABELSETS sets, CLIP_LABELSET_CACHE_MB bytes of text).
+"""Label sets: what makes labels and templates valid, and the named sets kept by PUT /labelsets/{name} with their
+limits (CLIP_MAX_LABELSETS sets, CLIP_LABELSET_CACHE_MB bytes of text).
+
+A label set given inline (/classify's `labels` and `templates`) is checked the same way as one to be stored:
+`define` checks its labels, its templates and the prompt cap before any model work; `check_name` a stored set's
+name.
 
 A PUT computes its classifier between the limit check and the insert, and other PUTs run meanwhile. So the
 room is reserved before the computation (`with store.reserve(...)`) and given back if the PUT fails or its
@@ -9,12 +14,58 @@ charge stays within the limits, and a commit, release or delete never raises the
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
-from service.errors import PayloadTooLarge
+from service.errors import InvalidField, NotFound, PayloadTooLarge
+from service.limits import check_count
+from service.settings import Settings
+from service.templates import check_prompt_count, resolve_templates
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Labels and the templates their prompts are made with, valid (see `define`)."""
+
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    @property
+    def text_bytes(self) -> int:
+        return sum(len(x.encode()) for x in (*self.labels, *self.templates))
+
+
+def define(labels: list[str], templates: Optional[Union[str, list[str]]], s: Settings) -> LabelSet:
+    """A request's labels and templates, checked before any model work: at most CLIP_MAX_LABELS labels, valid
+    templates (service/templates.py), and labels x templates within CLIP_MAX_PROMPTS (413 before any prompt is
+    built)."""
+    cleaned = clean_labels(labels, s.max_labels)
+    resolved = resolve_templates(templates, s.max_templates)
+    check_prompt_count(len(cleaned), len(resolved), s.max_prompts)
+    return LabelSet(cleaned, resolved)
+
+
+def clean_labels(labels: list[str], max_labels: int) -> tuple[str, ...]:
+    """Labels as given (order kept); empty ones and duplicates are errors, long ones are cut later (the prompts)."""
+    check_count("labels", len(labels), max_labels, "CLIP_MAX_LABELS")
+    stripped = [label.strip() for label in labels]
+    if any(not label for label in stripped):
+        raise InvalidField("labels: every label must be a non-empty string", field="labels")
+    if len(set(stripped)) != len(stripped):
+        dup = next(label for label in stripped if stripped.count(label) > 1)
+        raise InvalidField(f"labels: {dup[:80]!r} appears more than once", field="labels")
+    return tuple(stripped)
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise InvalidField("name: 1-64 characters from letters, digits, '_', '.', '-'", field="name")
+    return name
 
 
 @dataclass(frozen=True)
@@ -22,11 +73,11 @@ class StoredLabelSet:
     name: str
     labels: tuple[str, ...]
     templates: tuple[str, ...]
-    fingerprint: str
+    fingerprint: str  # of the model whose prompt embeddings made its classifier
 
     @property
     def text_bytes(self) -> int:
-        return sum(len(x.encode()) for x in (*self.labels, *self.templates))
+        return LabelSet(self.labels, self.templates).text_bytes
 
     def info(self) -> dict:
         return {"name": self.name, "labels": list(self.labels), "templates": list(self.templates),
@@ -54,6 +105,13 @@ class LabelSetStore:
 
     def get(self, name: str) -> Optional[StoredLabelSet]:
         return self._sets.get(name)
+
+    def require(self, name: str) -> StoredLabelSet:
+        """The set named `name`, or a 404 that says how to create it."""
+        found = self._sets.get(name)
+        if found is None:
+            raise NotFound(f"no label set named {name!r}; create it with PUT /labelsets/{name}")
+        return found
 
     def values(self) -> list[StoredLabelSet]:
         return list(self._sets.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,6 +86,23 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- OpenAPI: the error answers every API route may give, and the bodies our routes parse themselves ----------
+ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": d}
+    for code, d in {400: "undecodable input", 401: "missing or wrong API key", 413: "too large",
+                    415: "unsupported media type", 422: "invalid fields",
+                    503: "overloaded, not ready or shutting down (see Retry-After)"}.items()
+}
+
+
+def body_doc(json_schema_ref: str, multipart: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """openapi_extra describing a JSON body and, optionally, its multipart/form-data twin."""
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema_ref}"}}}
+    if multipart:
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": multipart}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 # --- OpenAI-compatible API (/v1) ---------------------------------------------------------------------------

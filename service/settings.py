@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.factory import DEFAULT_MODEL
+from models import DEFAULT_MODEL  # the package, not models.factory: settings load no torch or open_clip
 
 
 class Settings(BaseSettings):
@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     # --- runtime -------------------------------------------------------------------------------------------
     backend: Literal["torch", "onnx", "tensorrt"] = Field("torch", description="inference engine")
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto = cuda when available")
-    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 needs CUDA (torch) or an fp16 export")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="fp16 needs CUDA (torch) or an fp16 "
+                                                                           "export; int8 needs an int8 export (CPU)")
     threads: int = Field(0, ge=0, description="CPU inference threads (0 = all cores)")
     preprocess_workers: int = Field(0, ge=0, description="image decode/resize threads (0 = cores, min 2)")
 
@@ -111,6 +112,9 @@ class Settings(BaseSettings):
         if self.backend in ("onnx", "tensorrt") and not self.export_dir:
             raise ValueError(f"CLIP_BACKEND={self.backend} needs CLIP_EXPORT_DIR (an export directory made by "
                              f"`python -m export onnx ...`)")
+        if self.precision == "int8" and self.backend != "onnx":
+            raise ValueError("CLIP_PRECISION=int8 runs an int8 export on ONNX Runtime: set CLIP_BACKEND=onnx and "
+                             "CLIP_EXPORT_DIR to a `python -m export onnx --precision int8` directory")
         if self.pretrained and self.checkpoint:
             raise ValueError("set CLIP_PRETRAINED or CLIP_CHECKPOINT, not both")
         if self.jpeg_decode == "cuda" and self.device == "cpu":
@@ -121,8 +125,19 @@ class Settings(BaseSettings):
         return self
 
     def resolved_device(self) -> str:
+        """cpu or cuda. "auto" asks the backend's own runtime, so an onnx or tensorrt server never imports torch:
+        onnx -> cuda when this onnxruntime build has the CUDA provider and the driver sees a GPU; tensorrt -> cuda
+        (it runs nowhere else); torch -> cuda when torch sees a device."""
         if self.device != "auto":
             return self.device
+        if self.backend == "tensorrt":
+            return "cuda"
+        if self.backend == "onnx":
+            from export.runtime.deps import require_onnxruntime
+            from export.runtime.gpu_libs import cuda_device_count
+
+            has_cuda_ep = "CUDAExecutionProvider" in require_onnxruntime().get_available_providers()
+            return "cuda" if has_cuda_ep and cuda_device_count() > 0 else "cpu"
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"

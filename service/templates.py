@@ -1,21 +1,16 @@
-"""Prompt templates: built-in sets, validation of user-supplied ones, and prompts built within limits."""
+"""Prompt templates in requests: validation of the templates a request gives (or names), the prompt cap, and
+prompts cut to what can reach the model. The template sets and how a template is filled are models/prompts.py."""
 
 from __future__ import annotations
 
 import re
 from typing import Optional, Union
 
-from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
+from models.prompts import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from service.backends.base import CHARS_PER_TOKEN
 from service.errors import InvalidField, PayloadTooLarge
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
-BUILT_IN: dict[str, tuple[str, ...]] = {  # open_clip ships the paper's 80 ImageNet templates as lambdas
-    "openai_imagenet": tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES),
-    "simple": tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES),
-    "default": DEFAULT_TEMPLATES,
-}
+BUILT_IN = TEMPLATE_SETS  # what `templates` may name: openai_imagenet, simple, default
 
 
 def resolve_templates(templates: Optional[Union[str, list[str]]], max_templates: int) -> tuple[str, ...]:
@@ -81,9 +76,10 @@ def _pieces(template: str, limit: int) -> list[str]:
     return [piece[:limit] for piece in template.split("{}", limit)]
 
 
-def fill(pieces: list[str], label: str, limit: int) -> str:
-    """template.replace("{}", label)[:limit] for a non-empty label, without building the longer string: 1,000
-    labels of 5,000 characters in 80 templates made 400 MB of prompts that the tokenizer then cut to `limit`."""
+def fill_cut(pieces: list[str], label: str, limit: int) -> str:
+    """models.prompts.fill(template, label)[:limit] for a non-empty label, without building the longer string:
+    1,000 labels of 5,000 characters in 80 templates made 400 MB of prompts that the tokenizer then cut to `limit`
+    (tests/service/test_prompt_limits.py checks that both give the same prompts)."""
     parts, size = [], 0
     for i, piece in enumerate(pieces):
         for text in ((label, piece) if i else (piece,)):
@@ -98,6 +94,6 @@ def prompts_for(labels: tuple[str, ...], templates: tuple[str, ...], limit: int)
     """Label-major prompts [l0t0, l0t1, ..., l1t0, ...], whitespace runs squeezed and each cut to its first `limit`
     characters (what can reach the model, see reachable_chars), so their memory is bounded by labels x templates x
     limit whatever the input (each label is squeezed once, then cut).
-    Labels are non-empty (the routes check). replace(), not format(): labels may hold braces."""
+    Labels are non-empty (service/labelset_store.py checks), so the cut fill equals models.prompts.fill, cut."""
     cut = [_pieces(squeeze(t), limit) for t in templates]
-    return [fill(pieces, label, limit) for label in (squeeze(raw)[:limit] for raw in labels) for pieces in cut]
+    return [fill_cut(pieces, label, limit) for label in (squeeze(raw)[:limit] for raw in labels) for pieces in cut]

@@ -8,7 +8,7 @@ exactly the address that was checked (the resolution happens inside the connect 
 changes between check and connect (DNS rebinding) cannot point it elsewhere; TLS still verifies the host name.
 One deadline covers the whole fetch, redirects and body included (CLIP_URL_TIMEOUT_S), so a slow-drip body
 is cut off; the body is counted while it streams (CLIP_URL_MAX_BYTES, and the request's total budget).
-No proxy from the environment is used. Local paths and file: URLs never get here (service/inputs.py).
+No proxy from the environment is used. Local paths and file: URLs never get here (service/bodies.py).
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ Docker cannot hand each replica of one scaled service a different GPU, so each G
 published port and a network alias changed. Every replica answers to the name `clip`: nginx
 (deploy/compose/nginx.conf) balances over them and Prometheus (deploy/prometheus/prometheus.yml) finds and
 scrapes each one through the same name. Prometheus and Grafana come from docker-compose.yml unchanged.
-The replicas share the `clip-cache` volume. With CLIP_BACKEND=tensorrt (or onnx with ONNX Runtime's TensorRT
-provider) they all start at once: engines are built under a lock in the export's cache directory and written
-whole (export/cache_files.py), so the first replica builds them, the others wait and load the finished files.
-Keep the GPUs of one model: engines are keyed by GPU model, so replicas on different models would rebuild them
-in turn on every start.
+The replicas share the `clip-cache` volume. With CLIP_BACKEND=tensorrt the one-off `engines` service of
+docker-compose.yml builds the engines once, on the first GPU listed (`python -m export tensorrt --reuse`: kept on
+later starts), and every replica starts only once it has exited 0; serving never builds engines. Keep the GPUs of
+one model: a TensorRT engine runs only on the GPU model that built it. (With CLIP_BACKEND=onnx, ONNX Runtime's own
+TensorRT provider builds its engines at start, under a lock in the export's cache directory: the first replica
+builds, the others wait and load them.)
 Write the output at the repository root: the paths inside it are relative to that.
 """
 
@@ -60,12 +61,19 @@ def parse_gpus(spec: str | None) -> list[str]:
     return ids
 
 
-def replica(base: dict, gpu: str) -> dict:
-    """The base `clip` service pinned to one GPU, reachable as `clip` on the compose network, unpublished."""
+def pinned(base: dict, gpu: str) -> dict:
+    """A copy of a service of docker-compose.yml that reserves one given GPU."""
     svc = copy.deepcopy(base)
-    svc.pop("ports", None)  # clients go through the load balancer
     svc["deploy"]["resources"]["reservations"]["devices"] = [
         {"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
+    return svc
+
+
+def replica(base: dict, gpu: str) -> dict:
+    """The base `clip` service pinned to one GPU, reachable as `clip` on the compose network, unpublished; like it,
+    it starts after the `engines` step."""
+    svc = pinned(base, gpu)
+    svc.pop("ports", None)  # clients go through the load balancer
     svc["networks"] = {"default": {"aliases": ["clip"]}}
     return svc
 
@@ -74,7 +82,8 @@ def build(gpus: list[str], base_file: Path = BASE) -> dict:
     """The compose model for `gpus`, as a dict ready for YAML."""
     base = yaml.safe_load(base_file.read_text())
     clip = base["services"]["clip"]
-    services: dict = {f"clip-gpu{i}": replica(clip, gpu) for i, gpu in enumerate(gpus)}
+    services: dict = {"engines": pinned(base["services"]["engines"], gpus[0])}  # one build for every replica
+    services.update({f"clip-gpu{i}": replica(clip, gpu) for i, gpu in enumerate(gpus)})
     services["lb"] = {
         "image": NGINX_IMAGE,
         "volumes": ["./deploy/compose/nginx.conf:/etc/nginx/conf.d/default.conf:ro"],

@@ -28,9 +28,25 @@ def require_tensorrt() -> ModuleType:
             f"(and an NVIDIA GPU with a matching driver).") from e
 
 
+def require_cudart() -> ModuleType:
+    """NVIDIA's CUDA runtime bindings (cuda-python), which the TensorRT runner allocates buffers and streams with,
+    so serving TensorRT engines needs no torch."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-bindings >= 12.6, then older cuda-python
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:
+            error = e
+    raise MissingDependencyError(
+        f"cuda-python is not installed ({error}); the tensorrt backend needs the `gpu` extra: {GPU_EXTRA}.")
+
+
 def require_cuda_torch() -> ModuleType:
-    """torch with a usable CUDA device (TensorRT buffers and streams are torch tensors and streams)."""
-    import torch
+    """torch with a usable CUDA device (eager PyTorch references for TensorRT builds and GPU checks)."""
+    try:
+        import torch
+    except ImportError as e:
+        raise MissingDependencyError(f"torch is not installed ({e}); building and checking TensorRT engines needs "
+                                     f"the `torch` extra (pip install 'clip-serve[gpu]' brings it).") from e
 
     if not torch.cuda.is_available():
         raise MissingDependencyError(

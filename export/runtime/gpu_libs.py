@@ -121,6 +121,19 @@ def driver_present() -> bool:
     return True
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the driver sees (0 without a driver or a device), asked through the driver API itself, so
+    "is there a GPU" needs neither torch nor a CUDA runtime library."""
+    try:
+        driver = ctypes.CDLL(DRIVER)
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:  # 0 is CUDA_SUCCESS
+        return 0
+    return count.value
+
+
 def libraries_present(provider: str, cuda_major: str | None) -> tuple[str, str]:
     """Without a driver ORT cannot even open its CUDA provider library (it links libcuda.so.1), so check what
     else the provider links instead: ("present" | "missing", what). torch must be imported first (it loads its

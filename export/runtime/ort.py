@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions, one per tower: provider choice, thread settings on CPU, I/O binding on GPU.
+"""ONNX Runtime behind the towers interface: one session per tower, provider choice, CPU threads, I/O binding on GPU.
 
 On device="cuda" the providers are TensorRT EP -> CUDA EP -> CPU, each only if this onnxruntime build has it and
 (TensorRT EP) TensorRT's libraries load (export/runtime/gpu_libs.py). A provider chosen that way must then start:
@@ -18,7 +18,8 @@ import numpy as np
 
 from export.cache_files import exclusive_lock
 from export.errors import GPU_EXTRA, ExportError
-from export.manifest import GraphSpec
+from export.manifest import GraphSpec, Manifest
+from export.runtime.base import Encoders
 from export.runtime.deps import require_onnxruntime
 from export.runtime.gpu_libs import preload_tensorrt
 
@@ -170,3 +171,16 @@ def _log_choice(path: Path, device: str, wanted: list[str], providers: list[str]
     degraded = device == "cuda" and providers[0] == CPU_EP
     log.log(logging.WARNING if degraded else logging.INFO, "onnxruntime %s: running on %s (%s)", path.name,
             providers, why)
+
+
+def onnx_encoders(root: Path, manifest: Manifest, device: str = "cpu", threads: int = 0, cache: Path | None = None,
+                  max_batch: int = 256, only: Sequence[str] | None = None) -> Encoders:
+    """The two ONNX graphs of an export directory on ONNX Runtime. cache: where the TensorRT execution provider keeps
+    the engines ONNX Runtime builds itself (default <root>/cache); `only`: restrict the providers (plus CPU)."""
+    if manifest.kind != "onnx":
+        raise ExportError(f"{root} holds TensorRT engines, not ONNX graphs: load it with backend='tensorrt', "
+                          f"or point at the ONNX export it was built from.")
+    cache = cache or root / "cache"
+    towers = [OrtTower(root / spec.file, spec, device, threads, manifest.precision, cache, max_batch, only)
+              for spec in (manifest.image, manifest.text)]
+    return Encoders(manifest, root, *towers, device=device)

@@ -9,8 +9,15 @@ from service.settings import Settings
 def load_backend(settings: Settings) -> Backend:
     """Build the backend the settings ask for (this is where the model is loaded)."""
     if settings.backend == "torch":
-        from service.backends.torch_backend import TorchBackend
+        try:
+            from service.backends.torch_backend import TorchBackend
+        except ImportError as e:  # a lean install (`pip install '.[onnx]'`): no PyTorch or open_clip
+            from export.errors import TORCH_EXTRA, MissingDependencyError
 
+            raise MissingDependencyError(
+                f"CLIP_BACKEND=torch needs PyTorch and open_clip, which this install lacks ({e}): {TORCH_EXTRA}; or "
+                f"serve an export without them: CLIP_BACKEND=onnx CLIP_EXPORT_DIR=<python -m export onnx ... --out "
+                f"directory>") from e
         return TorchBackend(settings)
     from service.backends.export_backend import ExportBackend
 

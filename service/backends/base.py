@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from abc import ABC, abstractmethod
-from typing import Any, Callable
+from abc import ABC
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer, exact_equivalent
+
+if TYPE_CHECKING:
+    from export.runtime.base import Towers
 
 CHARS_PER_TOKEN = 16  # text beyond context_length x this many characters rarely reaches the context window
 MAX_RUN = 100  # CLIP's BPE is quadratic in the length of one word: a 30,000-letter "word" takes ~20 s alone
@@ -22,7 +25,10 @@ _EXACT_LOCK = threading.Lock()
 
 def exact_tokenizer(tokenizer: Any) -> ClipTokenizer | None:
     """open_clip's SimpleTokenizer (the bundled model's, ViT-B-32's, ...) reproduced with bounded work per text
-    (models/tokenizer.py), built once per tokenizer; None for other tokenizers, which keep clip_text's cut."""
+    (models/tokenizer.py), built once per tokenizer; None for other tokenizers, which keep clip_text's cut. An
+    export's own ClipTokenizer (read from its vocabulary file) is that already."""
+    if isinstance(tokenizer, ClipTokenizer):
+        return tokenizer
     with _EXACT_LOCK:
         try:
             return _EXACT[tokenizer]
@@ -42,7 +48,7 @@ def clip_text(text: str, context_length: int) -> str:
 
 
 class Backend(ABC):
-    """Encoders plus everything needed to feed them and to label their output."""
+    """Encoders (a towers runtime, export/runtime) plus everything needed to feed them and to label their output."""
 
     name: str  # "torch" | "onnx" | "tensorrt"
     device: str  # "cpu" | "cuda"
@@ -54,15 +60,21 @@ class Backend(ABC):
     logit_scale: float
     preprocess: PreprocessConfig
     tokenizer: Callable[..., Any]  # list[str] -> int64 [B, context_length]
-    max_batch: int | None = None  # a hard limit of the engine (TensorRT profile), if any
+    towers: "Towers"  # what encodes: eager torch, ONNX Runtime or TensorRT (export.runtime.base.Towers)
 
-    @abstractmethod
+    @property
+    def max_batch(self) -> int | None:
+        """A hard limit of the engine (TensorRT profile), if any."""
+        towers = getattr(self, "towers", None)
+        return towers.max_batch if towers is not None else None
+
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """float32 [B, 3, H, W] -> L2-normalised float32 [B, D]."""
+        return self.towers.encode_image(pixels)
 
-    @abstractmethod
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """int64 [B, context_length] -> L2-normalised float32 [B, D]."""
+        return self.towers.encode_text(tokens)
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Texts -> int64 [B, context_length]; over-long texts are truncated, never an error."""

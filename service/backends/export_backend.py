@@ -1,10 +1,9 @@
-"""ONNX Runtime or TensorRT, loaded from an export directory's manifest alone (no source model needed)."""
+"""ONNX Runtime or TensorRT, loaded from an export directory's manifest alone: no source model, no torch, no open_clip
+(when the export carries its tokenizer vocabulary, as every export made by this version does)."""
 
 from __future__ import annotations
 
 import logging
-
-import numpy as np
 
 from service.backends.base import Backend
 from service.settings import Settings
@@ -14,27 +13,43 @@ log = logging.getLogger("service.backends.export")
 
 class ExportBackend(Backend):
     def __init__(self, settings: Settings):
+        from export.manifest import read_manifest
         from export.runtime import load_encoders
 
         self.name = settings.backend
-        self.device = settings.resolved_device()
-        self.encoders = load_encoders(settings.export_dir, backend=settings.backend, device=self.device,
-                                      threads=settings.threads,
-                                      max_batch=max(settings.image_max_batch, settings.text_max_batch))
+        precision = read_manifest(settings.export_dir, verify=False).precision  # load_encoders verifies the files
+        self.device = _device(settings, precision)
+        self.towers = self.encoders = load_encoders(
+            settings.export_dir, backend=settings.backend, device=self.device, threads=settings.threads,
+            max_batch=max(settings.image_max_batch, settings.text_max_batch))
         m = self.encoders.manifest
         self.precision = m.precision
-        if settings.precision != m.precision:
-            log.warning("CLIP_PRECISION=%s ignored: the export in %s is %s", settings.precision,
-                        settings.export_dir, m.precision)
+        _check_precision(settings, m.precision)
         self.model_id, self.fingerprint, self.embed_dim = m.model_id, m.fingerprint, m.embed_dim
         self.context_length, self.logit_scale = m.context_length, float(m.logit_scale)
         self.preprocess = m.preprocess_config
         self.tokenizer = self.encoders.tokenizer()
-        self.max_batch = self.encoders.max_batch
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
 
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        return self.encoders.encode_image(pixels)
 
-    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self.encoders.encode_text(tokens)
+def _device(settings: Settings, precision: str) -> str:
+    """int8 exports run on the CPU: ONNX Runtime's GPU providers have no kernels for their quantized MatMuls."""
+    if precision != "int8":
+        return settings.resolved_device()
+    if settings.device == "cuda" or settings.backend == "tensorrt":
+        raise ValueError(f"{settings.export_dir} is an int8 export, which runs on CPU only: set CLIP_BACKEND=onnx "
+                         f"CLIP_DEVICE=cpu, or export fp16 for a GPU (python -m export onnx --precision fp16)")
+    return "cpu"  # CLIP_DEVICE=auto included: a GPU would not speed these graphs up
+
+
+def _check_precision(settings: Settings, precision: str) -> None:
+    """CLIP_PRECISION=int8 must get an int8 export; other mismatches keep the export's precision with a warning."""
+    if settings.precision == precision:
+        return
+    if settings.precision == "int8":
+        raise ValueError(f"CLIP_PRECISION=int8 but {settings.export_dir} is a {precision} export; make an int8 one "
+                         f"with `python -m export onnx --precision int8 ...` (or `make export PRECISION=int8`) and "
+                         f"point CLIP_EXPORT_DIR at it")
+    if "precision" in settings.model_fields_set:
+        log.warning("CLIP_PRECISION=%s ignored: the export in %s is %s", settings.precision, settings.export_dir,
+                    precision)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.routes.common import lifecycle, settings
+from service.request_scope import lifecycle, settings
 from service.schemas import InfoResponse
 from service.templates import BUILT_IN
 

@@ -4,6 +4,7 @@ specification's JSON schema (check-jsonschema's vendored copy, offline), and con
 from __future__ import annotations
 
 import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,8 +84,9 @@ def test_cpu_file_is_the_gpu_server_without_the_gpu():
     cpu = load_yaml(COMPOSE_CPU)["services"]["clip"]
     assert cpu["build"]["target"] == "cpu" and cpu["environment"]["CLIP_DEVICE"] == "cpu"
     assert "deploy" not in cpu, "a CPU host has no NVIDIA runtime: no device reservation"
-    device_keys = {"CLIP_DEVICE", "CLIP_PRECISION"}
-    strip = lambda s: {**{k: v for k, v in s.items() if k not in ("build", "image", "deploy", "environment")},
+    device_keys = {"CLIP_DEVICE", "CLIP_PRECISION", "CLIP_BACKEND", "CLIP_EXPORT_DIR"}  # the lean image serves onnx
+    strip = lambda s: {**{k: v for k, v in s.items() if k not in ("build", "image", "deploy", "environment",
+                                                                  "depends_on")},
                        "environment": {k: v for k, v in s["environment"].items() if k not in device_keys}}
     assert strip(cpu) == strip(gpu), "keep docker-compose.cpu.yml's server in step with docker-compose.yml"
     cpu_compose = load_yaml(COMPOSE_CPU)
@@ -100,6 +102,39 @@ def test_bind_mounted_files_exist(path):
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"{path.name}: {name} mounts missing {source}"
+
+
+def test_cpu_server_is_the_lean_image_and_serves_the_export_its_one_off_step_makes():
+    """The lean image has no PyTorch: it serves an ONNX export, made first by the full image's one-off step."""
+    compose = load_yaml(COMPOSE_CPU)
+    clip, export = compose["services"]["clip"], compose["services"]["export"]
+    assert clip["environment"]["CLIP_BACKEND"] == "onnx"
+    assert clip["depends_on"] == {"export": {"condition": "service_completed_successfully"}}
+    assert export["build"]["target"] == "cpu-full" and export.get("restart") == "no"
+    (command,) = export["command"]
+    assert "python -m export onnx" in command and '--out "$$CLIP_EXPORT_DIR"' in command
+    assert export["environment"]["CLIP_EXPORT_DIR"] == clip["environment"]["CLIP_EXPORT_DIR"]
+    assert export["environment"]["CLIP_MODEL"] == clip["environment"]["CLIP_MODEL"]
+    assert export["volumes"] == clip["volumes"]
+    stages = re.findall(r"^FROM \S+ AS (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert {"cpu", "cpu-full"} <= set(stages)
+
+
+def test_gpu_server_starts_after_the_engine_build_step():
+    """Serving never builds TensorRT engines: the one-off `engines` step does, and the server waits for it."""
+    services = load_yaml(COMPOSE)["services"]
+    clip, engines = services["clip"], services["engines"]
+    assert clip["depends_on"] == {"engines": {"condition": "service_completed_successfully"}}
+    (command,) = engines["command"]
+    assert '[ "$$CLIP_BACKEND" != tensorrt ] ||' in command
+    assert 'python -m export tensorrt --reuse --onnx "$$CLIP_ONNX_DIR" --out "$$CLIP_EXPORT_DIR"' in command
+    for key in ("CLIP_BACKEND", "CLIP_EXPORT_DIR"):
+        assert engines["environment"][key] == clip["environment"][key], key
+    assert engines["deploy"] == clip["deploy"] and engines["volumes"] == clip["volumes"]
+    from export.__main__ import build_parser  # the command's flags exist
+
+    args = build_parser().parse_args(["tensorrt", "--reuse", "--onnx", "a", "--out", "b"])
+    assert args.reuse and args.onnx == "a"
 
 
 def test_prometheus_and_grafana_find_their_peers():
@@ -141,6 +176,9 @@ def test_multi_gpu_file_has_one_replica_per_gpu(tmp_path):
         assert "ports" not in svc
         assert svc["environment"] == base["environment"] and svc["volumes"] == base["volumes"]
     assert pinned == ["0", "2", "3"]
+    (engines,) = compose["services"]["engines"]["deploy"]["resources"]["reservations"]["devices"]
+    assert engines["device_ids"] == ["0"], "one engine build, on the first GPU, before every replica"
+    assert all(svc["depends_on"] == base["depends_on"] for svc in replicas.values())
     lb = compose["services"]["lb"]
     assert lb["ports"] == base["ports"] and (ROOT / lb["volumes"][0].split(":")[0]).is_file()
     assert compose["services"]["prometheus"]["extends"]["file"] == COMPOSE.name

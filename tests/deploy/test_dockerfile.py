@@ -80,6 +80,19 @@ def test_targets(dockerfile):
 TARGETS = pytest.mark.parametrize("target", ["cpu", "gpu"], ids=["cpu-image", "gpu-image"])
 
 
+def test_the_cpu_image_is_lean_and_serves_the_bundled_export(dockerfile):
+    """cpu installs '.[cpu]' (no PyTorch) and defaults to the bundled model's ONNX export; cpu-full adds torch."""
+    _, stages, _ = dockerfile
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not [d for d in extras["cpu"] + extras["onnx"] if d.split("[")[0].startswith(("torch", "open_clip"))]
+    env = " ".join(stages["cpu"].args("ENV"))
+    assert "CLIP_BACKEND=onnx" in env and "CLIP_EXPORT_DIR=/opt/exports/shapes-rn-s" in env
+    full = " ".join(stages["cpu-full-build"].args("RUN"))
+    assert "pip install '.[cpu,torch]'" in full
+    assert "python -m export onnx --model models/checkpoints/shapes-rn-s --out /opt/exports/shapes-rn-s" in full
+    assert stages["cpu-full"].args("COPY") == ["--from=cpu-full-build /opt/venv /opt/venv"]
+
+
 @TARGETS
 def test_builder_installs_the_package_extra(dockerfile, target):
     extra = target
@@ -120,7 +133,8 @@ def test_final_image_has_no_build_or_test_tooling(dockerfile, target):
                  "curl", "wget"):
         assert not re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", runs), f"{tool} in the {target} image"
     copies = stage.args("COPY")
-    assert copies == [f"--from={target}-build /opt/venv /opt/venv"], "only the venv comes from the builder"
+    exports = ["--from=cpu-full-build /opt/exports /opt/exports"] if target == "cpu" else []  # the bundled export
+    assert copies == [f"--from={target}-build /opt/venv /opt/venv", *exports], "only the venv comes from the builder"
 
 
 def dockerignore_allows(path: str) -> bool:

@@ -174,6 +174,20 @@ def test_gpu_and_probes():
         assert c[probe]["httpGet"]["port"] in ports
 
 
+def test_tensorrt_engines_are_built_by_an_init_container_never_by_the_server():
+    pod = one("deployment.yaml")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == container()["image"]
+    script = " ".join(init["command"] + init["args"])
+    assert '[ "$CLIP_BACKEND" != tensorrt ] ||' in script
+    assert 'python -m export tensorrt --reuse --onnx "$CLIP_ONNX_DIR" --out "$CLIP_EXPORT_DIR"' in script
+    init_env = {e["name"]: e["value"] for e in init["env"]}
+    for key in ("CLIP_BACKEND", "CLIP_EXPORT_DIR"):
+        assert init_env[key] == env()[key], f"{key}: the build step and the server must agree"
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {m["mountPath"] for m in container()["volumeMounts"]}
+    assert init["resources"]["limits"]["nvidia.com/gpu"] == 1 and init["securityContext"]["readOnlyRootFilesystem"]
+
+
 KUBELET_SLACK_S = 5  # between the process's own deadline and the kubelet's SIGKILL (deployment.yaml's comment)
 
 

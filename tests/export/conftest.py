@@ -39,6 +39,12 @@ def bundled_export_fp16(bundled, bundled_spec, tmp_path_factory) -> tuple[Path, 
 
 
 @pytest.fixture(scope="session")
+def bundled_export_int8(bundled, bundled_spec, tmp_path_factory) -> tuple[Path, Manifest]:
+    """int8 ONNX export of the bundled model (default recipe; the int8 parity gate passed on the way)."""
+    return _export(bundled, bundled_spec, tmp_path_factory.mktemp("bundled-int8"), precision="int8")
+
+
+@pytest.fixture(scope="session")
 def vitb32(vit_b32_checkpoint):
     """(LoadedModel, SourceSpec) of ViT-B-32 with the random weights of the shared state-dict file."""
     from export.source import load_source, source_spec

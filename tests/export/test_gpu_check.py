@@ -68,8 +68,8 @@ def test_torch_paths_load_the_model_as_the_server_does(bundled_dir, tmp_path, mo
     monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: True)
     spec, _ = gpu_check.model_source(tmp_path, str(bundled_dir))
     loads.clear()
-    enc = gpu_check.TorchEncoders(spec, "fp16")
-    assert loads == [("cuda", "fp16")] and enc.dtype == torch.float16
+    enc = gpu_check.torch_towers(spec, "fp16")
+    assert loads == [("cuda", "fp16")] and enc._dtype == torch.float16 and enc.precision == "fp16"
 
 
 def test_bench_eager_torch_on_cuda_loads_the_served_fp16_model(bundled_export_fp16, monkeypatch):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import fields
 
 import numpy as np
 import pytest
 
 from export.errors import ExportError
-from export.manifest import MANIFEST_FILE, Manifest, load_tokenizer, read_manifest, sha256_file
+from export.manifest import (CLIP_BPE_VOCAB, MANIFEST_FILE, Manifest, load_tokenizer, read_manifest, sha256_file,
+                             write_manifest)
 from export.runtime import load_encoders
 from models.preprocess import PreprocessConfig
 
@@ -19,7 +21,7 @@ def test_manifest_is_complete(bundled_export, bundled):
     data = json.loads((root / MANIFEST_FILE).read_text())
     for f in fields(Manifest):
         assert f.name in data, f.name
-        if f.name != "tensorrt":  # only engine directories fill it
+        if f.name not in ("tensorrt", "quantization"):  # only engine directories / int8 exports fill them
             assert data[f.name] not in (None, "", {}, []), f.name
     assert data["kind"] == "onnx" and data["precision"] == "fp32" and data["format_version"] == 1
     assert data["model_id"] == bundled.model_id and data["fingerprint"] == bundled.fingerprint
@@ -28,7 +30,8 @@ def test_manifest_is_complete(bundled_export, bundled):
     assert data["logit_scale"] == pytest.approx(bundled.logit_scale)
     assert set(data["preprocess"]) == {f.name for f in fields(PreprocessConfig)}
     assert data["opset"] >= 17
-    assert set(data["files"]) == {"image.onnx", "text.onnx", "open_clip_config.json"}
+    assert set(data["files"]) == {"image.onnx", "text.onnx", "open_clip_config.json", CLIP_BPE_VOCAB}
+    assert data["tokenizer"] == {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB}  # tokenises without open_clip
 
 
 def test_every_listed_sha256_is_right(bundled_export):
@@ -45,6 +48,48 @@ def test_preprocessing_and_tokenizer_come_back_from_the_manifest_alone(bundled_e
     texts = ["a red circle", "", "日本語 🐱"]
     assert (load_tokenizer(manifest, root)(texts) == bundled.tokenizer(texts)).all()
     assert (load_encoders(root).tokenizer()(texts) == bundled.tokenizer(texts)).all()
+
+
+def test_the_tokenizer_comes_from_the_exports_own_vocabulary_without_open_clip(bundled_export, bundled, copy_export,
+                                                                              monkeypatch):
+    from models.tokenizer import ClipTokenizer
+
+    root = copy_export(bundled_export[0])
+    monkeypatch.setitem(sys.modules, "models.factory", None)  # importing open_clip's side now fails
+    tok = load_tokenizer(read_manifest(root), root)
+    assert isinstance(tok, ClipTokenizer) and tok.context_length == 24
+    texts = ["a red circle", "", "日本語 🐱", "<b>x</b> &amp; y"]
+    assert (tok(texts) == bundled.tokenizer(texts).numpy()).all()
+
+
+def without_vocabulary(root):
+    """An export as made before exports carried their vocabulary: no tokenizer record, no file."""
+    manifest = read_manifest(root)
+    (root / CLIP_BPE_VOCAB).unlink()
+    manifest.files.pop(CLIP_BPE_VOCAB)
+    manifest.tokenizer = None
+    write_manifest(manifest, root)
+    return manifest
+
+
+def test_an_old_export_without_vocabulary_falls_back_on_open_clip_and_says_so(bundled_export, bundled, copy_export,
+                                                                              caplog):
+    root = copy_export(bundled_export[0])
+    manifest = without_vocabulary(root)
+    with caplog.at_level("WARNING", logger="export.manifest"):
+        tok = load_tokenizer(read_manifest(root), root)
+    assert "no tokenizer vocabulary of its own: open_clip builds its tokenizer" in caplog.text
+    assert (np.asarray(tok(["a red circle"])) == bundled.tokenizer(["a red circle"]).numpy()).all()
+    assert manifest.tokenizer is None
+
+
+def test_an_old_export_without_open_clip_is_refused_with_the_remedy(bundled_export, copy_export, monkeypatch):
+    root = copy_export(bundled_export[0])
+    without_vocabulary(root)
+    monkeypatch.setitem(sys.modules, "models.factory", None)
+    with pytest.raises(ExportError, match=r"no tokenizer vocabulary.*re-export with `python -m export onnx`.*"
+                                          r"clip-serve\[torch\]"):
+        load_tokenizer(read_manifest(root), root)
 
 
 def test_round_trip(bundled_export):

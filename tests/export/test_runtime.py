@@ -67,9 +67,11 @@ def test_fp16_export_takes_float32_and_float64_and_returns_float32(bundled_expor
         np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-3)
 
 
-def test_package_import_needs_neither_onnxruntime_nor_tensorrt():
-    code = ("import sys, export, export.runtime, export.manifest, export.tensorrt_build, export.runtime.trt; "
-            "bad = [m for m in ('onnxruntime', 'tensorrt') if m in sys.modules]; assert not bad, bad")
+def test_package_import_needs_neither_onnxruntime_nor_tensorrt_nor_torch():
+    """The runtime's interface and its ONNX Runtime and TensorRT modules load no torch: a lean server can use them."""
+    code = ("import sys, export, export.runtime, export.manifest, export.tensorrt_build, export.runtime.trt, "
+            "export.runtime.ort; bad = [m for m in ('onnxruntime', 'tensorrt', 'torch', 'open_clip') "
+            "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -90,10 +92,32 @@ def test_tensorrt_backend_refuses_cpu(bundled_export):
         load_encoders(bundled_export[0], backend="tensorrt", device="cpu")
 
 
-def test_tensorrt_backend_without_tensorrt_or_gpu_says_what_is_missing(bundled_export, monkeypatch):
+def engine_dir_like(bundled_export, copy_export):
+    """A directory whose manifest says TensorRT engines (the files are the ONNX ones: nothing here can run them)."""
+    from dataclasses import replace
+
+    from export.manifest import write_manifest
+
+    root = copy_export(bundled_export[0])
+    write_manifest(replace(bundled_export[1], kind="tensorrt", tensorrt={"version": "10.x", "gpu": "a GPU"}), root)
+    return root
+
+
+def test_tensorrt_backend_without_tensorrt_says_what_is_missing(bundled_export, copy_export, monkeypatch):
+    root = engine_dir_like(bundled_export, copy_export)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(MissingDependencyError, match=r"clip-serve\[gpu\]|CUDA GPU"):
-        load_encoders(bundled_export[0], backend="tensorrt", device="cuda")
+    with pytest.raises(MissingDependencyError, match=r"clip-serve\[gpu\]"):
+        load_encoders(root, backend="tensorrt", device="cuda")
+
+
+def test_tensorrt_runner_without_cuda_python_names_the_extra(monkeypatch):
+    from export.runtime.deps import require_cudart
+
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    with pytest.raises(MissingDependencyError, match=r"cuda-python.*clip-serve\[gpu\]"):
+        require_cudart()
 
 
 def test_bad_backend_name(bundled_export):

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,8 @@ import pytest
 import export.runtime.trt
 from export import tensorrt_build
 from export import cache_files
-from export.tensorrt_build import BuildOptions, Profile, build_engine, cached_engines
+from export.errors import ExportError
+from export.tensorrt_build import BuildOptions, Profile, build_engine, build_tensorrt_export
 
 
 def fake_tensorrt(calls: list) -> types.ModuleType:
@@ -70,9 +72,13 @@ def calls(monkeypatch):
     recorded: list = []
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(recorded))
     monkeypatch.setattr(export.runtime.trt, "_LOGGER", None)  # a logger of the fake module, dropped after
-    fake_torch = SimpleNamespace(cuda=SimpleNamespace(get_device_name=lambda *a: "Fake GPU"))
-    monkeypatch.setattr(tensorrt_build, "require_cuda_torch", lambda: fake_torch)
+    monkeypatch.setattr(tensorrt_build, "gpu_name", lambda *a: "Fake GPU")
     return recorded
+
+
+def build(root, out, profile: Profile, **kw):
+    """`python -m export tensorrt --reuse` without the parity check (no real engines to run here)."""
+    return build_tensorrt_export(root, out, BuildOptions(profile=profile), parity=False, reuse=True, **kw)
 
 
 def test_profile_must_be_ordered():
@@ -99,16 +105,32 @@ def test_fp16_graph_is_strongly_typed(bundled_export_fp16, calls, tmp_path):
     assert ("profile", {"tokens": ((1, 24), (32, 24), (256, 24))}) in calls
 
 
-def test_engines_from_an_onnx_export_are_built_once_and_reused(bundled_export, calls, tmp_path):
+def test_a_build_step_with_reuse_builds_once_and_keeps_what_it_built(bundled_export, calls, tmp_path):
     root, manifest = bundled_export
-    first = cached_engines(root, manifest, tmp_path / "engines", Profile(max=64))
+    first = build(root, tmp_path / "engines", Profile(max=64))
     assert [c for c in calls if c[0] == "build"] == [("build",), ("build",)]
     assert ("cache-in", b"timing-cache") in calls  # the second tower reused the first one's timing cache
+    assert first.kind == "tensorrt" and manifest.tokenizer["vocab"] in first.files  # tokenises on its own
     calls.clear()
-    assert cached_engines(root, manifest, tmp_path / "engines", Profile(max=64)) == first
-    assert not [c for c in calls if c[0] == "build"]  # a restart reuses them
-    cached_engines(root, manifest, tmp_path / "engines", Profile(max=128))
+    assert build(root, tmp_path / "engines", Profile(max=64)).files == first.files
+    assert not [c for c in calls if c[0] == "build"]  # the next start's build step keeps them
+    build(root, tmp_path / "engines", Profile(max=128))
     assert len([c for c in calls if c[0] == "build"]) == 2  # another profile: rebuilt
+
+
+def test_serving_an_onnx_export_with_tensorrt_never_builds_and_names_the_command(bundled_export, calls, monkeypatch):
+    from export.runtime import load_encoders
+
+    with pytest.raises(ExportError, match=r"never builds TensorRT engines: build them once with `python -m export "
+                                          r"tensorrt --onnx .* --out .*-trt`"):
+        load_encoders(bundled_export[0], backend="tensorrt", device="cuda")
+    assert not [c for c in calls if c[0] == "build"]
+
+
+def test_runtime_and_engine_builder_do_not_import_each_other():
+    """Loading an export cannot reach the builder: export/runtime never names export.tensorrt_build."""
+    runtime = Path(export.runtime.trt.__file__).parent
+    assert not [p.name for p in runtime.glob("*.py") if "tensorrt_build" in p.read_text()]
 
 
 def test_fp32_engines_are_built_without_tf32_and_the_manifest_says_so(bundled_export, calls, tmp_path):
@@ -146,8 +168,9 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["timing.cache"]
 
 
-def test_replicas_sharing_a_cache_build_each_engine_once(bundled_export, calls, tmp_path, caplog):
-    """Two loaders at once on one engine directory: the second waits on the lock, then reuses the engines."""
+def test_build_steps_sharing_a_volume_build_each_engine_once(bundled_export, calls, tmp_path, caplog):
+    """Two build steps at once on one engine directory (init containers of two pods): the second waits on the
+    lock, then reuses the engines."""
     root, manifest = bundled_export
     trt = sys.modules["tensorrt"]
     building, proceed = threading.Event(), threading.Event()
@@ -159,10 +182,10 @@ def test_replicas_sharing_a_cache_build_each_engine_once(bundled_export, calls, 
         return b"engine-bytes"
 
     trt.on_build = first_build_holds
-    results: dict[str, tuple] = {}
+    results: dict[str, dict] = {}
 
     def load(name: str) -> None:
-        results[name] = cached_engines(root, manifest, tmp_path / "engines", Profile(max=64))
+        results[name] = build(root, tmp_path / "engines", Profile(max=64)).files
 
     with caplog.at_level("INFO", logger="export.cache_files"):
         a = threading.Thread(target=load, args=("a",))

@@ -101,16 +101,24 @@ def test_tensorrt_engines_build_and_match(bundled_export, bundled, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-def test_tensorrt_engines_from_onnx_are_cached_across_restarts(bundled_export, copy_export):
-    root = copy_export(bundled_export[0])
-    load_encoders(root, backend="tensorrt", device="cuda", max_batch=32)
-    engine = root / "cache" / "tensorrt" / "image.engine"
+def test_tensorrt_build_step_keeps_its_engines_across_restarts(bundled_export, tmp_path):
+    """The deploy's build step (`python -m export tensorrt --reuse`) builds once; serving only loads."""
+    from export.errors import ExportError
+    from export.tensorrt_build import BuildOptions, Profile, build_tensorrt_export
+
+    out = tmp_path / "trt"
+    options = BuildOptions(profile=Profile(1, 16, 32))
+    build_tensorrt_export(bundled_export[0], out, options, reuse=True)
+    engine = out / "image.engine"
     built = engine.stat().st_mtime_ns
-    enc = load_encoders(root, backend="tensorrt", device="cuda", max_batch=32)  # a "restart"
+    build_tensorrt_export(bundled_export[0], out, options, reuse=True)  # a "restart": the step runs again
     assert engine.stat().st_mtime_ns == built
-    assert (root / "cache" / "tensorrt" / "timing.cache").is_file()
-    tokens = enc.tokenizer()(["a red circle"]).numpy()  # batch 1: padded to the profile's min if needed
+    enc = load_encoders(out, backend="tensorrt", device="cuda")
+    tokens = np.asarray(enc.tokenizer()(["a red circle"]))  # batch 1: padded to the profile's min if needed
     assert enc.encode_text(tokens).shape == (1, 128)
+    assert "torch" not in enc.providers[0]
+    with pytest.raises(ExportError, match="never builds TensorRT engines"):
+        load_encoders(bundled_export[0], backend="tensorrt", device="cuda")
 
 
 @pytest.mark.gpu

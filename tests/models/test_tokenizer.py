@@ -189,3 +189,27 @@ def test_the_module_imports_neither_torch_nor_open_clip():
             "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_exports_own_vocabulary_gives_open_clips_ids_on_the_corpus(bundled, tmp_path):
+    """What an onnx server tokenises with: the vocabulary file the export wrote, loaded from the export directory
+    (export.manifest.load_tokenizer), against open_clip's own tokenizer of ViT-B-32 (context 77); at the bundled
+    model's context (24) against what the torch server tokenises with (the same bounded ClipTokenizer, whose
+    16-characters-per-token cleaning budget is documented in models/tokenizer.py)."""
+    from types import SimpleNamespace
+
+    import open_clip
+
+    from export.manifest import CLIP_BPE_VOCAB, load_tokenizer
+    from export.onnx_export import write_tokenizer_vocab
+
+    record = write_tokenizer_vocab(bundled, tmp_path)
+    assert record == {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB} and (tmp_path / CLIP_BPE_VOCAB).is_file()
+    for length, theirs in ((77, open_clip.get_tokenizer("ViT-B-32")), (24, exact_equivalent(bundled.tokenizer))):
+        loaded = load_tokenizer(SimpleNamespace(tokenizer=record, context_length=length), tmp_path)
+        assert isinstance(loaded, ClipTokenizer) and loaded.context_length == length
+        corpus = _vocabulary_words(loaded) + _handmade() + _random_mixes(3000, seed=2) + _random_words(300, seed=2)
+        assert len(corpus) > 10_000
+        got, want = loaded(corpus), np.asarray(theirs(corpus))
+        bad = [repr(t[:80]) for t, a, b in zip(corpus, got, want) if not np.array_equal(a, b)]
+        assert not bad, f"{len(bad)} of {len(corpus)} differ at context {length}, e.g. {bad[:5]}"

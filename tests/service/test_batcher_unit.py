@@ -135,14 +135,97 @@ def test_oom_halves_the_batch_down_to_what_fits():
 def test_admission_cap_rejects_at_once():
     async def go():
         b, m = _batcher(FakeEncoder(), max_queue=3)
-        b.admit(2)  # reserved before preprocessing: counts against the cap
-        with pytest.raises(Overloaded):
-            await b.submit([np.array([1.0])] * 2, 1e12)
-        b.release(2)
+        with b.reserve(2):  # reserved before preprocessing: counts against the cap
+            with pytest.raises(Overloaded):
+                await b.submit([np.array([1.0])] * 2, 1e12)
         with pytest.raises(PayloadTooLarge):  # could never fit: not worth a retry, so 413 rather than 503
             await b.submit([np.array([1.0])] * 4, 1e12)
         return m.rejected.labels("queue_full")._value.get(), b.depth
     assert run(go()) == (1, 0)
+
+
+class Preprocessing(Exception):
+    """Stands for whatever can fail between reserving room and submitting (a bad image, a passed deadline)."""
+
+
+def test_a_reservation_is_given_back_when_its_block_fails_or_is_cancelled():
+    """Room reserved for work that never reaches the queue comes back, however the block ends: an error, a
+    cancellation (the client left while its images were decoded), or no submit at all. Else the queue would look
+    full for good after max_queue such requests."""
+    async def go():
+        b, _ = _batcher(FakeEncoder(), max_queue=4)
+        b.start()
+        seen = []
+        with pytest.raises(Preprocessing):
+            with b.reserve(4):
+                seen.append(b.depth)
+                raise Preprocessing()
+        seen.append(b.depth)
+
+        entered = asyncio.Event()
+
+        async def decoding_when_the_client_leaves():
+            with b.reserve(3):
+                entered.set()
+                await asyncio.Event().wait()  # never submitted: cancelled while "decoding"
+
+        task = asyncio.ensure_future(decoding_when_the_client_leaves())
+        await asyncio.wait({task, asyncio.ensure_future(entered.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        seen.append(b.depth)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen.append(b.depth)
+
+        with b.reserve(4):  # left without a submit
+            pass
+        seen.append(b.depth)
+        with b.reserve(4) as room:  # the whole queue is free again: room for 4, submitted and answered
+            out = await room.submit([np.array([float(i)]) for i in range(4)], 1e12)
+        await b.stop()
+        return seen, [float(o[0]) for o in out], b.depth
+    seen, out, depth = run(go())
+    assert seen == [4, 0, 3, 0, 0]
+    assert out == [0.0, 2.0, 4.0, 6.0] and depth == 0
+
+
+def test_submitted_room_is_given_back_by_the_batcher_not_twice():
+    """Once submitted, the items hold the room until the batcher has taken them off the queue; leaving the block
+    then (the client left while they waited) must not give it back a second time."""
+    async def go():
+        b, m = _batcher(FakeEncoder(), max_queue=4)
+
+        async def waiting_for_the_encoder():
+            with b.reserve(2) as room:
+                await room.submit([np.array([1.0]), np.array([2.0])], 1e12)
+
+        task = asyncio.ensure_future(waiting_for_the_encoder())
+        for _ in range(1000):  # until queued (the batcher is not started yet)
+            if b.queue.qsize() == 2:
+                break
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        still_held = b.depth  # the two items are still on the queue
+        b.start()
+        for _ in range(5000):  # the batcher drops them (their client left) and gives their room back
+            if not b.depth:
+                break
+            await asyncio.sleep(0.001)
+        await b.stop()
+        return still_held, b.depth, m.dropped.labels("image")._value.get()
+    assert run(go()) == (2, 0, 2)
+
+
+def test_a_room_takes_one_submit_of_its_size():
+    async def go():
+        b, _ = _batcher(FakeEncoder())
+        with b.reserve(2) as room:
+            with pytest.raises(ValueError):
+                await room.submit([np.array([1.0])], 1e12)
+        return b.depth
+    assert run(go()) == 0
 
 
 def test_expired_and_abandoned_items_are_not_computed():

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, field_validator
 from starlette.requests import Request
 
-from service import inputs
+from service import bodies
 from service.errors import BadInput
 from service.schemas import EmbedImagesRequest
 
@@ -63,26 +63,26 @@ async def _alongside(work) -> object:
 
 def test_a_1_mb_json_body_is_parsed_off_the_event_loop():
     body = json.dumps({"texts": ["x" * MB]}).encode()
-    parsed = asyncio.run(_alongside(inputs.read_json(_request(body), Probe)))
+    parsed = asyncio.run(_alongside(bodies.read_json(_request(body), Probe)))
     assert parsed.texts[0] == "x" * MB
 
 
 def test_1_mb_of_base64_images_is_decoded_off_the_event_loop(monkeypatch):
-    decode = inputs.decode_image_string
+    decode = bodies.decode_image_string
 
-    def blocking_decode(s: str, index: int) -> bytes:
+    def blocking_decode(s: str) -> bytes:
         _block_until_the_loop_runs()
-        return decode(s, index)
+        return decode(s)
 
-    monkeypatch.setattr(inputs, "decode_image_string", blocking_decode)
+    monkeypatch.setattr(bodies, "decode_image_string", blocking_decode)
     image = base64.b64encode(b"\x89PNG" * (MB // 4)).decode()
     request = _request(b"")
     request.scope["app"] = SimpleNamespace(state=SimpleNamespace(url_fetcher=None))  # URLs off
-    out = asyncio.run(_alongside(inputs.images_from_strings(request, [image])))
+    out = asyncio.run(_alongside(bodies.images_from_strings(request, [image])))
     assert out == [b"\x89PNG" * (MB // 4)]
 
 
 def test_a_small_body_is_parsed_inline():
-    assert asyncio.run(inputs.read_json(_request(b'{"images": ["aGk="]}'), EmbedImagesRequest)).images == ["aGk="]
+    assert asyncio.run(bodies.read_json(_request(b'{"images": ["aGk="]}'), EmbedImagesRequest)).images == ["aGk="]
     with pytest.raises(BadInput, match="too many digits"):
-        asyncio.run(inputs.read_json(_request(b'{"images": [' + b"9" * 5000 + b"]}"), EmbedImagesRequest))
+        asyncio.run(bodies.read_json(_request(b'{"images": [' + b"9" * 5000 + b"]}"), EmbedImagesRequest))

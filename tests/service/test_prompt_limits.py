@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from models.preprocess import PreprocessConfig
+from models.prompts import fill
 from service import engine as engine_module
 from service.backends.base import Backend
 from service.engine import Engine
 from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 from service.settings import Settings
-from service.templates import BUILT_IN, check_prompt_count, prompts_for, reachable_chars
+from service.templates import BUILT_IN, check_prompt_count, prompts_for, reachable_chars, squeeze
 from tests.service.conftest import encode, shape_image
 from tests.service.server import metric_value
 
@@ -132,6 +133,14 @@ def test_cutting_prompts_never_changes_the_tokens_the_model_sees(bundled):
     limit = reachable_chars(bundled.context_length)
     for label in LONG_LABELS:
         cut = prompts_for((label,), tuple(TEMPLATES), limit)
-        full = [t.replace("{}", label) for t in TEMPLATES]
+        full = [fill(t, label) for t in TEMPLATES]
         assert all(len(p) <= limit for p in cut)
         assert np.array_equal(Backend.tokenize(backend, cut), Backend.tokenize(backend, full)), label[:40]
+
+
+def test_the_cut_prompts_are_the_one_fill_cut():
+    """service/templates.py fills cut pieces (memory); the prompt is still models.prompts.fill's, cut."""
+    limit = reachable_chars(77)
+    for label in LONG_LABELS + ["cat", "{}", "a {x} b"]:
+        expected = [fill(squeeze(t), squeeze(label))[:limit] for t in TEMPLATES]
+        assert prompts_for((label,), tuple(TEMPLATES), limit) == expected, label[:40]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service.errors import PayloadTooLarge, UrlFetchFailed
-from service.inputs import images_from_strings
+from service.bodies import images_from_strings
 from service.urls import UrlFetcher
 from tests.service.fake_dns import PUBLIC, Resolver, answer
 from tests.service.https_server import ImageHost

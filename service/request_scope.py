@@ -1,16 +1,17 @@
-"""Helpers the routes share: the engine, disconnect-aware waiting, limits, OpenAPI request bodies."""
+"""What a route takes from its request besides the body: the app's settings, engine and label sets, the item count
+for the access log, and waiting for work that stops when the client leaves."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, TypeVar
+from typing import Awaitable, TypeVar
 
-from fastapi import Request
+from starlette.requests import Request
 
 from service.engine import Engine
-from service.errors import ClientGone, InvalidField, PayloadTooLarge
+from service.errors import ClientGone
+from service.labelset_store import LabelSetStore
 from service.lifecycle import Lifecycle
-from service.schemas import ErrorResponse
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -25,7 +26,17 @@ def settings(request: Request) -> Settings:
 
 
 def engine(request: Request) -> Engine:
+    """The engine, or a 503 saying why there is none (loading, failed, draining): ask before reading the body."""
     return lifecycle(request).require_engine()
+
+
+def labelsets(request: Request) -> LabelSetStore:
+    return request.app.state.labelsets
+
+
+def note_items(request: Request, n: int) -> None:
+    """How many items the request carries, for its access-log line (service/middleware.py)."""
+    request.scope.setdefault("state", {})["items"] = n
 
 
 async def until_done_or_gone(request: Request, work: Awaitable[T]) -> T:
@@ -54,30 +65,3 @@ async def _disconnected(request: Request) -> None:
     """Return when the client has gone: once the body is read, the next ASGI message is http.disconnect."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def check_count(kind: str, n: int, limit: int, setting: str) -> None:
-    if n == 0:
-        raise InvalidField(f"{kind}: give at least one")
-    if n > limit:
-        raise PayloadTooLarge(f"{n} {kind} in one request; the limit is {limit} ({setting})")
-
-
-def note_items(request: Request, n: int) -> None:
-    request.scope.setdefault("state", {})["items"] = n
-
-
-def body_doc(json_schema_ref: str, multipart: dict[str, Any] | None = None) -> dict[str, Any]:
-    """openapi_extra describing a JSON body and, optionally, its multipart/form-data twin."""
-    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema_ref}"}}}
-    if multipart:
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": multipart}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": d}
-    for code, d in {400: "undecodable input", 401: "missing or wrong API key", 413: "too large",
-                    415: "unsupported media type", 422: "invalid fields",
-                    503: "overloaded, not ready or shutting down (see Retry-After)"}.items()
-}

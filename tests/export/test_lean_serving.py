@@ -1,0 +1,106 @@
+"""PyTorch-free serving: `python -m service` with CLIP_BACKEND=onnx imports no torch, torchvision or open_clip, and
+answers /embed/image, /embed/text and /classify; its embeddings equal those of the torch-preprocessed,
+open_clip-tokenised path.
+
+The server is the real entry point (`python -m service`, run through runpy) in a child process; when it exits
+(SIGTERM, after the requests) it writes the heavy modules it had loaded to a file."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.server import BenchServer
+
+HEAVY = ("torch", "torchvision", "open_clip")
+# `python -m service` ends with os._exit (no atexit): the probe writes its report just before that
+PROBE = """
+import json, os, runpy, sys
+out, exit_now = sys.argv[1], os._exit
+def report_then_exit(code):
+    with open(out, "w") as f:
+        json.dump(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}), f)
+    exit_now(code)
+os._exit = report_then_exit
+sys.argv = ["service"]
+runpy.run_module("service", run_name="__main__", alter_sys=True)
+"""
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = sorted((ROOT / "export" / "parity_images").glob("*.jpg"))
+
+
+def serve_and_probe(export_dir: Path, tmp_path: Path) -> tuple[list[str], dict]:
+    """Start an onnx server on `export_dir`, send one request of each kind, stop it; (heavy modules, answers)."""
+    report = tmp_path / "modules.json"
+    cmd = [sys.executable, "-c", PROBE.format(heavy=set(HEAVY)), str(report)]
+    env = {"CLIP_BACKEND": "onnx", "CLIP_EXPORT_DIR": str(export_dir), "CLIP_DEVICE": "auto", "CLIP_THREADS": "2",
+           "CLIP_REDUCED_JPEG_DECODE": "false"}  # full-size decoding, as open_clip's own path decodes
+    server = BenchServer(env, tmp_path / "server.log", cmd=cmd)
+    try:
+        server.wait_ready(180)
+        photo = PHOTOS[0].read_bytes()
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            answers = {
+                "image": client.post("/embed/image", files=[("file", ("a.jpg", photo, "image/jpeg"))]),
+                "text": client.post("/embed/text", json={"texts": ["a photo of a cat", "Ünïcödé façade ☕"]}),
+                "classify": client.post("/classify", files=[("file", ("a.jpg", photo, "image/jpeg"))],
+                                        data={"labels": ["a cat", "a rocket"]}),
+            }
+    finally:
+        assert server.stop() == 0, (tmp_path / "server.log").read_text()[-3000:]
+    for name, r in answers.items():
+        assert r.status_code == 200, (name, r.text)
+    return json.loads(report.read_text()), {k: r.json() for k, r in answers.items()}
+
+
+def test_onnx_server_imports_no_torch_torchvision_or_open_clip(bundled_export, bundled, tmp_path):
+    export_dir, manifest = bundled_export
+    heavy, answers = serve_and_probe(export_dir, tmp_path)
+    assert heavy == [], f"the onnx server loaded {heavy}"
+    # the lean path's embeddings are the torch-preprocessed, open_clip-tokenised path's
+    from models.preprocess import eval_transform
+
+    pixels = eval_transform(bundled.preprocess)(Image.open(io.BytesIO(PHOTOS[0].read_bytes())).convert("RGB"))
+    with_torch = bundled.model.encode_image(pixels[None], normalize=True).detach().numpy()[0]
+    served = np.asarray(answers["image"]["embeddings"][0], dtype=np.float64)
+    assert float(served @ with_torch) >= 0.99999
+    tokens = bundled.tokenizer(["a photo of a cat", "Ünïcödé façade ☕"])
+    text = bundled.model.encode_text(tokens, normalize=True).detach().numpy()
+    served_text = np.asarray(answers["text"]["embeddings"], dtype=np.float64)
+    assert (served_text * text).sum(-1).min() >= 0.99999
+    assert answers["classify"]["fingerprint"] == manifest.fingerprint
+
+
+@pytest.mark.slow
+def test_vit_b_32_onnx_server_imports_no_torch(vitb32_export, tmp_path):
+    heavy, answers = serve_and_probe(vitb32_export[0], tmp_path)
+    assert heavy == [], f"the onnx server loaded {heavy}"
+    assert len(answers["text"]["embeddings"][0]) == vitb32_export[1].embed_dim
+
+
+BLOCKED = "import sys; sys.modules.update(torch=None, open_clip=None, onnx=None); "  # import torch now fails
+
+
+def test_exporting_without_the_torch_extra_says_which_extra():
+    code = BLOCKED + ("import runpy; sys.argv = ['export', 'onnx', '--model', 'x', '--out', 'y']; "
+                      "runpy.run_module('export', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "needs PyTorch" in r.stderr and "clip-serve[torch]" in r.stderr, r.stderr
+
+
+def test_the_torch_backend_without_the_torch_extra_says_how_to_serve_an_export(monkeypatch):
+    from export.errors import MissingDependencyError
+    from service.backends import load_backend
+    from service.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "service.backends.torch_backend", None)  # as if torch were not installed
+    with pytest.raises(MissingDependencyError, match=r"clip-serve\[torch\].*CLIP_BACKEND=onnx CLIP_EXPORT_DIR"):
+        load_backend(Settings(backend="torch"))

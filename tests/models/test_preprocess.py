@@ -1,0 +1,65 @@
+"""models.preprocess.eval_pixels (PIL + numpy, what the server runs for every backend) equals open_clip's torchvision
+eval transform on real photos and odd sizes, in every resize mode; and the module loads no torch or open_clip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.preprocess import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, PreprocessConfig, eval_pixels, eval_transform
+
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = sorted((ROOT / "export" / "parity_images").glob("*.jpg"))
+ODD_SIZES = [(1, 1), (3, 1000), (1000, 3), (223, 225), (225, 223), (224, 224), (2, 3), (97, 5), (640, 480), (300, 200)]
+CONFIGS = {
+    "shortest": PreprocessConfig(),
+    "shortest-64": PreprocessConfig(size=(64, 64)),
+    "shortest-bilinear": PreprocessConfig(interpolation="bilinear"),
+    "shortest-non-square": PreprocessConfig(size=(160, 224)),
+    "longest": PreprocessConfig(resize_mode="longest", fill_color=128),
+    "longest-non-square": PreprocessConfig(size=(224, 160), resize_mode="longest"),
+    "squash": PreprocessConfig(resize_mode="squash"),
+    "squash-bilinear": PreprocessConfig(size=(192, 256), resize_mode="squash", interpolation="bilinear"),
+}
+
+
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ODD_SIZES]
+    return [Image.open(p).convert("RGB") for p in PHOTOS] + noise
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_equals_open_clips_transform_on_photos_and_odd_sizes(name):
+    pre, transform = CONFIGS[name], eval_transform(CONFIGS[name])
+    assert len(PHOTOS) >= 4
+    compared = 0
+    for img in images():
+        ours = eval_pixels(img, pre)
+        assert ours.dtype == np.float32 and ours.shape == (3, *pre.size)
+        try:
+            theirs = transform(img).numpy()
+        except ValueError:  # open_clip's own transform fails on a 1000x3 image in "longest" mode (a zero side)
+            assert name.startswith("longest") and min(img.size) <= 3
+            continue
+        assert np.abs(ours - theirs).max() <= 1e-5, (name, img.size)
+        compared += 1
+    assert compared >= len(PHOTOS) + len(ODD_SIZES) - 2
+
+
+def test_the_copied_constants_are_open_clips():
+    from open_clip.constants import OPENAI_DATASET_MEAN as MEAN, OPENAI_DATASET_STD as STD
+
+    assert (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD) == (MEAN, STD)
+
+
+def test_the_module_loads_no_torch_or_open_clip():
+    code = ("import sys; from PIL import Image; import models.preprocess as p; "
+            "p.eval_pixels(Image.new('RGB', (300, 200)), p.PreprocessConfig()); "
+            "bad = [m for m in ('torch', 'torchvision', 'open_clip') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
