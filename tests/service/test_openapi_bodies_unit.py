@@ -1,4 +1,4 @@
-"""The OpenAPI schema documents every request body (routes/common.py body_doc): a required JSON body whose schema
+"""The OpenAPI schema documents every request body (service/schemas.py body_doc): a required JSON body whose schema
 is a component of the spec, and the multipart/form-data twin where a route takes uploads. Clients generated from
 the spec, /docs, and the schema fuzz (tests/service/test_schemathesis.py) all read these. In-process, and the
 access log's item count with it."""
