@@ -27,6 +27,7 @@ HELLO = base64.b64encode(b"hello").decode()  # "aGVsbG8="
     f"data:image/png;base64,{HELLO}",
     f"data:image/png;name=x.png;base64,{HELLO}",  # parameters before ;base64
     f"  data:IMAGE/PNG;base64,{HELLO}  ",  # the type is case-insensitive; the string is stripped
+    f"DATA:image/png;BASE64,{HELLO}",  # so are the scheme (RFC 3986) and ;base64
 ])
 def test_base64_and_data_uris_decode(sent):
     assert bodies.decode_image_string(sent) == b"hello"
