@@ -1,0 +1,160 @@
+"""POST /classify's inputs in-process (service/inputs.py), on the app with a fake backend whose encoders record the
+prompts they see (tests/service/fake_backend.py): labels, templates and stored label sets from JSON and from form
+fields, and image URL downloads that stop when the client leaves. The real server's tests (test_api.py,
+test_labelsets.py, test_client_resets.py) check the same end to end; these run in seconds, in the process the
+mutation check (make mutation) watches."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from types import SimpleNamespace
+
+import pytest
+from starlette.requests import Request
+
+from models.prompts import TEMPLATE_SETS
+from service import inputs
+from service.errors import ClientGone
+from service.settings import Settings
+from tests.service.fake_backend import COLOURS, png, ready_client
+
+MAX_LABELS = 5
+IMAGE = png(COLOURS["fresh"])
+_SERIAL = itertools.count()
+
+
+def new_labels(n: int = 2) -> list[str]:
+    """Labels no earlier request sent: the server caches text embeddings, and a cached prompt is never encoded."""
+    return [f"label {next(_SERIAL)}" for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def app():
+    with ready_client(Settings(max_labels=MAX_LABELS)) as client_backend:
+        yield client_backend
+
+
+def classify_form(app, fields: list[tuple[str, str]]):
+    """POST /classify as multipart/form-data: one image part and `fields`; returns (response, prompts encoded)."""
+    client, backend = app
+    before = len(backend.encoded)
+    r = client.post("/classify", files=[("file", ("x.png", IMAGE, "image/png"))] + [(k, (None, v)) for k, v in fields])
+    return r, [name for name in backend.encoded[before:] if name not in COLOURS]
+
+
+def labels_of(r) -> list[str]:
+    assert r.status_code == 200, r.text
+    return sorted(s["label"] for s in r.json()["results"][0])
+
+
+# --- form fields -------------------------------------------------------------------------------------------------
+def test_form_labels_and_a_list_of_templates(app):
+    labels = new_labels()
+    r, prompts = classify_form(app, [("labels", labels[0]), ("labels", labels[1]), ("templates", "a {}."),
+                                     ("templates", "b {}!")])
+    assert labels_of(r) == sorted(labels)
+    assert sorted(prompts) == sorted(f"{t.replace('{}', x)}" for x in labels for t in ("a {}.", "b {}!"))
+
+
+def test_one_form_template_with_a_slot_is_a_template(app):
+    labels = new_labels()
+    r, prompts = classify_form(app, [("labels", x) for x in labels] + [("templates", "one {} here")])
+    assert labels_of(r) == sorted(labels) and sorted(prompts) == sorted(f"one {x} here" for x in labels)
+
+
+def test_one_form_template_without_a_slot_names_a_built_in_set(app):
+    labels = new_labels(1)
+    r, prompts = classify_form(app, [("labels", labels[0]), ("templates", "simple")])
+    assert labels_of(r) == labels
+    assert sorted(prompts) == sorted(t.replace("{}", labels[0]) for t in TEMPLATE_SETS["simple"]), prompts
+
+
+def test_no_form_templates_is_the_default_template(app):
+    labels = new_labels(1)
+    r, prompts = classify_form(app, [("labels", labels[0])])
+    assert labels_of(r) == labels and prompts == [f"a photo of a {labels[0]}."]
+
+
+def test_form_top_k(app):
+    r, _ = classify_form(app, [("labels", x) for x in new_labels(3)] + [("top_k", "2")])
+    assert r.status_code == 200 and len(r.json()["results"][0]) == 2, r.text
+
+
+def test_a_form_of_as_many_labels_as_allowed(app):
+    """The form may carry CLIP_MAX_LABELS labels besides its other fields; one more is the labels' 413."""
+    labels = new_labels(MAX_LABELS + 1)
+    fields = [("templates", "a {}"), ("templates", "b {}"), ("top_k", "1")]
+    r, _ = classify_form(app, [("labels", x) for x in labels[:MAX_LABELS]] + fields)
+    assert r.status_code == 200, r.text
+    r, _ = classify_form(app, [("labels", x) for x in labels] + fields)
+    assert r.status_code == 413 and "CLIP_MAX_LABELS" in r.json()["error"]["message"], r.text
+
+
+def test_a_form_may_name_a_stored_label_set(app):
+    client, _ = app
+    labels = new_labels()
+    assert client.put("/labelsets/form-set", json={"labels": labels, "templates": ["it is {}"]}).status_code == 200
+    r, _ = classify_form(app, [("labelset", "form-set")])
+    assert labels_of(r) == sorted(labels)
+
+
+def test_a_form_without_labels_or_a_label_set_is_422(app):
+    r, _ = classify_form(app, [("templates", "a {}")])
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"] == "labels: required (or name a stored `labelset`)"
+
+
+# --- stored label sets -----------------------------------------------------------------------------------------------
+def test_a_stored_label_set_gives_its_labels_and_templates(app):
+    client, backend = app
+    labels = new_labels()
+    assert client.put("/labelsets/json-set", json={"labels": labels, "templates": ["x {} y", "z {}"]}).status_code == 200
+    before = len(backend.encoded)
+    r = client.post("/classify", json={"image": base64.b64encode(IMAGE).decode(), "labelset": "json-set"})
+    assert labels_of(r) == sorted(labels)
+    # its labels and templates are the ones whose classifier PUT computed: no prompt is encoded again
+    assert [n for n in backend.encoded[before:] if n not in COLOURS] == []
+
+
+def test_labels_and_a_label_set_together_are_422(app):
+    client, _ = app
+    client.put("/labelsets/both-set", json={"labels": new_labels()})
+    r = client.post("/classify", json={"image": base64.b64encode(IMAGE).decode(), "labelset": "both-set",
+                                       "labels": ["a", "b"]})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "give either `labels` or `labelset`, not both"
+
+
+def test_an_unknown_label_set_is_404_saying_how_to_create_it(app):
+    client, _ = app
+    r = client.post("/classify", json={"image": base64.b64encode(IMAGE).decode(), "labelset": "never-stored"})
+    assert r.status_code == 404 and "PUT /labelsets/never-stored" in r.json()["error"]["message"], r.text
+
+
+# --- image URLs stop when the client leaves ----------------------------------------------------------------------
+def test_url_downloads_stop_when_the_client_leaves():
+    """The download never ends; the client's disconnect must end the wait (ClientGone) and cancel the download."""
+    cancelled = asyncio.Event()
+
+    class Endless:
+        async def fetch(self, url: str, budget) -> bytes:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    state = SimpleNamespace(url_fetcher=Endless(), settings=Settings())
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b"",
+                       "app": SimpleNamespace(state=state)}, receive)
+
+    async def run() -> None:
+        with pytest.raises(ClientGone):
+            await asyncio.wait_for(inputs._image_bytes(request, ["https://img.example/a.png"]), 10)
+        await asyncio.wait_for(cancelled.wait(), 10)
+
+    asyncio.run(run())
