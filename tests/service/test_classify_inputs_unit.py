@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -20,8 +22,9 @@ from service.errors import ClientGone
 from service.settings import Settings
 from tests.service.fake_backend import COLOURS, png, ready_client
 
-MAX_LABELS = 5
+MAX_LABELS, MAX_IMAGES = 5, 3
 IMAGE = png(COLOURS["fresh"])
+B64 = base64.b64encode(IMAGE).decode()
 _SERIAL = itertools.count()
 
 
@@ -32,15 +35,17 @@ def new_labels(n: int = 2) -> list[str]:
 
 @pytest.fixture(scope="module")
 def app():
-    with ready_client(Settings(max_labels=MAX_LABELS)) as client_backend:
+    with ready_client(Settings(max_labels=MAX_LABELS, max_images_per_request=MAX_IMAGES)) as client_backend:
         yield client_backend
 
 
-def classify_form(app, fields: list[tuple[str, str]]):
-    """POST /classify as multipart/form-data: one image part and `fields`; returns (response, prompts encoded)."""
+def classify_form(app, fields: list[tuple[str, str]], n_images: int = 1):
+    """POST /classify as multipart/form-data: `n_images` image parts and `fields`; returns (response, prompts
+    encoded)."""
     client, backend = app
     before = len(backend.encoded)
-    r = client.post("/classify", files=[("file", ("x.png", IMAGE, "image/png"))] + [(k, (None, v)) for k, v in fields])
+    r = client.post("/classify", files=[("file", ("x.png", IMAGE, "image/png"))] * n_images +
+                    [(k, (None, v)) for k, v in fields])
     return r, [name for name in backend.encoded[before:] if name not in COLOURS]
 
 
@@ -104,6 +109,62 @@ def test_a_form_without_labels_or_a_label_set_is_422(app):
     r, _ = classify_form(app, [("templates", "a {}")])
     assert r.status_code == 422, r.text
     assert r.json()["error"]["message"] == "labels: required (or name a stored `labelset`)"
+
+
+# --- images ---------------------------------------------------------------------------------------------------------
+def test_json_images_or_one_image(app):
+    client, _ = app
+    labels = new_labels()
+    r = client.post("/classify", json={"images": [B64, B64], "labels": labels})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text
+    r = client.post("/classify", json={"image": B64, "labels": labels})
+    assert r.status_code == 200 and len(r.json()["results"]) == 1, r.text
+    r = client.post("/classify", content=json.dumps({"image": B64, "labels": labels}))  # no content type: JSON
+    assert r.status_code == 200 and len(r.json()["results"]) == 1, r.text
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"images": [B64], "image": B64}, 422, "give either `images` or `image`, not both"),
+    ({}, 422, "images: give at least one"),
+    ({"images": []}, 422, "images: give at least one"),
+    ({"images": [B64] * (MAX_IMAGES + 1)}, 413,
+     f"{MAX_IMAGES + 1} images in one request; the limit is {MAX_IMAGES} (CLIP_MAX_IMAGES_PER_REQUEST)"),
+])
+def test_json_image_refusals(app, body, status, message):
+    client, backend = app
+    before = len(backend.encoded)
+    r = client.post("/classify", json={**body, "labels": ["a", "b"]})
+    assert r.status_code == status and r.json()["error"]["message"] == message, r.text
+    assert len(backend.encoded) == before
+
+
+def test_form_image_counts(app):
+    r, _ = classify_form(app, [("labels", x) for x in new_labels()], n_images=MAX_IMAGES)
+    assert r.status_code == 200 and len(r.json()["results"]) == MAX_IMAGES, r.text
+    r, _ = classify_form(app, [("labels", "a"), ("labels", "b")], n_images=MAX_IMAGES + 1)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["message"] == \
+        f"{MAX_IMAGES + 1} images in one request; the limit is {MAX_IMAGES} (CLIP_MAX_IMAGES_PER_REQUEST)"
+    r, _ = classify_form(app, [("labels", "a"), ("labels", "b")], n_images=0)
+    assert r.status_code == 422 and r.json()["error"]["message"] == "images: give at least one", r.text
+
+
+def test_another_content_type_is_415(app):
+    client, _ = app
+    r = client.post("/classify", content=b"labels=a", headers={"content-type": "text/plain"})
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["message"] == \
+        "content type 'text/plain' not supported; use multipart/form-data or application/json"
+
+
+def test_the_access_log_counts_the_images(app, caplog):
+    client, _ = app
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        classify_form(app, [("labels", "a"), ("labels", "b")], n_images=2)
+        client.post("/classify", json={"images": [B64] * 3, "labels": ["a", "b"]})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"
+             and '"/classify"' in r.getMessage()]
+    assert [(line["status"], line["items"]) for line in lines] == [(200, 2), (200, 3)], lines
 
 
 # --- stored label sets -----------------------------------------------------------------------------------------------
