@@ -12,13 +12,15 @@ import itertools
 import json
 import logging
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 from starlette.requests import Request
 
 from models.prompts import TEMPLATE_SETS
 from service import inputs
-from service.errors import ClientGone
+from service.errors import ClientGone, InvalidField, PayloadTooLarge
+from service.labelset_store import check_name, clean_labels
 from service.settings import Settings
 from tests.service.fake_backend import COLOURS, png, ready_client
 
@@ -190,7 +192,8 @@ def test_labels_and_a_label_set_together_are_422(app):
 def test_an_unknown_label_set_is_404_saying_how_to_create_it(app):
     client, _ = app
     r = client.post("/classify", json={"image": base64.b64encode(IMAGE).decode(), "labelset": "never-stored"})
-    assert r.status_code == 404 and "PUT /labelsets/never-stored" in r.json()["error"]["message"], r.text
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["message"] == "no label set named 'never-stored'; create it with PUT /labelsets/never-stored"
 
 
 # --- image URLs stop when the client leaves ----------------------------------------------------------------------
@@ -219,3 +222,38 @@ def test_url_downloads_stop_when_the_client_leaves():
         await asyncio.wait_for(cancelled.wait(), 10)
 
     asyncio.run(run())
+
+
+# --- labels and label-set names (service/labelset_store.py) ------------------------------------------------------
+def test_labels_are_stripped_and_kept_in_order():
+    assert clean_labels([" b ", "a", "c\t"], MAX_LABELS) == ("b", "a", "c")
+
+
+@pytest.mark.parametrize("labels,error,message", [
+    ([], InvalidField, "labels: give at least one"),
+    ([str(i) for i in range(MAX_LABELS + 1)], PayloadTooLarge,
+     f"{MAX_LABELS + 1} labels in one request; the limit is {MAX_LABELS} (CLIP_MAX_LABELS)"),
+    (["a", " "], InvalidField, "labels: every label must be a non-empty string"),
+    (["c", "a", "b", " b", "a"], InvalidField, "labels: 'a' appears more than once"),  # the first that has a twin
+    (["x" * 100, "x" * 100 + " "], InvalidField, f"labels: {'x' * 80!r} appears more than once"),  # cut at 80
+])
+def test_label_refusals(labels, error, message):
+    with pytest.raises(error) as err:
+        clean_labels(labels, MAX_LABELS)
+    assert err.value.message == message
+
+
+@pytest.mark.parametrize("name", ["a", "A-z_0.9", "x" * 64])
+def test_label_set_names(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "a b", "a/b", "ä", "a\n"])
+def test_bad_label_set_names_are_422_saying_what_a_name_may_hold(app, name):
+    with pytest.raises(InvalidField) as err:
+        check_name(name)
+    assert err.value.message == "name: 1-64 characters from letters, digits, '_', '.', '-'"
+    client, _ = app
+    if name and "/" not in name:  # a URL path carries the others, escaped ("a%2Fb" is no route: 404)
+        r = client.put(f"/labelsets/{quote(name, safe='')}", json={"labels": ["a"]})
+        assert r.status_code == 422 and r.json()["error"]["message"] == err.value.message, r.text
