@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
+import logging
 
 import pytest
 
@@ -145,3 +147,21 @@ def test_dimensions_up_to_the_models(app):
     assert status == 200 and len(body["data"][0]["embedding"]) == 3, body
     message = refused(app, ["a"], 422, "invalid_request", "dimensions", dimensions=9)
     assert message == "dimensions: 9 is more than the model's 8", message
+
+
+# --- the body --------------------------------------------------------------------------------------------------------
+def test_json_with_or_without_its_content_type(app):
+    client, _ = app
+    body = json.dumps({"model": "clip", "input": [new_text()]})
+    assert client.post("/v1/embeddings", content=body).status_code == 200  # no content type: read as JSON
+    r = client.post("/v1/embeddings", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+    assert r.json()["error"]["message"] == 'send application/json: {"model": "clip", "input": [...]}'
+
+
+def test_the_access_log_counts_the_inputs(app, caplog):
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        assert embed(app, [new_text(), FRESH, new_text()])[0] == 200
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"
+               and '"/v1/embeddings"' in r.getMessage()]
+    assert line["status"] == 200 and line["items"] == 3, line
