@@ -142,6 +142,12 @@ def test_a_lone_surrogate_is_named_by_its_path():
     with pytest.raises(BadInput) as err:
         bodies.reject_surrogates("\ud800")
     assert err.value.message.startswith("body: ") and err.value.field is None
+    with pytest.raises(BadInput) as err:  # a key of the body itself
+        bodies.reject_surrogates({"\udc00": 1})
+    assert err.value.message.startswith("body: a key is not valid Unicode") and err.value.field is None
+    with pytest.raises(BadInput) as err:  # nested objects: the path names every key on the way
+        bodies.reject_surrogates({"a": {"b": ["x", "\ud800"]}})
+    assert err.value.message.startswith("a.b[1]: not valid Unicode text") and err.value.field == "a"
     bodies.reject_surrogates({"labels": ["ünïcödé 🙂", {"k": ["v"]}], "n": [1, 2.5, None, True]})  # all text: passes
 
 
