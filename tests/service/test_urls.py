@@ -31,6 +31,7 @@ def host(tmp_path_factory):
         "/to-http": (302, {"Location": "http://localhost/red.png"}, b""),
         "/to-other-host": (302, {"Location": "https://evil.example/red.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
+        "/no-location": (302, {}, b""),
         "/big": (200, {}, b"\0" * (MAX_BYTES + 1)),
         "/exact": (200, {}, b"\0" * MAX_BYTES),
         "/exact-chunked": chunked_body(MAX_BYTES),
@@ -71,6 +72,8 @@ def test_public_addresses_pass_and_the_test_switch_opens_loopback_only():
 def test_host_allow_list():
     assert host_allowed("img.example.com", ["img.example.com"])
     assert host_allowed("IMG.example.com.", ["img.example.com"])
+    assert host_allowed("img.example.com", [" IMG.example.com. "])  # entries are read as loosely as hosts
+    assert host_allowed("a.example.com", ["*.example.com."]) and not host_allowed("img.example.com", [".example.com"])
     assert host_allowed("a.b.example.com", ["*.example.com"]) and not host_allowed("example.com", ["*.example.com"])
     assert not host_allowed("evilexample.com", ["*.example.com"]) and not host_allowed("x.com", ["img.example.com"])
     assert host_allowed("anything.org", ["*"])
@@ -107,6 +110,7 @@ def test_loopback_is_refused_without_the_test_switch(host):
     ("/to-http", UrlRefused, "only https"),
     ("/to-other-host", UrlRefused, "not in CLIP_URL_ALLOWED_HOSTS"),
     ("/loop", UrlFetchFailed, "redirects"),
+    ("/no-location", UrlFetchFailed, "HTTP 302 redirect without a Location"),
     ("/big", PayloadTooLarge, "CLIP_URL_MAX_BYTES"),
     ("/big-chunked", PayloadTooLarge, "CLIP_URL_MAX_BYTES"),
     ("/slow", UrlFetchFailed, "CLIP_URL_TIMEOUT_S"),
