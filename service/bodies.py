@@ -217,7 +217,7 @@ async def read_multipart(request: Request, max_files: int, max_fields: int) -> P
     except (ApiError, ClientDisconnect):  # BodyLimit's 413 while the body streams in, or the client left: as is
         raise
     except Exception as exc:  # python-multipart raises several types for malformed bodies
-        msg = str(exc)
+        msg = str(getattr(exc, "detail", exc))  # Starlette wraps them in a 400 HTTPException: its detail, not "400: "
         if "Too many" in msg:
             raise PayloadTooLarge(f"too many parts in the form: {msg}")
         raise BadInput(f"malformed multipart body: {msg}")
