@@ -173,7 +173,8 @@ def test_the_access_log_counts_the_images(app, caplog):
 def test_a_stored_label_set_gives_its_labels_and_templates(app):
     client, backend = app
     labels = new_labels()
-    assert client.put("/labelsets/json-set", json={"labels": labels, "templates": ["x {} y", "z {}"]}).status_code == 200
+    r = client.put("/labelsets/json-set", json={"labels": labels, "templates": ["x {} y", "z {}"]})
+    assert r.status_code == 200, r.text
     before = len(backend.encoded)
     r = client.post("/classify", json={"image": base64.b64encode(IMAGE).decode(), "labelset": "json-set"})
     assert labels_of(r) == sorted(labels)
@@ -193,7 +194,8 @@ def test_an_unknown_label_set_is_404_saying_how_to_create_it(app):
     client, _ = app
     r = client.post("/classify", json={"image": base64.b64encode(IMAGE).decode(), "labelset": "never-stored"})
     assert r.status_code == 404, r.text
-    assert r.json()["error"]["message"] == "no label set named 'never-stored'; create it with PUT /labelsets/never-stored"
+    assert r.json()["error"]["message"] == \
+        "no label set named 'never-stored'; create it with PUT /labelsets/never-stored"
 
 
 # --- image URLs stop when the client leaves ----------------------------------------------------------------------

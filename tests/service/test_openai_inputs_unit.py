@@ -80,7 +80,8 @@ def test_urls_are_texts_when_the_server_fetches_no_urls(app, url):
     assert status == 200 and encoded == [url], (body, encoded)
 
 
-@pytest.mark.parametrize("url", ["https://img.example/cat.png", "http://img.example/cat.png", " HTTPS://IMG.EXAMPLE/x "])
+@pytest.mark.parametrize("url", ["https://img.example/cat.png", "http://img.example/cat.png",
+                                 " HTTPS://IMG.EXAMPLE/x "])
 def test_urls_are_images_when_the_server_fetches_urls(app, url):
     fetcher = Fetcher()
     text = new_text()
