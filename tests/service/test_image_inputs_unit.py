@@ -80,6 +80,8 @@ def test_json_image_counts(client):
     r = client.post("/embed/image", json={"images": [B64] * MAX_IMAGES})
     assert r.status_code == 200 and len(r.json()["embeddings"]) == MAX_IMAGES, r.text
     assert error(client.post("/embed/image", json={"images": [B64] * (MAX_IMAGES + 1)}), 413) == OVER
+    # a bad one is named by its place
+    assert error(client.post("/embed/image", json={"images": [B64, "!!"]}), 400) == "images[1]: not valid base64"
 
 
 def test_json_with_or_without_its_content_type(client):
