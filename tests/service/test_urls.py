@@ -77,6 +77,24 @@ def test_host_allow_list():
     assert host_allowed("a.b.example.com", ["*.example.com"]) and not host_allowed("example.com", ["*.example.com"])
     assert not host_allowed("evilexample.com", ["*.example.com"]) and not host_allowed("x.com", ["img.example.com"])
     assert host_allowed("anything.org", ["*"])
+    # '*.example.com' needs a name before the dot: one letter is enough, the bare dot is not
+    assert host_allowed("a.example.com", ["*.example.com"]) and not host_allowed(".example.com", ["*.example.com"])
+
+
+@pytest.mark.parametrize("url,message", [
+    ("https://[::1/x", "not a valid URL: Invalid port: ':1'"),
+    ("HTTP://img.example.com/x", "only https URLs are fetched, not http:"),
+    ("//img.example.com/x", "only https URLs are fetched, not scheme-less:"),
+    ("https://u:p@img.example.com/x", "URLs with credentials (user:password@) are not fetched"),
+    ("https:///x", "URL has no host"),
+    ("https://evil.example/x", "host 'evil.example' is not in CLIP_URL_ALLOWED_HOSTS"),
+    ("https://[::1]/x", "::1 is a loopback address; only public addresses are fetched"),
+    ("https://10.0.0.1/x", "10.0.0.1 is a private address; only public addresses are fetched"),
+])
+def test_each_refusal_says_what_is_wrong(url, message):
+    with pytest.raises(UrlRefused) as refused:
+        UrlFetcher(["img.example.com", "::1", "10.0.0.1"]).check_url(url)
+    assert refused.value.message == message
 
 
 @pytest.mark.parametrize("url,words", [
