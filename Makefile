@@ -19,7 +19,7 @@ help:
 	@echo "make serve   - install (first time) and serve the bundled model on http://$(HOST):$(PORT)"
 	@echo "               (PRECISION=int8: export it to int8 ONNX once, then serve that with ONNX Runtime)"
 	@echo "make test    - install (first time) and run the whole test suite"
-	@echo "make mutation - mutation check of the security- and reliability-critical modules (~1 h; docs/mutation.md)"
+	@echo "make mutation - mutation check of the security- and reliability-critical modules (1-2 h; docs/mutation.md)"
 	@echo "make bench   - run the benchmark suite (writes docs/benchmarks/)"
 	@echo "make train   - retrain the bundled model (about 30 min on 2 CPU cores)"
 	@echo "make eval    - zero-shot evaluation of the bundled model (PRECISION=int8: and of its int8 export)"
@@ -57,7 +57,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Mutation check (docs/mutation.md): mutmut mutates the modules listed in pyproject.toml's [tool.mutmut] one change
-# at a time and runs their in-process tests against each mutant. Not part of `make test` or CI: about an hour on
+# at a time and runs their in-process tests against each mutant. Not part of `make test` or CI: 1-2 hours on
 # 2 cores. Prints the counts, then every mutant no test killed.
 MUTATION_CHILDREN ?= 2
 mutation: $(STAMP)

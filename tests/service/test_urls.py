@@ -69,6 +69,26 @@ def test_public_addresses_pass_and_the_test_switch_opens_loopback_only():
         assert address_problem(ipaddress.ip_address(address), allow_loopback=True), address
 
 
+@pytest.mark.parametrize("address,problem", [
+    ("169.254.169.254", "a cloud metadata address"), ("fd00:ec2::254", "a cloud metadata address"),
+    ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"), ("fe80::1", "a link-local address"),
+    ("224.0.0.1", "a multicast address"), ("0.0.0.0", "an unspecified address"), ("240.0.0.1", "a reserved address"),
+    ("10.1.2.3", "a private address"), ("100.64.0.1", "a non-public address"),
+    # IPv6 carrying an IPv4 address: mapped, 6to4 and Teredo (whose client address is stored inverted)
+    ("::ffff:10.0.0.1", "an IPv6 address wrapping 10.0.0.1 (a private address)"),
+    ("2002:0a00:0001::1", "an IPv6 address wrapping 10.0.0.1 (a private address)"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "an IPv6 address wrapping 10.0.0.1 (a private address)"),
+    ("::ffff:8.8.8.8", None), ("2002:0808:0808::1", None),  # wrapping a public address: public
+])
+def test_each_address_class_is_named(address, problem):
+    assert address_problem(ipaddress.ip_address(address)) == problem
+
+
+def test_the_loopback_test_switch_reaches_wrapped_addresses_too():
+    assert address_problem(ipaddress.ip_address("::ffff:127.0.0.1"), allow_loopback=True) is None
+    assert address_problem(ipaddress.ip_address("::ffff:10.0.0.1"), allow_loopback=True) is not None
+
+
 def test_host_allow_list():
     assert host_allowed("img.example.com", ["img.example.com"])
     assert host_allowed("IMG.example.com.", ["img.example.com"])
