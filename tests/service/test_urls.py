@@ -84,6 +84,13 @@ def test_each_address_class_is_named(address, problem):
     assert address_problem(ipaddress.ip_address(address)) == problem
 
 
+def test_the_loopback_test_switch_reaches_ip_literals():
+    url = "https://127.0.0.1:8443/x.png"
+    assert str(UrlFetcher(["127.0.0.1"], allow_loopback_for_tests=True).check_url(url)) == url
+    with pytest.raises(UrlRefused, match="loopback"):
+        UrlFetcher(["127.0.0.1"]).check_url(url)
+
+
 def test_the_loopback_test_switch_reaches_wrapped_addresses_too():
     assert address_problem(ipaddress.ip_address("::ffff:127.0.0.1"), allow_loopback=True) is None
     assert address_problem(ipaddress.ip_address("::ffff:10.0.0.1"), allow_loopback=True) is not None
