@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.errors import PayloadTooLarge, UrlFetchFailed, UrlRefused
-from service.urls import ByteBudget, UrlFetcher, address_problem, host_allowed
+from service.urls import MAX_REDIRECTS, ByteBudget, UrlFetcher, address_problem, host_allowed
 from tests.service.conftest import encode, shape_image
 from tests.service.https_server import ImageHost, chunked_body, slow_body
 from tests.service.server import ServerProcess
@@ -32,6 +32,8 @@ def host(tmp_path_factory):
         "/to-other-host": (302, {"Location": "https://evil.example/red.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
         "/no-location": (302, {}, b""),
+        "/chain/0": (302, {"Location": "/red.png"}, b""),  # /chain/n: n + 1 redirects to the image
+        **{f"/chain/{n}": (302, {"Location": f"/chain/{n - 1}"}, b"") for n in range(1, MAX_REDIRECTS + 1)},
         "/big": (200, {}, b"\0" * (MAX_BYTES + 1)),
         "/exact": (200, {}, b"\0" * MAX_BYTES),
         "/exact-chunked": chunked_body(MAX_BYTES),
@@ -141,6 +143,13 @@ def test_urls_refused_before_any_connection(host, url, words):
 def test_allowed_host_is_fetched_also_through_a_redirect(host):
     assert fetch(fetcher(host), host.url("/red.png")) == PNG
     assert fetch(fetcher(host), host.url("/hop")) == PNG
+
+
+def test_redirects_are_followed_up_to_the_limit(host):
+    assert fetch(fetcher(host), host.url(f"/chain/{MAX_REDIRECTS - 1}")) == PNG  # MAX_REDIRECTS hops
+    with pytest.raises(UrlFetchFailed) as failed:
+        fetch(fetcher(host), host.url(f"/chain/{MAX_REDIRECTS}"))
+    assert failed.value.message == f"more than {MAX_REDIRECTS} redirects"
 
 
 def test_loopback_is_refused_without_the_test_switch(host):
