@@ -125,7 +125,8 @@ def test_no_input_is_refused(app, items):
 @pytest.mark.parametrize("items", [[1, 2, 3], [[1, 2]], [[3], [4, 5]]])
 def test_token_arrays_are_refused_with_the_reason(app, items):
     message = refused(app, items, 422, "invalid_request", "input")
-    assert message.startswith("input: token arrays are not supported") and "send strings" in message, message
+    assert message == ("input: token arrays are not supported (this server tokenises with the model's own "
+                       "tokenizer); send strings. LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)")
 
 
 # --- model and dimensions ------------------------------------------------------------------------------------------
@@ -139,6 +140,13 @@ def test_any_other_model_is_404_naming_what_is_served(app, model):
     message = refused(app, ["a"], 404, "model_not_found", "model", model=model)
     assert message.startswith(f"The model `{model}` does not exist on this server. It serves `named` "
                               f"(fingerprint {'n' * 16})"), message
+
+
+def test_base64_encoding_is_passed_on(app):
+    status, body, _ = embed(app, [new_text()], encoding_format="base64")
+    assert status == 200 and isinstance(body["data"][0]["embedding"], str), body
+    status, body, _ = embed(app, [new_text()], encoding_format="float")
+    assert status == 200 and isinstance(body["data"][0]["embedding"], list), body
 
 
 def test_dimensions_up_to_the_models(app):
