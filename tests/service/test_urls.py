@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import json
 
 import httpx
 import numpy as np
@@ -21,6 +22,15 @@ PNG = encode(shape_image("red", "circle"))
 MAX_BYTES = 100_000
 
 
+def echo_headers(handler) -> None:
+    """A route whose body is the request's headers, as JSON."""
+    body = json.dumps({k.lower(): v for k, v in handler.headers.items()}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     routes = {
@@ -32,6 +42,7 @@ def host(tmp_path_factory):
         "/to-other-host": (302, {"Location": "https://evil.example/red.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
         "/no-location": (302, {}, b""),
+        "/echo-headers": echo_headers,
         "/chain/0": (302, {"Location": "/red.png"}, b""),  # /chain/n: n + 1 redirects to the image
         **{f"/chain/{n}": (302, {"Location": f"/chain/{n - 1}"}, b"") for n in range(1, MAX_REDIRECTS + 1)},
         "/big": (200, {}, b"\0" * (MAX_BYTES + 1)),
@@ -143,6 +154,11 @@ def test_urls_refused_before_any_connection(host, url, words):
 def test_allowed_host_is_fetched_also_through_a_redirect(host):
     assert fetch(fetcher(host), host.url("/red.png")) == PNG
     assert fetch(fetcher(host), host.url("/hop")) == PNG
+
+
+def test_the_image_host_is_asked_for_an_image_by_clip_serve(host):
+    sent = json.loads(fetch(fetcher(host), host.url("/echo-headers")))
+    assert (sent["host"], sent["accept"], sent["user-agent"]) == (f"localhost:{host.port}", "image/*", "clip-serve")
 
 
 def test_redirects_are_followed_up_to_the_limit(host):
