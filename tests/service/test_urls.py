@@ -97,6 +97,12 @@ def test_each_address_class_is_named(address, problem):
     assert address_problem(ipaddress.ip_address(address)) == problem
 
 
+def test_no_allow_list_is_a_configuration_error():
+    with pytest.raises(ValueError) as err:
+        UrlFetcher([])
+    assert str(err.value) == "URL fetching needs an allow-list of hosts (CLIP_URL_ALLOWED_HOSTS)"
+
+
 def test_the_loopback_test_switch_reaches_ip_literals():
     url = "https://127.0.0.1:8443/x.png"
     assert str(UrlFetcher(["127.0.0.1"], allow_loopback_for_tests=True).check_url(url)) == url
