@@ -5,6 +5,7 @@ see the protocol's code, which runs in the test's own process here."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -16,7 +17,7 @@ import pytest
 from service.connections import CUT_OFF, ConnectionLimits, close_all, protocol_class
 from service.settings import Settings
 from tests.service.app_thread import serving, url_of
-from tests.service.fake_backend import named_app
+from tests.service.fake_backend import COLOURS, named_app, png
 from tests.service.raw_client import SlowClient
 
 HEADER_S, BODY_S, MAX_CONNECTIONS = 1.0, 1.0, 4
@@ -32,11 +33,12 @@ def slow_client(port: int, first: bytes = b"", trickle: bytes = b"") -> SlowClie
 
 @pytest.fixture(scope="module")
 def guarded():
-    app, _ = named_app(Settings())
+    app, backends = named_app(Settings())
     limits = ConnectionLimits(HEADER_S, BODY_S, MAX_CONNECTIONS)
     with serving(app, http=protocol_class(limits, app.state.metrics), timeout_keep_alive=30) as server:
         yield SimpleNamespace(url=url_of(server), port=server.config.port, metrics=app.state.metrics,
-                              connections=server.server_state.connections)
+                              connections=server.server_state.connections, backend=backends[0])
+        backends[0].gate.set()  # a test that held the encoder and failed must not keep the app waiting
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +135,24 @@ def test_an_answered_request_with_an_unread_body_is_closed_without_a_second_answ
     finished(client)
     assert client.received.startswith(b"HTTP/1.1 404") and b" 408 " not in client.received, client.received
     assert rejected(guarded, "body_timeout") - before == 1
+
+
+def test_a_stalled_pipelined_request_writes_no_408_where_the_answer_before_it_belongs(guarded):
+    """A client pipelines a second request whose headers stall while the first is still being answered (its
+    image holds the encoder): the header deadline closes the connection, and writes no 408 into the stream where
+    the first answer belongs."""
+    body = json.dumps({"images": [base64.b64encode(png(COLOURS["hold"])).decode()]}).encode()
+    first = (b"POST /embed/image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+             b"\r\n%s" % (len(body), body))
+    before = rejected(guarded, "header_timeout")
+    try:
+        client = slow_client(guarded.port, first + b"POST /embed/text HTTP/1.1\r\nHost: x\r\n")
+        assert guarded.backend.holding.wait(GIVE_UP_S), "the first request never reached the encoder"
+        finished(client)
+    finally:
+        guarded.backend.gate.set()
+    assert client.received == b"", client.received
+    assert rejected(guarded, "header_timeout") - before == 1
 
 
 def test_each_request_on_a_kept_alive_connection_has_its_own_header_clock(guarded):
