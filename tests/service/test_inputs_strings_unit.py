@@ -169,3 +169,15 @@ def test_integer_form_fields():
         with pytest.raises(InvalidField) as err:
             bodies.int_field({"top_k": [value]}, "top_k")
         assert err.value.message == f"top_k: must be an integer, got {shown}", err.value.message
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"[" * 100_000, "body nests too deeply: this server parses JSON up to about 900 levels"),
+    (b'{"a": }', "body is not valid JSON: Expecting value: line 1 column 7 (char 6)"),
+    (b"9" * 5000, "body is not valid JSON: a number has too many digits"),
+    (b"\xff", "body is not valid JSON: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+])
+def test_json_that_python_cannot_read_is_400_saying_why(body, message):
+    with pytest.raises(BadInput) as err:
+        bodies.parse_json(body, EmbedTextsRequest)
+    assert err.value.message == message
