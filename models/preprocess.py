@@ -77,6 +77,7 @@ def eval_pixels(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
     size = _resized_size(img.size, pre)
     if size != img.size:  # torchvision returns an image of the asked size unchanged
         img = img.resize(size, _pil_filter(pre))
+    img = _crop_inside(img, pre.size)  # a long strip resized is still huge: crop before any copy of it
     rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # [h, w, 3] uint8
     fill = pre.fill_color if pre.resize_mode == "longest" else 0  # torchvision's CenterCrop pads with 0
     rgb = center_crop_or_pad(rgb, pre.size, fill)  # [H, W, 3]
@@ -108,6 +109,19 @@ def _resized_size(size: tuple[int, int], pre: PreprocessConfig) -> tuple[int, in
     ratio = max(ratio_h, ratio_w) if pre.resize_mode == "longest" else min(ratio_h, ratio_w)
     # at least one pixel: open_clip's own transform raises on a 1000x2 image in "longest" mode (a zero side)
     return max(1, round(w / ratio)), max(1, round(h / ratio))
+
+
+def _crop_inside(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Crop the centre of each side longer than the target, as `center_crop_or_pad` would, in PIL (no array yet).
+
+    A side already within the target is left for `center_crop_or_pad` to pad; on the cropped side the offset is
+    the same rounding, so the pixels kept are the same ones."""
+    ch, cw = size
+    w, h = img.size
+    top = int(round((h - ch) / 2.0)) if h > ch else 0
+    left = int(round((w - cw) / 2.0)) if w > cw else 0
+    box = (left, top, left + min(w, cw), top + min(h, ch))
+    return img if box == (0, 0, w, h) else img.crop(box)
 
 
 def center_crop_or_pad(rgb: np.ndarray, size: tuple[int, int], fill: int = 0) -> np.ndarray:
