@@ -109,3 +109,19 @@ def test_an_unknown_scores_value_is_a_422_in_the_error_shape(server, request_kw)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert set(r.json()) == {"error"} and error["type"] == "invalid_request" and "scores" in error["message"]
+    assert "probability" in error["message"] or "once" in error["message"], "names the values it takes"
+
+
+def test_the_python_client_asks_for_cosines_and_reads_the_activation(siglip_server, siglip, open_clip_head):
+    from service.client import Client
+
+    cosines, expected = open_clip_head(siglip, IMAGES[:1], PROMPTS)
+    with Client(siglip_server.url) as clip:
+        probs = clip.classify(IMAGES[0], LABELS)
+        raw = clip.classify(IMAGES[0], LABELS, scores="cosine")
+        info = clip.info()
+    assert (probs.activation, probs.scores, raw.scores, info.activation) == ("sigmoid", "probability", "cosine",
+                                                                              "sigmoid")
+    np.testing.assert_allclose([{x.label: x.score for x in raw.results[0]}[k] for k in LABELS], cosines[0], atol=2e-5)
+    np.testing.assert_allclose([{x.label: x.score for x in probs.results[0]}[k] for k in LABELS], expected[0],
+                               rtol=2e-3, atol=1e-7)
