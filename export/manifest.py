@@ -91,7 +91,7 @@ class Manifest:
     @property
     def activation(self) -> Activation:
         """How the model's cosines become label probabilities (models/zeroshot.py)."""
-        return Activation(float(self.logit_scale), None if self.logit_bias is None else float(self.logit_bias))
+        return Activation.from_dict({"logit_scale": self.logit_scale, "logit_bias": self.logit_bias})
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -35,6 +35,12 @@ class Activation:
         """What /info and an export's manifest say about the head (JSON-serialisable)."""
         return {"activation": self.name, "logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Activation":
+        """The head back from `to_dict` (e.g. a backend's description sent to another process)."""
+        bias = d.get("logit_bias")
+        return cls(float(d["logit_scale"]), None if bias is None else float(bias))
+
     def probabilities(self, cosines: np.ndarray) -> np.ndarray:
         """[N, C] cosines -> [N, C] label probabilities, in the cosines' float dtype."""
         logits = self.logit_scale * cosines
