@@ -1,9 +1,10 @@
 """manifest.json: everything needed to serve an export directory without the source model.
 
 The manifest says which model the graphs came from (model id, fingerprint, how to rebuild it for checks),
-how to feed them (preprocessing, tokenizer, context length), what they output (embedding size, logit
-scale), how they were made (opset, precision, tool versions) and the sha256 of every file beside it, so a
-truncated copy or a swapped graph is refused at load time with a message that says how to fix it.
+how to feed them (preprocessing, tokenizer, context length), what they output (embedding size, and the logit
+scale and bias that turn cosines into label probabilities), how they were made (opset, precision, tool versions)
+and the sha256 of every file beside it, so a truncated copy or a swapped graph is refused at load time with a
+message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Iterable
 
 from export.errors import ExportError
 from models.preprocess import PreprocessConfig
+from models.zeroshot import Activation
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Manifest:
     fingerprint: str  # models.fingerprint of the source weights + preprocessing + tokenizer (16 hex)
     source: SourceSpec
     embed_dim: int  # D of both towers' outputs
-    logit_scale: float  # exp(learned temperature), clamped at 100 as open_clip does
+    logit_scale: float  # exp(learned temperature); clamped at 100 for softmax models (models.factory.LoadedModel)
     preprocess: dict[str, Any]  # models.preprocess.PreprocessConfig fields: size, mean, std, interpolation, ...
     tokenizer_source: str  # models.factory.tokenizer_for source; "." = this directory's open_clip_config.json
     context_length: int  # L: token ids per text
@@ -73,6 +75,9 @@ class Manifest:
     # no open_clip); None (other tokenizers, exports made before it existed): open_clip from tokenizer_source
     tokenizer: dict[str, Any] | None = None
     created_with: dict[str, str] = field(default_factory=dict)  # tool versions (torch, open_clip, onnx, ...)
+    # the learned bias of a sigmoid-loss model (SigLIP): label probabilities are sigmoid(logit_scale x cos + bias);
+    # None (CLIP, and exports made before this field existed): softmax over the labels (models/zeroshot.py)
+    logit_bias: float | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -82,6 +87,11 @@ class Manifest:
         return PreprocessConfig(size=tuple(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
                                 interpolation=p["interpolation"], resize_mode=p["resize_mode"],
                                 fill_color=int(p.get("fill_color", 0)))
+
+    @property
+    def activation(self) -> Activation:
+        """How the model's cosines become label probabilities (models/zeroshot.py)."""
+        return Activation.from_dict({"logit_scale": self.logit_scale, "logit_bias": self.logit_bias})
 
     @property
     def image_size(self) -> tuple[int, int]:

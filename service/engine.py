@@ -18,6 +18,7 @@ from typing import Awaitable, Callable, Optional, Sequence, Union
 import numpy as np
 
 from models.prompts import prototypes
+from models.zeroshot import ScoreKind, label_scores
 from service.backends import Backend
 from service.batcher import Batcher
 from service.cache import ByteLRU
@@ -202,12 +203,13 @@ class Engine:
 
     # --- classifiers ----------------------------------------------------------------------------------------
     async def classify(self, images: list[bytes], labels: tuple[str, ...], templates: tuple[str, ...],
-                       deadline: Optional[float] = None) -> np.ndarray:
-        """[N, C] scores of each image over the labels (see `scores`). One deadline for the whole request: the
-        label prompts first (usually cached), then the images."""
+                       deadline: Optional[float] = None, scores: ScoreKind = "probability") -> np.ndarray:
+        """[N, C] scores of each image over the labels: the model's own label probabilities (softmax over the labels,
+        or one sigmoid per label: the backend's `activation`), or the raw cosines (models/zeroshot.py). One deadline
+        for the whole request: the label prompts first (usually cached), then the images."""
         deadline = self.deadline() if deadline is None else deadline
         proto = await self.classifier(labels, templates, deadline)
-        return self.scores(await self.embed_images(images, deadline), proto)
+        return label_scores(await self.embed_images(images, deadline), proto, self.backend.activation, scores)
 
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...],
                          deadline: Optional[float] = None) -> np.ndarray:
@@ -234,13 +236,6 @@ class Engine:
             proto[i:i + len(part)] = prototypes(emb, len(part))
         self.labelset_cache.put(key, proto)
         return proto
-
-    def scores(self, image_emb: np.ndarray, proto: np.ndarray) -> np.ndarray:
-        """softmax over labels of logit_scale x cosine: [N, C]."""
-        logits = self.backend.logit_scale * image_emb @ proto.T
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
 
 
 class _Skipped(Exception):

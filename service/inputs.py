@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 
 from starlette.requests import Request
 
+from models.zeroshot import ScoreKind
 from service.backends import Backend
 from service.bodies import (content_type, images_from_strings, int_field, is_url, read_json, read_multipart,
                             single_field, validate)
@@ -45,6 +46,7 @@ class ClassifyInputs:
     images: list[bytes]
     labelset: LabelSet  # the request's own labels and templates, or a stored set's
     top_k: Optional[int]
+    scores: ScoreKind = "probability"  # the model's probabilities, or the raw cosines
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ async def parse_classify(request: Request, s: Settings, store: LabelSetStore) ->
         body = validate(ClassifyRequest, dict(
             labels=form.fields.get("labels"), labelset=single_field(form.fields, "labelset"),
             templates=templates[0] if templates and len(templates) == 1 and "{}" not in templates[0] else templates,
-            top_k=int_field(form.fields, "top_k")))
+            top_k=int_field(form.fields, "top_k"), **_given(scores=single_field(form.fields, "scores"))))
         images = form.images
     elif ctype in ("application/json", ""):
         body = await read_json(request, ClassifyRequest)
@@ -104,7 +106,12 @@ async def parse_classify(request: Request, s: Settings, store: LabelSetStore) ->
         raise UnsupportedMedia(f"content type {ctype!r} not supported; {_JSON_OR_FORM}")
     check_count("images", len(images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
     note_items(request, len(images))
-    return ClassifyInputs(images, _classify_labelset(body, s, store), body.top_k)
+    return ClassifyInputs(images, _classify_labelset(body, s, store), body.top_k, body.scores)
+
+
+def _given(**fields: Optional[str]) -> dict[str, str]:
+    """The form fields a request sent: an absent one takes the request model's default."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _classify_labelset(body: ClassifyRequest, s: Settings, store: LabelSetStore) -> LabelSet:

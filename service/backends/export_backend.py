@@ -26,7 +26,8 @@ class ExportBackend(Backend):
         self.precision = m.precision
         _check_precision(settings, m.precision)
         self.model_id, self.fingerprint, self.embed_dim = m.model_id, m.fingerprint, m.embed_dim
-        self.context_length, self.logit_scale = m.context_length, float(m.logit_scale)
+        self.context_length = m.context_length
+        self.logit_scale, self.logit_bias = m.activation.logit_scale, m.activation.logit_bias
         self.preprocess = m.preprocess_config
         self.tokenizer = self.encoders.tokenizer()
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
