@@ -153,3 +153,13 @@ def test_setup_refuses_what_it_cannot_export_to(monkeypatch, env, says):
     with pytest.raises(tracing.TracingUnavailable, match=re.escape(says)):
         tracing.setup(Settings())
     assert not tracing.enabled()
+
+
+def test_an_encoder_failure_is_an_error_on_the_inference_span(spans):
+    with tracing._tracer.start_as_current_span("request"):
+        wait = tracing.queued("image", 1)
+    with pytest.raises(RuntimeError):
+        with tracing.inference("image", 1, [wait]):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    (span,) = finished(spans, "inference")
+    assert span.status.status_code == StatusCode.ERROR and span.events[0].name == "exception"
