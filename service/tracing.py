@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
@@ -52,6 +53,11 @@ log = logging.getLogger("service.tracing")
 DEFAULT_SERVICE_NAME = "clip-serve"
 EXTRA_HINT = "pip install 'clip-serve[otel]'"
 _NOOP = nullcontext()
+
+# At exit, buffered spans get this long to reach the collector: 0.4 s did with one up; one that is down would
+# otherwise hold the exit for the exporter's retries (7.7 s measured) out of the 10 s the process has after its drain
+# (service/__main__.py EXIT_MARGIN_S).
+SHUTDOWN_FLUSH_S = 2.0
 
 _tracer: Optional["Tracer"] = None  # None: tracing is off, every hook returns at once
 _provider: Any = None
@@ -147,8 +153,13 @@ def describe() -> str:
 def shutdown() -> None:
     """Export what is still buffered and stop (the process skips the interpreter's teardown, so no atexit runs)."""
     global _tracer, _provider, _described
-    if _provider is not None:
-        _provider.shutdown()
+    if _provider is not None:  # in a thread, to bound the wait: the SDK's own bound is its 30 s join
+        closing = threading.Thread(target=_provider.shutdown, name="tracing-shutdown", daemon=True)
+        closing.start()
+        closing.join(SHUTDOWN_FLUSH_S)
+        if closing.is_alive():
+            log.warning("spans not exported within %.0fs of shutdown (is the collector down?); dropping them",
+                        SHUTDOWN_FLUSH_S)
     _tracer = _provider = None
     _described = "off"
 

@@ -162,6 +162,25 @@ def test_probes_are_not_traced(traced, receiver):
     assert not [s for s in receiver.snapshot() if s.trace_id == trace_id]
 
 
+def test_spans_still_buffered_at_shutdown_are_exported(bundled_dir, tmp_path):
+    receiver = OtlpReceiver()
+    try:
+        proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_DRAIN_S": "1",
+                              "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "600000"},
+                             tmp_path / "server.log").wait_ready()
+        header, trace_id, _ = traceparent()
+        try:
+            assert httpx.post(proc.url + "/embed/image", files=[("file", ("x.png", png()))],
+                              headers={"traceparent": header}, timeout=60).status_code == 200
+            assert not receiver.snapshot(), "exported before the 10-minute schedule: nothing is left to check"
+        finally:
+            assert proc.stop() == 0
+        names = {s.name for s in receiver.snapshot() if s.trace_id == trace_id}
+        assert names == {"POST /embed/image", "decode", "queue_wait", "inference"}
+    finally:
+        receiver.close()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Off
 
