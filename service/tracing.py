@@ -28,9 +28,11 @@ a global provider is set, which would add a second server span and per-dependenc
 
 Across processes (the HTTP front-end and the engine in different processes) a span context travels as its W3C
 `traceparent` string, a plain str that any frame format carries: the sender calls `traceparent()` (the current
-span's, or None when tracing is off or the request is not sampled), the receiver `context_from(text)`, and passes
-that context where a `capture()` result goes (`span`, `queued`); `queued` and `inference` then parent and link to the
-remote request span exactly as they do in one process.
+span's, e.g. the request span while a route runs; None when tracing is off), the receiver `context_from(text)`, and
+passes that context where a `capture()` result goes (`span`, `queued(..., parent=)`); `queued` and `inference` then
+parent and link to the remote request span exactly as they do in one process. The string keeps the sampled flag, so
+an unsampled request stays unsampled in the engine too. Each process calls `setup` at its start (same environment:
+each exports its own spans, under one service name) and `shutdown` at its end.
 """
 
 from __future__ import annotations

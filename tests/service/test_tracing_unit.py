@@ -163,3 +163,12 @@ def test_an_encoder_failure_is_an_error_on_the_inference_span(spans):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
     (span,) = finished(spans, "inference")
     assert span.status.status_code == StatusCode.ERROR and span.events[0].name == "exception"
+
+
+def test_an_unsampled_request_stays_unsampled_across_processes(spans):
+    quiet, quiet_ctx = _remote(False)
+    carried = tracing.traceparent(quiet)
+    assert carried.endswith("-00") and f"{quiet_ctx.trace_id:032x}" in carried
+    with tracing.span("decode", tracing.context_from(carried)):
+        pass
+    assert not spans.get_finished_spans()
