@@ -29,8 +29,9 @@ a global provider is set, which would add a second server span and per-dependenc
 Across processes (the HTTP front-end and the engine in different processes) a span context travels as its W3C
 `traceparent` string, a plain str that any frame format carries: the sender calls `traceparent()` (the current
 span's, e.g. the request span while a route runs; None when tracing is off), the receiver `context_from(text)`, and
-passes that context where a `capture()` result goes (`span`, `queued(..., parent=)`); `queued` and `inference` then
-parent and link to the remote request span exactly as they do in one process. The string keeps the sampled flag, so
+passes that context where a `capture()` result goes (`span`, `queued(..., parent=)`), or makes it current around the
+call that queues the request's items (`with attached(context): ...`); `queued` and `inference` then parent and link
+to the remote request span exactly as they do in one process. The string keeps the sampled flag, so
 an unsampled request stays unsampled in the engine too. Each process calls `setup` at its start (same environment:
 each exports its own spans, under one service name) and `shutdown` at its end.
 """
@@ -40,8 +41,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
     from opentelemetry.context import Context
@@ -335,6 +336,26 @@ def traceparent(context: Optional["Context"] = None) -> Optional[str]:
     carrier: dict[str, str] = {}
     TraceContextTextMapPropagator().inject(carrier, context)
     return carrier.get("traceparent")
+
+
+def attached(context: Optional["Context"]) -> AbstractContextManager:
+    """`context` current around a block of this task or thread: the engine process wraps the call that queues a
+    request's items in `attached(context_from(text))`, so `queued` finds the remote request span as it finds the local
+    one. A no-op when tracing is off or `context` is None."""
+    if _tracer is None or context is None:
+        return _NOOP
+    return _attach(context)
+
+
+@contextmanager
+def _attach(context: "Context") -> Iterator[None]:
+    from opentelemetry import context as otel_context
+
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def context_from(traceparent: Optional[str]) -> Optional["Context"]:

@@ -172,3 +172,20 @@ def test_an_unsampled_request_stays_unsampled_across_processes(spans):
     with tracing.span("decode", tracing.context_from(carried)):
         pass
     assert not spans.get_finished_spans()
+
+
+def test_a_carried_context_attached_around_queuing_parents_queue_wait_and_inference(spans):
+    """The engine process's side: a request's traceparent arrives in a frame; its items are queued under it."""
+    with tracing._tracer.start_as_current_span("request") as request:
+        carried = tracing.traceparent()
+    with tracing.attached(tracing.context_from(carried)):
+        wait = tracing.queued("image", 1)
+    assert tracing.capture() is not None and trace.get_current_span().get_span_context().is_valid is False
+    wait.taken()
+    with tracing.inference("image", 1, [wait]):
+        pass
+    remote = request.get_span_context()
+    for name in ("queue_wait", "inference"):
+        (span,) = finished(spans, name)
+        assert (span.context.trace_id, span.parent.span_id) == (remote.trace_id, remote.span_id), name
+    assert tracing.attached(None) is tracing._NOOP
