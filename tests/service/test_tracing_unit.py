@@ -1,4 +1,4 @@
-"""service/tracing.py's helpers, with the SDK's in-memory exporter (the started server is tests/service/test_tracing.py)."""
+"""service/tracing.py's helpers, with the SDK's in-memory exporter (the server: tests/service/test_tracing.py)."""
 
 from __future__ import annotations
 
