@@ -42,6 +42,10 @@ def test_override_merged_onto_each_base_file(base, tmp_path):
     assert clip["build"]["target"] == load_yaml(base)["services"]["clip"]["build"]["target"], "the base's image"
     assert set(load_yaml(base)["services"]["clip"]["depends_on"]) < set(clip["depends_on"]), "its one-off step kept"
     assert "CLIP_MODEL" in clip["environment"], "the base's settings kept"
+    builds: dict[str, dict] = {}
+    for name, service in compose["services"].items():  # one tag, one build: else the last build wins the tag
+        if "build" in service:
+            assert builds.setdefault(service["image"], service["build"]) == service["build"], (name, service["image"])
 
 
 def test_the_server_sends_to_jaegers_otlp_http_port():
