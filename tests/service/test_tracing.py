@@ -12,7 +12,13 @@ import sys
 import httpx
 import pytest
 
+from service import tracing
+from service.app import create_app
+from service.settings import Settings
+from tests.service.app_thread import serve
 from tests.service.conftest import encode, shape_image
+from tests.service.fake_backend import COLOURS, NamedBackend
+from tests.service.fake_backend import png as fake_png
 from tests.service.otlp_receiver import SERVER_KIND, STATUS_ERROR, OtlpReceiver, Span, trace_of
 from tests.service.server import ROOT, ServerProcess
 
@@ -179,6 +185,34 @@ def test_spans_still_buffered_at_shutdown_are_exported(bundled_dir, tmp_path):
         assert names == {"POST /embed/image", "decode", "queue_wait", "inference"}
     finally:
         receiver.close()
+
+
+class FailingBackend(NamedBackend):
+    def encode_image(self, pixels):
+        raise RuntimeError("the image encoder broke")
+
+
+def test_an_encoder_failure_is_an_error_on_the_inference_and_request_spans(monkeypatch, receiver):
+    """In-process, on a backend whose image encoder fails: the 503 is the server's error."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    header, trace_id, _ = traceparent()
+    try:
+        with serve(create_app(Settings(), backend_factory=FailingBackend)) as url:
+            r = httpx.post(url + "/embed/image", files=[("file", ("x.png", fake_png(COLOURS["fresh"])))],
+                           headers={"traceparent": header}, timeout=60)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "backend_error", r.text
+
+            def failed(spans):
+                req = request_span(spans, trace_id)
+                return (req, trace_of(spans, req)) if req and "inference" in trace_of(spans, req) else None
+
+            req, children = receiver.wait_for(failed)
+    finally:
+        tracing.shutdown()
+    (inference,) = children["inference"]
+    assert inference.status == STATUS_ERROR and "exception" in inference.events
+    assert req.status == STATUS_ERROR and req.attributes["error.type"] == "503" and "exception" in req.events
 
 
 # ---------------------------------------------------------------------------------------------------------
