@@ -121,8 +121,13 @@ def main() -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
     from service.app import create_app
+    from service.tracing import TracingUnavailable
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except TracingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
     # ws="none": no route speaks WebSocket, and an upgraded connection would leave the HTTP timers behind
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

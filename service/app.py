@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from service import schemas
+from service import schemas, tracing
 from service.auth import require_api_key
 from service.backends import load_backend
 from service.errors import install_error_handlers
@@ -31,15 +31,18 @@ REQUEST_MODELS = (schemas.EmbedImagesRequest, schemas.EmbedTextsRequest, schemas
 def create_app(settings: Optional[Settings] = None, backend_factory: BackendFactory = load_backend) -> FastAPI:
     """Build the app. The model loads in the background after start-up; /readyz says when it is ready."""
     settings = settings or Settings()
+    tracing.setup(settings)  # TracingUnavailable (the remedy in its message) if asked for and not installed
     metrics = Metrics()
     lifecycle = Lifecycle(settings, metrics, backend_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("configuration: %s", settings.describe())
+        log.info("tracing: %s", tracing.describe())
         lifecycle.start()
         yield
         await lifecycle.stop()
+        tracing.shutdown()  # export the spans still buffered
 
     # require_api_key on the app: every API route, including ones added later, needs the key when one is set
     app = FastAPI(title="clip-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -55,6 +58,8 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
     app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before any work
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)
+    if tracing.enabled():  # outside the others: their early answers (413, 503) get a request span too
+        app.add_middleware(tracing.TraceRequests)
     if settings.cors_origins:  # added last = outermost: the 413s and 503s answered early carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",
                            "DELETE"], allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])

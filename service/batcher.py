@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from service import tracing
 from service.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
 from service.metrics import Metrics
 
@@ -33,6 +34,7 @@ class WorkItem:
     future: asyncio.Future  # resolves to its embedding [D]
     deadline: float  # loop time by which inference must start
     enqueued: float = field(default_factory=time.monotonic)
+    trace: Optional[tracing.QueueWait] = None  # the request's queue_wait span (None when tracing is off)
 
 
 async def collect(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> list[WorkItem]:
@@ -145,7 +147,8 @@ class Batcher:
 
     async def _enqueue(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
+        wait = tracing.queued(self.modality, len(payloads))
+        items = [WorkItem(p, loop.create_future(), deadline, trace=wait) for p in payloads]
         for item in items:
             self.queue.put_nowait(item)
         try:
@@ -154,6 +157,8 @@ class Batcher:
             for i in items:  # the client went away or a sibling failed: the batcher will skip these
                 if not i.future.done():
                     i.future.cancel()
+            if wait is not None:
+                wait.close()
 
     async def _loop(self) -> None:
         while True:
@@ -178,12 +183,15 @@ class Batcher:
                                                            "(CLIP_REQUEST_TIMEOUT_S); retry later", retry_after=1))
             else:
                 self.metrics.queue_wait.labels(self.modality).observe(now - item.enqueued)
+                if item.trace is not None:
+                    item.trace.taken()
                 live.append(item)
         return live
 
-    def _encode_timed(self, batch: np.ndarray) -> np.ndarray:
+    def _encode_timed(self, batch: np.ndarray, waits: list[Optional[tracing.QueueWait]]) -> np.ndarray:
         start = time.perf_counter()
-        out = self.encode(batch)
+        with tracing.inference(self.modality, len(batch), waits):  # links to each request served
+            out = self.encode(batch)
         self.metrics.inference.labels(self.modality).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(self.modality).observe(len(batch))
         return out
@@ -192,7 +200,8 @@ class Batcher:
         """Encode items; on failure isolate the culprit (halve on OOM, else one by one)."""
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self.executor, self._encode_timed, np.stack([i.payload for i in items]))
+            out = await loop.run_in_executor(self.executor, self._encode_timed, np.stack([i.payload for i in items]),
+                                             [i.trace for i in items])
         except Exception as exc:  # noqa: BLE001 - any encoder failure is isolated, counted and reported
             await self._isolate(items, exc)
             return

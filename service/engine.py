@@ -19,6 +19,7 @@ import numpy as np
 
 from models.prompts import prototypes
 from models.zeroshot import ScoreKind, label_scores
+from service import tracing
 from service.backends import Backend
 from service.batcher import Batcher
 from service.cache import ByteLRU
@@ -88,12 +89,13 @@ class Engine:
                                 retry_after=1)
 
     # --- images ---------------------------------------------------------------------------------------------
-    def _preprocess_one(self, data: bytes, job: "_DecodeJob") -> np.ndarray:
+    def _preprocess_one(self, data: bytes, job: "_DecodeJob", index: int) -> np.ndarray:
         if not job.begin():  # the request is over (deadline, client gone, a sibling failed): skip the decode
             raise _Skipped()
-        start = time.perf_counter()
-        out = self.preprocessor(data)
-        self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
+        with tracing.span("decode", job.trace, {"clip.image.index": index, "clip.image.bytes": len(data)}):
+            start = time.perf_counter()
+            out = self.preprocessor(data)
+            self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
         return out
 
     async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
@@ -109,7 +111,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = self.deadline() if deadline is None else deadline
         job = _DecodeJob(len(images), time.monotonic() + (deadline - loop.time()))
-        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job) for b in images]
+        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job, i)
+                   for i, b in enumerate(images)]
         try:
             done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()),
                                                return_when=asyncio.FIRST_EXCEPTION)
@@ -247,6 +250,7 @@ class _DecodeJob:
 
     def __init__(self, n: int, deadline: float):
         self.n, self.deadline = n, deadline  # deadline in time.monotonic() terms (workers have no event loop)
+        self.trace = tracing.capture()  # the request's context, for decode spans in the workers (None: tracing off)
         self.started = 0
         self._open = True
         self._lock = threading.Lock()

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     url_allow_loopback_for_tests: bool = Field(False, description="UNSAFE, tests only: let URLs reach "
                                                                   "127.0.0.0/8 and ::1")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    otel: Optional[bool] = Field(None, description="OpenTelemetry tracing (service/tracing.py): true on, false off; "
+                                                   "unset: on when OTEL_TRACES_EXPORTER or an OTLP endpoint is set")
 
     @field_validator("cors_origins", "public_paths", "url_allowed_hosts", mode="before")
     @classmethod
