@@ -66,3 +66,55 @@ def measure(models: Sequence[BenchModel], seconds: float = 3.0, width: int = 192
                                     "other_processes_cores": other.cores,
                                     **cosines(model, pre, blobs)}
     return out
+
+
+# --- decode_limit: the most images/s this host can decode + resize for the model, on all cores -------------------
+def to_uint8(data: bytes, pre, max_pixels: int = 40_000_000) -> np.ndarray:
+    """JPEG bytes -> uint8 [H, W, 3] at the model's input size: the server's decode (reduced), resize and crop, without
+    the float conversion and normalisation (which issue 16 moves to the engine)."""
+    from models.preprocess import _pil_filter, _resized_size, center_crop_or_pad
+    from service.images import decode
+
+    img = decode(data, max_pixels, min(pre.size))
+    size = _resized_size(img.size, pre)
+    if size != img.size:
+        img = img.resize(size, _pil_filter(pre))
+    return center_crop_or_pad(np.asarray(img), pre.size)
+
+
+def _count_decodes(data: bytes, pre, seconds: float) -> tuple[int, float, float]:
+    """In a pool process: (images decoded, wall seconds, CPU seconds), after one warm-up decode."""
+    to_uint8(data, pre)
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        to_uint8(data, pre)
+        n += 1
+    return n, time.perf_counter() - start, time.process_time() - cpu
+
+
+def decode_limit(data: bytes, pre, seconds: float = 3.0, processes: int | None = None) -> dict:
+    """Images/s of `to_uint8` over one JPEG with one process per core, all at once (processes, not threads: Pillow
+    holds the GIL for part of each image). The most any server on this host could hand an accelerator.
+
+    On a shared machine the pool gets what other processes leave, so the CPU cost is kept too: `images_per_s` is
+    what the pool did, `cpu_images_per_s` what the same cores would do alone (cores / CPU seconds per image)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.machine import cores
+
+    processes = processes or cores()
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [0.05] * processes))  # start them all
+        with OtherLoad(_no_cpu) as other:
+            runs = list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [seconds] * processes))
+    images, cpu = sum(n for n, _, _ in runs), sum(c for _, _, c in runs)
+    return {"images_per_s": sum(n / wall for n, wall, _ in runs), "processes": processes,
+            "per_process_images_per_s": [round(n / wall, 1) for n, wall, _ in runs],
+            "cpu_ms_per_image": round(1000 * cpu / images, 3) if images else None,
+            "cpu_images_per_s": processes * images / cpu if cpu else None,
+            "input_size": list(pre.size), "jpeg_bytes": len(data),
+            "other_processes_cores": None if other.cores is None else round(max(0.0, other.cores - processes), 2)}
+
+
+def _no_cpu() -> float:
+    return 0.0  # OtherLoad then counts every busy core; the pool's own processes are subtracted above

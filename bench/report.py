@@ -121,3 +121,43 @@ def _best(rows: list[dict], model: str, backend: str, tower: str, precision: str
     mine = [r for r in rows if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)
             and (r.get("precision") == "int8") == (precision == "int8")]
     return max(mine, key=lambda r: r["items_per_s"], default=None)
+
+
+# --- python -m bench.feed ------------------------------------------------------------------------------------------
+def feed_table(results: dict) -> str:
+    """Served images/s per server and request size, against decode_limit and against the first server (the baseline
+    when there is one)."""
+    limit = results["decode_limit"]["images_per_s"]
+    first = {p["images_per_request"]: p["images_per_s"] for p in results["points"]
+             if p["server"] == results["points"][0]["server"]}
+    lines = [f"decode_limit: {limit:.0f} images/s ({results['decode_limit']['processes']} processes, model input "
+             f"{results['decode_limit']['input_size'][0]} px)", "",
+             "| server | images/request | connections | images/s | ÷ decode_limit | ÷ first row's server | p50 ms | "
+             "p99 ms | server CPU ms/image | mean batch | non-2xx | other processes (cores) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in results["points"]:
+        base = first.get(p["images_per_request"])
+        lines.append(f"| {p['server']} | {p['images_per_request']} | {p['connections']} | {p['images_per_s']:.1f} | "
+                     f"{p['images_per_s'] / limit:.2f} | {p['images_per_s'] / base if base else float('nan'):.2f} | "
+                     f"{p['p50_ms']} | {p['p99_ms']} | {p['server_cpu_ms_per_image']} | {p['mean_batch']} | "
+                     f"{p['non_2xx']} | {p['other_processes_cores']} |")
+    return "\n".join(lines)
+
+
+def write_feed(results: dict, out: Path) -> list[Path]:
+    """feed.json, feed.md and feed.png under `out`; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "feed.json", out / "feed.md", out / "feed.png"]
+    files[0].write_text(json.dumps(results, indent=2) + "\n")
+    cfg = results["config"]
+    title = (f"stand-in {cfg['standin_batch_ms']:g} ms + {cfg['standin_item_ms']:g} ms/item, "
+             f"{cfg['model_input'][0]} px input")
+    plots.feed(results, files[2], f"Feeding an accelerator ({title})")
+    md = [f"# Feeding an accelerator: served through the stand-in backend ({results['finished']})", "",
+          f"Machine: {summary(results['machine'])}; load average before serving "
+          f"{results['load_average'].get('served')}.", "",
+          f"Written by `python -m bench.feed`; raw numbers in `feed.json`. Image: {cfg['image']}; wrk windows of "
+          f"{cfg['seconds']:g} s after {cfg['warmup_s']:g} s of warm-up, {cfg['in_flight']} images in flight.", "",
+          feed_table(results), "", f"![feed]({files[2].name})", ""]
+    files[1].write_text("\n".join(md))
+    return files

@@ -1,0 +1,199 @@
+"""`python -m bench.feed`: how many images/s the serving stack can feed a fast accelerator (issue 16).
+
+    python -m bench.feed                                  # this checkout, one process: about a minute
+    python -m bench.feed --workers 1,2 --baseline-ref eaf58eb --seconds 10
+    python -m bench.feed --seconds 1 --out /tmp/feed      # a smoke run
+
+Reports, in one run:
+- decode_limit: images/s of decoding + resizing + cropping to uint8 the same 224x224 JPEG in-process, one process
+  per core (bench/decode.py): the most any server on this host could hand a device;
+- served images/s through the stand-in backend (bench/standin.py: a fixed time per batch, GIL released) with wrk
+  (a C load generator, so the client sets no ceiling), for one-image and 16-image POST /embed/image requests;
+- the server's CPU milliseconds per image (process tree, from /proc): the stand-in's wait is no CPU, so this is
+  all the work outside the encoder.
+`--workers N[,M]` runs the server with CLIP_WORKERS=N (front-end processes, issue 16); `--baseline-ref REF`
+measures a git worktree of REF (its `service` package, this checkout's stand-in) in the same run, the servers up
+side by side and every point taken on each in turn. Writes feed.json, feed.md and feed.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+from tqdm import tqdm
+
+from bench import assets, decode, load, machine, report
+from bench.server import BenchServer, mean_batch, metric
+from bench.standin import StandInBackend, StandInTiming
+from bench.wrk import LUA, wrk
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUEST_SIZES = (1, 16)  # images per request: what a single-photo client sends, and what an indexer sends
+log = logging.getLogger("bench.feed")
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: float = 10.0  # wrk window per point
+    warmup_s: float = 2.0  # wrk run before each window, not counted
+    decode_s: float = 3.0  # per process, for decode_limit
+    in_flight: int = 64  # images in flight per point: connections = in_flight / images per request
+    timing: StandInTiming = StandInTiming()
+
+    def connections(self, per_request: int) -> int:
+        return max(1, self.in_flight // per_request)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server configuration to measure."""
+
+    label: str  # "baseline eaf58eb", "this, 1 worker", ...
+    env: dict  # extra environment (CLIP_WORKERS, BENCH_SERVICE_ROOT)
+    commit: str | None
+
+
+def commit_of(root: Path, ref: str = "HEAD") -> str | None:
+    out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", ref], capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+@contextmanager
+def baseline_tree(ref: str) -> Iterator[Path]:
+    """A detached git worktree of `ref` in a temporary folder, removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-feed-baseline-"))
+    tree = tmp / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True,
+                   capture_output=True, text=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def targets(workers: list[int | None], baseline: Path | None, ref: str | None) -> list[Target]:
+    out = []
+    if baseline is not None:
+        out.append(Target(f"baseline {ref}", {"BENCH_SERVICE_ROOT": str(baseline)}, commit_of(baseline)))
+    for n in workers:
+        label = "this checkout" + (f", CLIP_WORKERS={n}" if n is not None else "")
+        out.append(Target(label, {"CLIP_WORKERS": str(n)} if n is not None else {}, commit_of(ROOT)))
+    return out
+
+
+def wrk_script(folder: Path, jpeg: bytes, per_request: int) -> Path:
+    """A wrk Lua script that POSTs `per_request` copies of the JPEG to /embed/image as multipart."""
+    body, ctype = load.multipart([("file", jpeg, f"photo{i}.jpg") for i in range(per_request)])
+    (folder / f"body-{per_request}.bin").write_bytes(body)
+    script = folder / f"post-{per_request}.lua"
+    script.write_text(LUA.format(body=folder / f"body-{per_request}.bin", ctype=ctype))
+    return script
+
+
+def measure_point(server: BenchServer, script: Path, per_request: int, cfg: Config) -> dict:
+    """One wrk window: served images/s, latency, the server's CPU ms per image and what its encoder saw."""
+    url, c = server.url + "/embed/image", cfg.connections(per_request)
+    wrk(url, script, c, cfg.warmup_s)
+    server.wait_idle()
+    before, cpu0 = server.metrics(), server.tree_cpu_seconds()
+    with machine.OtherLoad(lambda: server.tree_cpu_seconds() or 0.0) as other:
+        r = wrk(url, script, c, cfg.seconds)
+        cpu1 = server.tree_cpu_seconds()
+    server.wait_idle()
+    after = server.metrics()
+    images = r.get("requests", 0) * per_request
+    encoded = metric(after, "clip_batch_size_sum", modality="image") - \
+        metric(before, "clip_batch_size_sum", modality="image")
+    return {"images_per_request": per_request, "connections": c, "requests": r.get("requests", 0),
+            "images_per_s": r.get("requests_per_s", 0.0) * per_request, "images": images,
+            "images_encoded": int(encoded),  # by the server in the window: requests x images, plus those cut off
+            "p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms"), "non_2xx": r["non_2xx"],
+            "server_cpu_ms_per_image": (round(1000 * (cpu1 - cpu0) / images, 3)
+                                        if images and None not in (cpu0, cpu1) else None),
+            "mean_batch": mean_batch(before, after), "other_processes_cores": other.cores}
+
+
+def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, raw: Path) -> dict:
+    jpeg = assets.photo_jpegs(224, 224)[0]
+    pre = StandInBackend(cfg.timing).preprocess
+    results: dict = {"machine": machine.describe(), "config": {
+        "seconds": cfg.seconds, "warmup_s": cfg.warmup_s, "in_flight": cfg.in_flight,
+        "standin_batch_ms": cfg.timing.batch_ms, "standin_item_ms": cfg.timing.item_ms,
+        "image": "224x224 JPEG q90 (a real photo, bench/assets.py)", "model_input": list(pre.size)},
+        "load_average": {"decode_limit": machine.load_average()}}
+    print("machine:", machine.summary(results["machine"]))
+    results["decode_limit"] = decode.decode_limit(jpeg, pre, cfg.decode_s)
+    print(f"decode_limit: {results['decode_limit']['images_per_s']:.0f} images/s on "
+          f"{results['decode_limit']['processes']} processes")
+    raw.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="bench-feed-"))
+    scripts = {k: wrk_script(folder, jpeg, k) for k in REQUEST_SIZES}
+    env = {"BENCH_STANDIN_BATCH_MS": str(cfg.timing.batch_ms), "BENCH_STANDIN_ITEM_MS": str(cfg.timing.item_ms)}
+    with ExitStack() as stack:
+        tree = stack.enter_context(baseline_tree(baseline_ref)) if baseline_ref else None
+        todo = targets(workers, tree, baseline_ref)
+        servers = {t.label: stack.enter_context(BenchServer(
+            {**env, **t.env}, raw / f"server-feed-{i}.log", cmd=[sys.executable, "-m", "bench.standin_server"]))
+            for i, t in enumerate(todo)}
+        results["servers"] = {t.label: {"commit": t.commit, "env": t.env,
+                                        "info": httpx.get(servers[t.label].url + "/info", timeout=30).json()}
+                              for t in todo}
+        results["load_average"]["served"] = machine.load_average()
+        points = [(k, t) for k in REQUEST_SIZES for t in todo]  # each size on every server in turn: back to back
+        results["points"] = []
+        for k, t in tqdm(points, desc="feed", unit="point"):
+            p = {"server": t.label, **measure_point(servers[t.label], scripts[k], k, cfg)}
+            results["points"].append(p)
+            tqdm.write(f"  {t.label:<32} {k:>2} img/request  {p['images_per_s']:8.1f} img/s  p50 {p['p50_ms']} ms  "
+                       f"server CPU {p['server_cpu_ms_per_image']} ms/img  mean batch {p['mean_batch']}  "
+                       f"non-2xx {p['non_2xx']}")
+    shutil.rmtree(folder, ignore_errors=True)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=Config.seconds, help="wrk window per point")
+    p.add_argument("--workers", default=None,
+                   help="CLIP_WORKERS values to measure, comma-separated (default: leave it unset)")
+    p.add_argument("--baseline-ref", default=None, help="also measure a git worktree of this ref (e.g. eaf58eb)")
+    p.add_argument("--in-flight", type=int, default=Config.in_flight,
+                   help="images in flight per point (connections = this / images per request)")
+    p.add_argument("--batch-ms", type=float, default=StandInTiming.batch_ms, help="stand-in time per encoder call")
+    p.add_argument("--item-ms", type=float, default=StandInTiming.item_ms, help="stand-in time per item")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where feed.json/.md/.png go")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not shutil.which("wrk"):
+        print("wrk is not on PATH (`make system-deps`, or Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    workers = [int(n) for n in args.workers.split(",")] if args.workers else [None]
+    cfg = Config(seconds=args.seconds, warmup_s=min(Config.warmup_s, args.seconds), decode_s=min(3.0, args.seconds),
+                 in_flight=args.in_flight, timing=StandInTiming(args.batch_ms, args.item_ms))
+    results = measure(cfg, workers, args.baseline_ref, args.out / "raw")
+    files = report.write_feed(results, args.out)
+    print("\n" + report.feed_table(results))
+    print(f"\nwrote {', '.join(str(f) for f in files)}")
+    return 1 if any(p["non_2xx"] or not p["requests"] for p in results["points"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
