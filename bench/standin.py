@@ -59,6 +59,7 @@ class StandInBackend(Backend):
 
     name, device, precision = "standin", "cpu", "fp32"
     context_length = CONTEXT_LENGTH
+    measure_batches = True  # as a real backend: the server picks its max batch from the stand-in's timing
 
     def __init__(self, timing: StandInTiming | None = None, image_size: int | None = None, sleep=time.sleep):
         cfg = bundled_config()

@@ -61,6 +61,8 @@ class Backend(ABC):
     preprocess: PreprocessConfig
     tokenizer: Callable[..., Any]  # list[str] -> int64 [B, context_length]
     towers: "Towers"  # what encodes: eager torch, ONNX Runtime or TensorRT (export.runtime.base.Towers)
+    # time the encoders at warm-up to choose max batch sizes (service/batch_probe.py); test doubles leave it off
+    measure_batches: bool = False
 
     @property
     def max_batch(self) -> int | None:

@@ -12,6 +12,8 @@ log = logging.getLogger("service.backends.export")
 
 
 class ExportBackend(Backend):
+    measure_batches = True
+
     def __init__(self, settings: Settings):
         from export.manifest import read_manifest
         from export.runtime import load_encoders
