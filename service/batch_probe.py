@@ -1,4 +1,5 @@
-"""Batch size caps from measurement: time an encoder at batch 1, 2, 4, ... up to its limit and take the knee.
+"""Batch size caps from measurement: time an encoder at batch 1, 2, 4, ... up to its limit and take the knee
+(export/batch_knee.py).
 
 A constant tuned on one machine is wrong on the next: ONNX Runtime's ViT-B-32 image tower peaked at batch 8 on one
 2-core machine and kept gaining to 32 on another (22 / 27.6 / 30.0 / 31.0 img/s at 1 / 8 / 16 / 32). The knee, the
@@ -15,9 +16,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from export.batch_knee import KNEE_SHARE, knee
+
 log = logging.getLogger("service.batch_probe")
 
-KNEE_SHARE = 0.95  # a batch that reaches 95% of the best items/s is big enough: larger ones add latency, not speed
 CALLS = 3  # timed calls per size after its first (the first call of a new shape pays allocations); the fastest counts
 # A real encoder does not lose half its items/s when the batch doubles (its call would take 4x as long): a size that
 # measures like that was disturbed (other processes, a GC pause), and is timed again up to RETRIES times
@@ -34,9 +36,10 @@ class BatchCurve:
     items_per_s: dict[int, float] = field(default_factory=dict)  # batch size -> best items/s measured
     complete: bool = True  # False when the time budget ran out before the largest size
     cap: Optional[int] = None
+    source: str = "warm-up"  # or "manifest": recorded by `python -m export bench --record` on this host
 
     def to_dict(self) -> dict:
-        return {"max_batch": self.cap, "complete": self.complete,
+        return {"max_batch": self.cap, "source": self.source, "complete": self.complete,
                 "items_per_s": {str(n): round(r, 1) for n, r in self.items_per_s.items()}}
 
 
@@ -47,12 +50,6 @@ def sizes_up_to(limit: int) -> list[int]:
         out.append(n)
         n *= 2
     return out + [limit]
-
-
-def knee(items_per_s: dict[int, float], share: float = KNEE_SHARE) -> int:
-    """The smallest batch size whose items/s reaches `share` of the best measured."""
-    best = max(items_per_s.values())
-    return min(n for n, rate in items_per_s.items() if rate >= share * best)
 
 
 def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[np.ndarray], object], limit: int,
@@ -94,12 +91,19 @@ def _fastest(encode: Callable[[np.ndarray], object], x: np.ndarray, calls: int, 
 
 def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer = time.perf_counter
                   ) -> dict[str, BatchCurve]:
-    """A curve and cap per tower in `limits` (modality -> largest batch allowed), timed on the backend's encoders."""
+    """A curve and cap per tower in `limits` (modality -> largest batch allowed): the knee the export recorded for
+    this host when it has one, else timed on the backend's encoders."""
+    curves = {}
+    for modality, cap in getattr(backend, "recorded_max_batch", {}).items():
+        if modality in limits:
+            curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source="manifest")
+            log.info("%s max batch %d: recorded for this host in the export's manifest", modality, cap)
     h, w = backend.preprocess.size
     towers = {"image": (lambda n: np.zeros((n, 3, h, w), dtype=np.float32), backend.encode_image),  # [n, 3, H, W]
               "text": (lambda n: backend.tokenize(["a photo of a red circle"] * n), backend.encode_text)}  # [n, L]
-    curves = {}
     for modality, limit in limits.items():
+        if modality in curves:
+            continue
         curve = curves[modality] = measure(modality, *towers[modality], limit, budget_s, timer)
         log.info("%s encoder items/s by batch size: %s%s -> max batch %d (the smallest within %.0f%% of the best)",
                  modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from export.batch_knee import recorded_knees
 from service.backends.base import Backend
 from service.settings import Settings
 
@@ -31,6 +32,7 @@ class ExportBackend(Backend):
         self.context_length, self.logit_scale = m.context_length, float(m.logit_scale)
         self.preprocess = m.preprocess_config
         self.tokenizer = self.encoders.tokenizer()
+        self.recorded_max_batch = recorded_knees(m, self.device)  # from `python -m export bench --record` on this host
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
 
 

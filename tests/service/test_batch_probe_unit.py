@@ -111,3 +111,23 @@ def test_explicit_settings_win_over_the_measurement(monkeypatch):
     assert max_batch(s, SimpleNamespace(**{**vars(backend), "max_batch": 8}), "text", measured=32) == 8  # engine
     assert unset_limits(Settings(batch_probe_s=0), backend) == {}  # turned off
     assert unset_limits(s, SimpleNamespace(**{**vars(backend), "measure_batches": False})) == {}  # test doubles
+
+
+def test_a_knee_recorded_for_this_host_replaces_the_probe_and_another_hosts_does_not(monkeypatch):
+    from export.batch_knee import host_id, recorded_knees
+
+    record = {"host": host_id("cpu"), "image": {"max_batch": 8}, "text": {"max_batch": 2}}
+    manifest = SimpleNamespace(batch_knees={"cpu": record})
+    assert recorded_knees(manifest, "cpu") == {"image": 8, "text": 2}
+    assert recorded_knees(manifest, "cuda") == {}
+    assert recorded_knees(SimpleNamespace(batch_knees={"cpu": {**record, "host": "another CPU x64"}}), "cpu") == {}
+
+    called = []
+    backend = SimpleNamespace(preprocess=SimpleNamespace(size=(8, 8)), recorded_max_batch={"image": 8, "text": 128},
+                              encode_image=called.append, encode_text=called.append,
+                              tokenize=lambda texts: np.zeros((len(texts), 4), dtype=np.int64))
+    curves = probe_backend(backend, {"image": 32, "text": 64}, budget_s=10.0)
+    assert called == [] and {m: (c.cap, c.source) for m, c in curves.items()} == {
+        "image": (8, "manifest"), "text": (64, "manifest")}  # within the setting's limit
+    curves = probe_backend(backend, {"text": 64}, budget_s=10.0)  # image set explicitly: nothing for it
+    assert set(curves) == {"text"}
