@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.assets import BenchModel, photo_jpegs
-from bench.machine import OtherLoad, own_cpu_seconds
+from bench.machine import OtherLoad, busy_cpu_seconds, own_cpu_seconds
 
 
 def preprocess_rate(pre, blobs: Sequence[bytes], reduced: bool, seconds: float) -> float:
@@ -105,16 +105,13 @@ def decode_limit(data: bytes, pre, seconds: float = 3.0, processes: int | None =
     processes = processes or cores()
     with ProcessPoolExecutor(processes) as pool:
         list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [0.05] * processes))  # start them all
-        with OtherLoad(_no_cpu) as other:
-            runs = list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [seconds] * processes))
+        start, busy0 = time.perf_counter(), busy_cpu_seconds()
+        runs = list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [seconds] * processes))
+        elapsed, busy1 = time.perf_counter() - start, busy_cpu_seconds()
     images, cpu = sum(n for n, _, _ in runs), sum(c for _, _, c in runs)
+    other = None if None in (busy0, busy1) else round(max(0.0, busy1 - busy0 - cpu) / elapsed, 2)
     return {"images_per_s": sum(n / wall for n, wall, _ in runs), "processes": processes,
             "per_process_images_per_s": [round(n / wall, 1) for n, wall, _ in runs],
             "cpu_ms_per_image": round(1000 * cpu / images, 3) if images else None,
             "cpu_images_per_s": processes * images / cpu if cpu else None,
-            "input_size": list(pre.size), "jpeg_bytes": len(data),
-            "other_processes_cores": None if other.cores is None else round(max(0.0, other.cores - processes), 2)}
-
-
-def _no_cpu() -> float:
-    return 0.0  # OtherLoad then counts every busy core; the pool's own processes are subtracted above
+            "input_size": list(pre.size), "jpeg_bytes": len(data), "other_processes_cores": other}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,14 +46,19 @@ log = logging.getLogger("bench.feed")
 
 @dataclass(frozen=True)
 class Config:
-    seconds: float = 10.0  # wrk window per point
-    warmup_s: float = 2.0  # wrk run before each window, not counted
+    seconds: float = 10.0  # wrk time per point, split over the rounds
+    rounds: int = 2  # every point is taken this many times, servers in turn: a burst of other load hits all alike
+    warmup_s: int = 2  # wrk run before each window, not counted (whole seconds, as wrk takes them)
     decode_s: float = 3.0  # per process, for decode_limit
     in_flight: int = 64  # images in flight per point: connections = in_flight / images per request
     timing: StandInTiming = StandInTiming()
 
     def connections(self, per_request: int) -> int:
         return max(1, self.in_flight // per_request)
+
+    @property
+    def window_s(self) -> int:
+        return max(1, round(self.seconds / self.rounds))  # wrk takes whole seconds
 
 
 @dataclass(frozen=True)
@@ -102,34 +108,47 @@ def wrk_script(folder: Path, jpeg: bytes, per_request: int) -> Path:
     return script
 
 
-def measure_point(server: BenchServer, script: Path, per_request: int, cfg: Config) -> dict:
-    """One wrk window: served images/s, latency, the server's CPU ms per image and what its encoder saw."""
-    url, c = server.url + "/embed/image", cfg.connections(per_request)
+def measure_window(server: BenchServer, script: Path, per_request: int, cfg: Config) -> dict:
+    """One wrk window after a warm-up: requests, images, latency, the server's CPU and what its encoder saw."""
+    url, c, window = server.url + "/embed/image", cfg.connections(per_request), cfg.window_s
     wrk(url, script, c, cfg.warmup_s)
     server.wait_idle()
     before, cpu0 = server.metrics(), server.tree_cpu_seconds()
     with machine.OtherLoad(lambda: server.tree_cpu_seconds() or 0.0) as other:
-        r = wrk(url, script, c, cfg.seconds)
+        r = wrk(url, script, c, window)
         cpu1 = server.tree_cpu_seconds()
     server.wait_idle()
     after = server.metrics()
-    images = r.get("requests", 0) * per_request
     encoded = metric(after, "clip_batch_size_sum", modality="image") - \
         metric(before, "clip_batch_size_sum", modality="image")
-    return {"images_per_request": per_request, "connections": c, "requests": r.get("requests", 0),
-            "images_per_s": r.get("requests_per_s", 0.0) * per_request, "images": images,
+    requests, rate = r.get("requests", 0), r.get("requests_per_s", 0.0)
+    return {"window_s": requests / rate if rate else window, "requests": requests, "images": requests * per_request,
             "images_encoded": int(encoded),  # by the server in the window: requests x images, plus those cut off
-            "p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms"), "non_2xx": r["non_2xx"],
-            "server_cpu_ms_per_image": (round(1000 * (cpu1 - cpu0) / images, 3)
-                                        if images and None not in (cpu0, cpu1) else None),
-            "mean_batch": mean_batch(before, after), "other_processes_cores": other.cores}
+            "server_cpu_s": None if None in (cpu0, cpu1) else cpu1 - cpu0, "p50_ms": r.get("p50_ms"),
+            "p99_ms": r.get("p99_ms"), "non_2xx": r["non_2xx"], "mean_batch": mean_batch(before, after),
+            "other_processes_cores": other.cores}
+
+
+def pool(windows: list[dict], per_request: int, connections: int) -> dict:
+    """One point from its rounds: images/s and CPU per image over all windows, latency the median round's."""
+    images, seconds = sum(w["images"] for w in windows), sum(w["window_s"] for w in windows)
+    cpu = None if any(w["server_cpu_s"] is None for w in windows) else sum(w["server_cpu_s"] for w in windows)
+    return {"images_per_request": per_request, "connections": connections,
+            "requests": sum(w["requests"] for w in windows), "images": images,
+            "images_encoded": sum(w["images_encoded"] for w in windows), "images_per_s": images / seconds,
+            "server_cpu_ms_per_image": round(1000 * cpu / images, 3) if images and cpu is not None else None,
+            "p50_ms": round(statistics.median(w["p50_ms"] or 0.0 for w in windows), 1),
+            "p99_ms": round(statistics.median(w["p99_ms"] or 0.0 for w in windows), 1),
+            "non_2xx": sum(w["non_2xx"] for w in windows),
+            "mean_batch": statistics.median(w["mean_batch"] or 0.0 for w in windows),
+            "other_processes_cores": max(w["other_processes_cores"] or 0.0 for w in windows), "rounds": windows}
 
 
 def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, raw: Path) -> dict:
     jpeg = assets.photo_jpegs(224, 224)[0]
     pre = StandInBackend(cfg.timing).preprocess
     results: dict = {"machine": machine.describe(), "config": {
-        "seconds": cfg.seconds, "warmup_s": cfg.warmup_s, "in_flight": cfg.in_flight,
+        "seconds": cfg.seconds, "rounds": cfg.rounds, "warmup_s": cfg.warmup_s, "in_flight": cfg.in_flight,
         "standin_batch_ms": cfg.timing.batch_ms, "standin_item_ms": cfg.timing.item_ms,
         "image": "224x224 JPEG q90 (a real photo, bench/assets.py)", "model_input": list(pre.size)},
         "load_average": {"decode_limit": machine.load_average()}}
@@ -151,14 +170,16 @@ def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, ra
                                         "info": httpx.get(servers[t.label].url + "/info", timeout=30).json()}
                               for t in todo}
         results["load_average"]["served"] = machine.load_average()
-        points = [(k, t) for k in REQUEST_SIZES for t in todo]  # each size on every server in turn: back to back
-        results["points"] = []
-        for k, t in tqdm(points, desc="feed", unit="point"):
-            p = {"server": t.label, **measure_point(servers[t.label], scripts[k], k, cfg)}
-            results["points"].append(p)
-            tqdm.write(f"  {t.label:<32} {k:>2} img/request  {p['images_per_s']:8.1f} img/s  p50 {p['p50_ms']} ms  "
-                       f"server CPU {p['server_cpu_ms_per_image']} ms/img  mean batch {p['mean_batch']}  "
-                       f"non-2xx {p['non_2xx']}")
+        # each request size on every server in turn, `rounds` times: the comparison is taken back to back
+        windows: dict = {(k, t.label): [] for k in REQUEST_SIZES for t in todo}
+        steps = [(k, t) for k in REQUEST_SIZES for _ in range(cfg.rounds) for t in todo]
+        for k, t in tqdm(steps, desc="feed", unit="window"):
+            w = measure_window(servers[t.label], scripts[k], k, cfg)
+            windows[(k, t.label)].append(w)
+            tqdm.write(f"  {t.label:<32} {k:>2} img/request  {w['images'] / w['window_s']:8.1f} img/s  p50 "
+                       f"{w['p50_ms']} ms  mean batch {w['mean_batch']}  non-2xx {w['non_2xx']}  other processes "
+                       f"{w['other_processes_cores']} cores")
+        results["points"] = [{"server": label, **pool(ws, k, cfg.connections(k))} for (k, label), ws in windows.items()]
     shutil.rmtree(folder, ignore_errors=True)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return results
@@ -167,7 +188,8 @@ def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, ra
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=Config.seconds, help="wrk window per point")
+    p.add_argument("--seconds", type=float, default=Config.seconds, help="wrk time per point, over all rounds")
+    p.add_argument("--rounds", type=int, default=Config.rounds, help="windows per point, servers taking turns")
     p.add_argument("--workers", default=None,
                    help="CLIP_WORKERS values to measure, comma-separated (default: leave it unset)")
     p.add_argument("--baseline-ref", default=None, help="also measure a git worktree of this ref (e.g. eaf58eb)")
@@ -186,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not on PATH (`make system-deps`, or Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     workers = [int(n) for n in args.workers.split(",")] if args.workers else [None]
-    cfg = Config(seconds=args.seconds, warmup_s=min(Config.warmup_s, args.seconds), decode_s=min(3.0, args.seconds),
+    cfg = Config(seconds=args.seconds, rounds=args.rounds, warmup_s=max(1, min(Config.warmup_s, round(args.seconds))),
+                 decode_s=min(3.0, args.seconds),
                  in_flight=args.in_flight, timing=StandInTiming(args.batch_ms, args.item_ms))
     results = measure(cfg, workers, args.baseline_ref, args.out / "raw")
     files = report.write_feed(results, args.out)
