@@ -140,7 +140,7 @@ def pool(windows: list[dict], per_request: int, connections: int) -> dict:
             "p50_ms": round(statistics.median(w["p50_ms"] or 0.0 for w in windows), 1),
             "p99_ms": round(statistics.median(w["p99_ms"] or 0.0 for w in windows), 1),
             "non_2xx": sum(w["non_2xx"] for w in windows),
-            "mean_batch": statistics.median(w["mean_batch"] or 0.0 for w in windows),
+            "mean_batch": round(statistics.median(w["mean_batch"] or 0.0 for w in windows), 1),
             "other_processes_cores": max(w["other_processes_cores"] or 0.0 for w in windows), "rounds": windows}
 
 
