@@ -4,7 +4,8 @@
 A constant tuned on one machine is wrong on the next: ONNX Runtime's ViT-B-32 image tower peaked at batch 8 on one
 2-core machine and kept gaining to 32 on another (22 / 27.6 / 30.0 / 31.0 img/s at 1 / 8 / 16 / 32). The knee, the
 smallest batch within KNEE_SHARE of the best throughput, keeps nearly all of the throughput at the lowest latency a
-batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S per tower; CLIP_{IMAGE,TEXT}_MAX_BATCH set explicitly win.
+batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S (both towers together); CLIP_{IMAGE,TEXT}_MAX_BATCH set
+explicitly win.
 """
 
 from __future__ import annotations
@@ -98,13 +99,13 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
         if modality in limits:
             curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source="manifest")
             log.info("%s max batch %d: recorded for this host in the export's manifest", modality, cap)
+    todo = [m for m in limits if m not in curves]
+    per_tower = budget_s / max(1, len(todo))  # the budget is the whole probe's: it delays readiness
     h, w = backend.preprocess.size
     towers = {"image": (lambda n: np.zeros((n, 3, h, w), dtype=np.float32), backend.encode_image),  # [n, 3, H, W]
               "text": (lambda n: backend.tokenize(["a photo of a red circle"] * n), backend.encode_text)}  # [n, L]
-    for modality, limit in limits.items():
-        if modality in curves:
-            continue
-        curve = curves[modality] = measure(modality, *towers[modality], limit, budget_s, timer)
+    for modality in todo:
+        curve = curves[modality] = measure(modality, *towers[modality], limits[modality], per_tower, timer)
         log.info("%s encoder items/s by batch size: %s%s -> max batch %d (the smallest within %.0f%% of the best)",
                  modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),
                  "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,

@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     # every encoder call in the probe is a full batch of that size: a slow CPU model at batch 32 takes ~1 s per call,
     # so the largest sizes are skipped when their estimated time would overrun this (the cap is then the knee of
     # the sizes measured)
-    batch_probe_s: float = Field(3.0, ge=0, le=600, description="seconds per tower to time batch sizes at warm-up "
-                                                                "and choose the max batch (0 = off)")
+    batch_probe_s: float = Field(3.0, ge=0, le=600, description="seconds (both towers together) to time batch sizes "
+                                                                "at warm-up and choose the max batches (0 = off)")
     max_queue: int = Field(256, ge=1, description="queued + in-flight items per modality before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="queue deadline per request; expired work -> 503")
 

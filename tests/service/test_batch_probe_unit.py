@@ -131,3 +131,12 @@ def test_a_knee_recorded_for_this_host_replaces_the_probe_and_another_hosts_does
         "image": (8, "manifest"), "text": (64, "manifest")}  # within the setting's limit
     curves = probe_backend(backend, {"text": 64}, budget_s=10.0)  # image set explicitly: nothing for it
     assert set(curves) == {"text"}
+
+
+def test_the_budget_covers_both_towers_together():
+    clock = Clock(lambda n, _: 0.1 * n)  # 0.1 s per item: the probe would take minutes unbounded
+    backend = SimpleNamespace(preprocess=SimpleNamespace(size=(8, 8)), encode_image=clock.encode,
+                              encode_text=clock.encode, tokenize=lambda texts: np.zeros((len(texts), 4)))
+    curves = probe_backend(backend, {"image": 32, "text": 64}, budget_s=3.0, timer=clock)
+    assert set(curves) == {"image", "text"} and not any(c.complete for c in curves.values())
+    assert clock.now <= 3.0 + 1e-9  # readiness waits for the whole probe: the budget bounds it, not each tower
