@@ -41,7 +41,6 @@ from bench.wrk import LUA, wrk
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST_SIZES = (1, 16)  # images per request: what a single-photo client sends, and what an indexer sends
-log = logging.getLogger("bench.feed")
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,11 @@ class Config:
     decode_s: float = 3.0  # per process, for decode_limit
     in_flight: int = 64  # images in flight per point: connections = in_flight / images per request
     timing: StandInTiming = StandInTiming()
+    image_size: int | None = None  # the stand-in's input side (default: the bundled model's 64 px; ViT-B/32: 224)
+
+    def server_env(self) -> dict[str, str]:
+        env = {"BENCH_STANDIN_BATCH_MS": str(self.timing.batch_ms), "BENCH_STANDIN_ITEM_MS": str(self.timing.item_ms)}
+        return env | ({"BENCH_STANDIN_IMAGE_SIZE": str(self.image_size)} if self.image_size else {})
 
     def connections(self, per_request: int) -> int:
         return max(1, self.in_flight // per_request)
@@ -146,7 +150,7 @@ def pool(windows: list[dict], per_request: int, connections: int) -> dict:
 
 def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, raw: Path) -> dict:
     jpeg = assets.photo_jpegs(224, 224)[0]
-    pre = StandInBackend(cfg.timing).preprocess
+    pre = StandInBackend(cfg.timing, cfg.image_size).preprocess
     results: dict = {"machine": machine.describe(), "config": {
         "seconds": cfg.seconds, "rounds": cfg.rounds, "warmup_s": cfg.warmup_s, "in_flight": cfg.in_flight,
         "standin_batch_ms": cfg.timing.batch_ms, "standin_item_ms": cfg.timing.item_ms,
@@ -157,32 +161,37 @@ def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, ra
     print(f"decode_limit: {results['decode_limit']['images_per_s']:.0f} images/s on "
           f"{results['decode_limit']['processes']} processes")
     raw.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="bench-feed-"))
-    scripts = {k: wrk_script(folder, jpeg, k) for k in REQUEST_SIZES}
-    env = {"BENCH_STANDIN_BATCH_MS": str(cfg.timing.batch_ms), "BENCH_STANDIN_ITEM_MS": str(cfg.timing.item_ms)}
     with ExitStack() as stack:
         tree = stack.enter_context(baseline_tree(baseline_ref)) if baseline_ref else None
         todo = targets(workers, tree, baseline_ref)
-        servers = {t.label: stack.enter_context(BenchServer(
-            {**env, **t.env}, raw / f"server-feed-{i}.log", cmd=[sys.executable, "-m", "bench.standin_server"]))
-            for i, t in enumerate(todo)}
+        servers = {t.label: stack.enter_context(BenchServer({**cfg.server_env(), **t.env}, raw / f"server-feed-{i}.log",
+                                                            cmd=[sys.executable, "-m", "bench.standin_server"]))
+                   for i, t in enumerate(todo)}
         results["servers"] = {t.label: {"commit": t.commit, "env": t.env,
                                         "info": httpx.get(servers[t.label].url + "/info", timeout=30).json()}
                               for t in todo}
         results["load_average"]["served"] = machine.load_average()
-        # each request size on every server in turn, `rounds` times: the comparison is taken back to back
-        windows: dict = {(k, t.label): [] for k in REQUEST_SIZES for t in todo}
-        steps = [(k, t) for k in REQUEST_SIZES for _ in range(cfg.rounds) for t in todo]
-        for k, t in tqdm(steps, desc="feed", unit="window"):
-            w = measure_window(servers[t.label], scripts[k], k, cfg)
-            windows[(k, t.label)].append(w)
-            tqdm.write(f"  {t.label:<32} {k:>2} img/request  {w['images'] / w['window_s']:8.1f} img/s  p50 "
-                       f"{w['p50_ms']} ms  mean batch {w['mean_batch']}  non-2xx {w['non_2xx']}  other processes "
-                       f"{w['other_processes_cores']} cores")
-        results["points"] = [{"server": label, **pool(ws, k, cfg.connections(k))} for (k, label), ws in windows.items()]
-    shutil.rmtree(folder, ignore_errors=True)
+        results["points"] = serve_points(servers, jpeg, cfg)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return results
+
+
+def serve_points(servers: dict[str, BenchServer], jpeg: bytes, cfg: Config) -> list[dict]:
+    """Each request size on every server in turn, `rounds` times, so the comparison is taken back to back."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-feed-"))
+    scripts = {k: wrk_script(folder, jpeg, k) for k in REQUEST_SIZES}
+    windows: dict = {(k, label): [] for k in REQUEST_SIZES for label in servers}
+    try:
+        steps = [(k, label) for k in REQUEST_SIZES for _ in range(cfg.rounds) for label in servers]
+        for k, label in tqdm(steps, desc="feed", unit="window"):
+            w = measure_window(servers[label], scripts[k], k, cfg)
+            windows[(k, label)].append(w)
+            tqdm.write(f"  {label:<32} {k:>2} img/request  {w['images'] / w['window_s']:8.1f} img/s  p50 "
+                       f"{w['p50_ms']} ms  mean batch {w['mean_batch']}  non-2xx {w['non_2xx']}  other processes "
+                       f"{w['other_processes_cores']} cores")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [{"server": label, **pool(ws, k, cfg.connections(k))} for (k, label), ws in windows.items()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images in flight per point (connections = this / images per request)")
     p.add_argument("--batch-ms", type=float, default=StandInTiming.batch_ms, help="stand-in time per encoder call")
     p.add_argument("--item-ms", type=float, default=StandInTiming.item_ms, help="stand-in time per item")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="the stand-in's input side in px (default: the bundled model's; 224 for a ViT-B/32's)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where feed.json/.md/.png go")
     return p
 
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(n) for n in args.workers.split(",")] if args.workers else [None]
     cfg = Config(seconds=args.seconds, rounds=args.rounds, warmup_s=max(1, min(Config.warmup_s, round(args.seconds))),
                  decode_s=min(3.0, args.seconds),
-                 in_flight=args.in_flight, timing=StandInTiming(args.batch_ms, args.item_ms))
+                 in_flight=args.in_flight, timing=StandInTiming(args.batch_ms, args.item_ms),
+                 image_size=args.image_size)
     results = measure(cfg, workers, args.baseline_ref, args.out / "raw")
     files = report.write_feed(results, args.out)
     print("\n" + report.feed_table(results))
