@@ -13,7 +13,7 @@ Reports, in one run:
   all the work outside the encoder.
 `--workers N[,M]` runs the server with CLIP_WORKERS=N (front-end processes, issue 16); `--baseline-ref REF`
 measures a git worktree of REF (its `service` package, this checkout's stand-in) in the same run, the servers up
-side by side and every point taken on each in turn. Writes feed.json, feed.md and feed.png under --out.
+side by side and every point taken on each in turn. Writes feed.json, feed.md and feed.png (--name) under --out.
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-ms", type=float, default=StandInTiming.item_ms, help="stand-in time per item")
     p.add_argument("--image-size", type=int, default=None,
                    help="the stand-in's input side in px (default: the bundled model's; 224 for a ViT-B/32's)")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where feed.json/.md/.png go")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where NAME.json/.md/.png go")
+    p.add_argument("--name", default="feed", help="file name of the results (default feed)")
     return p
 
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                  in_flight=args.in_flight, timing=StandInTiming(args.batch_ms, args.item_ms),
                  image_size=args.image_size)
     results = measure(cfg, workers, args.baseline_ref, args.out / "raw")
-    files = report.write_feed(results, args.out)
+    files = report.write_feed(results, args.out, args.name)
     print("\n" + report.feed_table(results))
     print(f"\nwrote {', '.join(str(f) for f in files)}")
     return 1 if any(p["non_2xx"] or not p["requests"] for p in results["points"]) else 0

@@ -150,10 +150,10 @@ def feed_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_feed(results: dict, out: Path) -> list[Path]:
-    """feed.json, feed.md and feed.png under `out`; returns the files written."""
+def write_feed(results: dict, out: Path, name: str = "feed") -> list[Path]:
+    """<name>.json, .md and .png under `out`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "feed.json", out / "feed.md", out / "feed.png"]
+    files = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
     files[0].write_text(json.dumps(results, indent=2) + "\n")
     cfg = results["config"]
     title = (f"stand-in {cfg['standin_batch_ms']:g} ms + {cfg['standin_item_ms']:g} ms/item, "
@@ -162,7 +162,7 @@ def write_feed(results: dict, out: Path) -> list[Path]:
     md = [f"# Feeding an accelerator: served through the stand-in backend ({results['finished']})", "",
           f"Machine: {summary(results['machine'])}; load average before serving "
           f"{results['load_average'].get('served')}.", "",
-          f"Written by `python -m bench.feed`; raw numbers in `feed.json`. Image: {cfg['image']}; per point "
+          f"Written by `python -m bench.feed`; raw numbers in `{files[0].name}`. Image: {cfg['image']}; per point "
           f"{cfg['rounds']} wrk windows ({cfg['seconds']:g} s in all), each after {cfg['warmup_s']:g} s of warm-up, "
           f"the servers taking turns; {cfg['in_flight']} images in flight.", "",
           feed_table(results), "", f"![feed]({files[2].name})", ""]
