@@ -98,7 +98,8 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
     for modality, cap in getattr(backend, "recorded_max_batch", {}).items():
         if modality in limits:
             curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source="manifest")
-            log.info("%s max batch %d: recorded for this host in the export's manifest", modality, cap)
+            log.info("%s max batch %d: the knee recorded for this host in the export's manifest (%d), within %d",
+                     modality, curves[modality].cap, cap, limits[modality])
     todo = [m for m in limits if m not in curves]
     per_tower = budget_s / max(1, len(todo))  # the budget is the whole probe's: it delays readiness
     h, w = backend.preprocess.size
