@@ -150,7 +150,8 @@ def record_knees(export_dir: str | Path, rows: list[BenchRow], device: str) -> s
 
     manifest = read_manifest(export_dir, verify=False)
     runtime = "tensorrt" if manifest.kind == "tensorrt" else "onnx"
-    curves = {t: {r.batch: r.items_per_s for r in rows if (r.tower, r.backend) == (t, runtime)} for t in ("image", "text")}
+    curves = {t: {r.batch: r.items_per_s for r in rows if (r.tower, r.backend) == (t, runtime)}
+              for t in ("image", "text")}
     curves = {t: c for t, c in curves.items() if c}
     if not curves:
         raise ExportError(f"--record needs the export's own runtime among --backends ({runtime})")

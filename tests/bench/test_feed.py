@@ -48,8 +48,9 @@ def test_standin_factory_takes_its_timing_from_the_environment(monkeypatch):
 @pytest.mark.slow  # 22-34 s on the shared 2-core machine
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (make system-deps installs it as root)")
 def test_feed_runs_and_its_numbers_agree(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "bench.feed", "--seconds", "1", "--rounds", "1", "--baseline-ref", "HEAD",
-                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "bench.feed", "--seconds", "1", "--rounds", "1",
+                          "--baseline-ref", "HEAD", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((tmp_path / "feed.json").read_text())
     limit = results["decode_limit"]
