@@ -45,6 +45,23 @@ def test_standin_factory_takes_its_timing_from_the_environment(monkeypatch):
     assert "5ms+0.1ms/item,224px" in b.model_id
 
 
+@pytest.mark.parametrize("size", [None, 224])
+def test_decode_limit_decodes_the_pixels_the_server_would(size):
+    from bench.assets import photo_jpegs
+    from bench.decode import decode_limit, to_uint8
+    from service.images import ImagePreprocessor
+
+    pre = StandInBackend(image_size=size).preprocess
+    jpeg = photo_jpegs(224, 224)[1]
+    rgb = to_uint8(jpeg, pre)  # [H, W, 3] uint8
+    assert rgb.dtype == np.uint8 and rgb.shape == (*pre.size, 3)
+    mean, std = (np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in (pre.mean, pre.std))
+    served = ImagePreprocessor(pre, max_pixels=40_000_000)(jpeg)  # float32 [3, H, W], what the server encodes
+    np.testing.assert_allclose((rgb.transpose(2, 0, 1) / np.float32(255) - mean) / std, served, atol=1e-5)
+    limit = decode_limit(jpeg, pre, seconds=0.2, processes=1)
+    assert limit["images_per_s"] > 0 and limit["input_size"] == list(pre.size)
+
+
 @pytest.mark.slow  # 22-34 s on the shared 2-core machine
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (make system-deps installs it as root)")
 def test_feed_runs_and_its_numbers_agree(tmp_path):
