@@ -37,6 +37,7 @@ from tqdm import tqdm
 from bench import assets, decode, load, machine, report
 from bench.server import BenchServer, mean_batch, metric
 from bench.standin import StandInBackend, StandInTiming
+from bench.standin_server import packages_folder
 from bench.wrk import LUA, wrk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,7 @@ def baseline_tree(ref: str) -> Iterator[Path]:
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(packages_folder(str(tree)), ignore_errors=True)  # bench/standin_server.py's links to it
 
 
 def targets(workers: list[int | None], baseline: Path | None, ref: str | None) -> list[Target]:

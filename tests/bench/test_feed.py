@@ -45,6 +45,20 @@ def test_standin_factory_takes_its_timing_from_the_environment(monkeypatch):
     assert "5ms+0.1ms/item,224px" in b.model_id
 
 
+def test_another_checkouts_packages_are_served_with_this_checkouts_bench(tmp_path):
+    from bench.standin_server import packages_of
+
+    checkout = tmp_path / "checkout"
+    for name in ("service", "models", "export", "bench"):
+        (checkout / name).mkdir(parents=True)
+        (checkout / name / "__init__.py").write_text("")
+    (checkout / "docs").mkdir()  # not a package
+    folder = Path(packages_of(str(checkout), under=str(tmp_path)))
+    assert sorted(p.name for p in folder.iterdir()) == ["export", "models", "service"]
+    assert (folder / "service").resolve() == (checkout / "service").resolve()
+    assert packages_of(str(checkout), under=str(tmp_path)) == str(folder)  # one folder per checkout, reused
+
+
 @pytest.mark.parametrize("size", [None, 224])
 def test_decode_limit_decodes_the_pixels_the_server_would(size):
     from bench.assets import photo_jpegs
