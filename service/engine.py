@@ -52,6 +52,10 @@ def unset_limits(settings: Settings, backend: Backend) -> dict[str, int]:
 class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
+    # the batch curves measured at warm-up, per tower (service/batch_probe.py); none unless __init__ was given some,
+    # so an engine built another way (a subclass that skips __init__) still answers /info. Read, never mutated
+    curves: dict[str, BatchCurve] = {}
+
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
                  on_fatal: Optional[Callable[[BaseException], None]] = None,
                  curves: Optional[dict[str, BatchCurve]] = None):
