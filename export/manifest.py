@@ -71,6 +71,9 @@ class Manifest:
     parity: dict[str, Any] | None = None  # export.parity report measured when the export was made
     tensorrt: dict[str, Any] | None = None  # tensorrt exports: version, GPU, optimisation profile
     quantization: dict[str, Any] | None = None  # int8 exports: the export.quantize recipe and what it quantized
+    # device -> {"host", "image": {"max_batch", "items_per_s"}, "text": ...}: knees measured by `python -m export bench
+    # --record` (export/batch_knee.py); the server uses them instead of its warm-up probe on the same host
+    batch_knees: dict[str, Any] | None = None
     # how to tokenise from this directory alone: {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB} (models.tokenizer,
     # no open_clip); None (other tokenizers, exports made before it existed): open_clip from tokenizer_source
     tokenizer: dict[str, Any] | None = None

@@ -21,6 +21,7 @@ from models.prompts import prototypes
 from models.zeroshot import ScoreKind, label_scores
 from service import tracing
 from service.backends import Backend
+from service.batch_probe import BatchCurve
 from service.batcher import Batcher
 from service.cache import ByteLRU
 from service.errors import ApiError, BadInput, DeadlineExceeded
@@ -30,32 +31,45 @@ from service.settings import Settings
 from service.templates import check_prompt_count, prompts_for, reachable_chars
 
 MB = 1024 * 1024
-# ONNX Runtime's ViT-B-32 image tower on CPU is fastest at batch 8 (19.9 img/s, 18.3 at 32); served at
-# concurrency 32 a cap of 8 gave 18.5 / 20.5 img/s against 16.0 / 16.4 with 32. docs/benchmarks/README.md
-ORT_CPU_MAX_BATCH = 8
 
 
-def max_batch(settings: Settings, backend: Backend, modality: str) -> int:
-    """CLIP_{IMAGE,TEXT}_MAX_BATCH capped by the engine's own limit; left unset, 8 for ONNX Runtime on CPU."""
+def max_batch(settings: Settings, backend: Backend, modality: str, measured: Optional[int] = None) -> int:
+    """CLIP_{IMAGE,TEXT}_MAX_BATCH when set; left unset, the cap measured at warm-up (service/batch_probe.py) when
+    there is one, else the setting's default; always within the engine's own limit."""
     field = f"{modality}_max_batch"
     limit = getattr(settings, field)
-    if field not in settings.model_fields_set and (backend.name, backend.device) == ("onnx", "cpu"):
-        limit = min(limit, ORT_CPU_MAX_BATCH)
+    if field not in settings.model_fields_set and measured:
+        limit = measured
     return min(limit, backend.max_batch or limit)
+
+
+def unset_limits(settings: Settings, backend: Backend) -> dict[str, int]:
+    """The towers whose max batch is left to measurement, with the largest batch a measurement may try."""
+    if settings.batch_probe_s <= 0 or not backend.measure_batches:
+        return {}
+    return {m: max_batch(settings, backend, m) for m in ("image", "text") if f"{m}_max_batch" not in
+            settings.model_fields_set}
 
 
 class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
+    # the batch curves measured at warm-up, per tower (service/batch_probe.py); none unless __init__ was given some,
+    # so an engine built another way (a subclass that skips __init__) still answers /info. Read, never mutated
+    curves: dict[str, BatchCurve] = {}
+
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
-                 on_fatal: Optional[Callable[[BaseException], None]] = None):
+                 on_fatal: Optional[Callable[[BaseException], None]] = None,
+                 curves: Optional[dict[str, BatchCurve]] = None):
         self.settings, self.backend, self.metrics = settings, backend, metrics
+        self.curves = curves or {}  # measured at warm-up, per tower whose max batch was left unset
         workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
         self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
         self.preprocessor = ImagePreprocessor(
             backend.preprocess, settings.max_image_pixels, settings.reduced_jpeg_decode, settings.jpeg_decode,
             on_jpeg_fallback=lambda reason: metrics.jpeg_fallbacks.labels(reason).inc())
-        image_max, text_max = max_batch(settings, backend, "image"), max_batch(settings, backend, "text")
+        image_max, text_max = (max_batch(settings, backend, m, self.curves[m].cap if m in self.curves else None)
+                               for m in ("image", "text"))
         common = dict(metrics=metrics, max_queue=settings.max_queue, on_fatal=on_fatal)
         self.images = Batcher("image", backend.encode_image, inference_pool, max_batch=image_max,
                               max_wait_s=settings.image_max_wait_ms / 1000, **common)

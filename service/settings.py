@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     image_max_wait_ms: float = Field(10.0, ge=0, le=1000, description="wait after the first image for more")
     text_max_batch: int = Field(64, ge=1, le=4096, description="most texts per encoder call")
     text_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait after the first text for more")
+    # every encoder call in the probe is a full batch of that size: a slow CPU model at batch 32 takes ~1 s per call,
+    # so the largest sizes are skipped when their estimated time would overrun this (the cap is then the knee of
+    # the sizes measured)
+    batch_probe_s: float = Field(3.0, ge=0, le=600, description="seconds (both towers together) to time batch sizes "
+                                                                "at warm-up and choose the max batches (0 = off)")
     max_queue: int = Field(256, ge=1, description="queued + in-flight items per modality before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="queue deadline per request; expired work -> 503")
 

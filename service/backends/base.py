@@ -63,6 +63,9 @@ class Backend(ABC):
     preprocess: PreprocessConfig
     tokenizer: Callable[..., Any]  # list[str] -> int64 [B, context_length]
     towers: "Towers"  # what encodes: eager torch, ONNX Runtime or TensorRT (export.runtime.base.Towers)
+    # time the encoders at warm-up to choose max batch sizes (service/batch_probe.py); test doubles leave it off
+    measure_batches: bool = False
+    recorded_max_batch: dict[str, int] = {}  # tower -> max batch an export recorded for this host (no probe then)
 
     @property
     def max_batch(self) -> int | None:

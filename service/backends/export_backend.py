@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from export.batch_knee import recorded_knees
 from service.backends.base import Backend
 from service.settings import Settings
 
@@ -12,6 +13,8 @@ log = logging.getLogger("service.backends.export")
 
 
 class ExportBackend(Backend):
+    measure_batches = True
+
     def __init__(self, settings: Settings):
         from export.manifest import read_manifest
         from export.runtime import load_encoders
@@ -30,6 +33,7 @@ class ExportBackend(Backend):
         self.logit_scale, self.logit_bias = m.activation.logit_scale, m.activation.logit_bias
         self.preprocess = m.preprocess_config
         self.tokenizer = self.encoders.tokenizer()
+        self.recorded_max_batch = recorded_knees(m, self.device)  # from `python -m export bench --record` on this host
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
 
 

@@ -42,24 +42,6 @@ def test_model_that_fails_to_load_exits_non_zero_with_the_cause(tmp_path):
     assert r.returncode == 1 and "unknown model 'ViT-Nope'" in r.stderr
 
 
-def test_onnx_on_cpu_caps_batches_at_8_unless_the_user_sets_them(monkeypatch):
-    from types import SimpleNamespace
-
-    from service.engine import max_batch
-
-    for name in ("CLIP_IMAGE_MAX_BATCH", "CLIP_TEXT_MAX_BATCH"):
-        monkeypatch.delenv(name, raising=False)
-    ort_cpu = SimpleNamespace(name="onnx", device="cpu", max_batch=None)
-    torch_cpu = SimpleNamespace(name="torch", device="cpu", max_batch=None)
-    trt = SimpleNamespace(name="tensorrt", device="cuda", max_batch=16)
-    s = Settings()
-    assert (max_batch(s, ort_cpu, "image"), max_batch(s, ort_cpu, "text")) == (8, 8)
-    assert (max_batch(s, torch_cpu, "image"), max_batch(s, torch_cpu, "text")) == (32, 64)
-    assert max_batch(s, trt, "text") == 16  # the engine's own profile limit wins
-    monkeypatch.setenv("CLIP_IMAGE_MAX_BATCH", "32")
-    assert max_batch(Settings(), ort_cpu, "image") == 32  # set explicitly: respected
-
-
 def test_every_setting_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     missing = [f"CLIP_{name.upper()}" for name in Settings.model_fields if f"`CLIP_{name.upper()}`" not in readme]

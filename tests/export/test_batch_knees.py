@@ -1,0 +1,36 @@
+"""A knee recorded in an export's manifest for this host is the served max batch, with no warm-up probe; one recorded
+on another host is ignored (the server measures its own)."""
+
+from __future__ import annotations
+
+import httpx
+
+from export.batch_knee import with_knees
+from export.manifest import read_manifest, write_manifest
+from tests.service.server import ServerProcess
+
+# made-up curves with unmistakable knees: image 2 (4 adds 3%), text 1 (flat)
+CURVES = {"image": {1: 10.0, 2: 30.0, 4: 31.0}, "text": {1: 5.0, 2: 5.1}}
+
+
+def _serve_batching(root, tmp_path) -> dict:
+    env = {"CLIP_BACKEND": "onnx", "CLIP_DEVICE": "cpu", "CLIP_EXPORT_DIR": str(root)}
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        return httpx.get(server.url + "/info", timeout=30).json()["batching"]
+
+
+def test_a_knee_recorded_for_this_host_is_the_served_max_batch(bundled_export, copy_export, tmp_path):
+    root = copy_export(bundled_export[0])
+    write_manifest(with_knees(read_manifest(root), "cpu", CURVES), root)
+    batching = _serve_batching(root, tmp_path)
+    assert (batching["image_max_batch"], batching["text_max_batch"]) == (2, 1)
+    assert {m: c["source"] for m, c in batching["measured"].items()} == {"image": "manifest", "text": "manifest"}
+
+
+def test_a_knee_recorded_on_another_host_is_ignored(bundled_export, copy_export, tmp_path):
+    root = copy_export(bundled_export[0])
+    manifest = with_knees(read_manifest(root), "cpu", CURVES)
+    manifest.batch_knees["cpu"]["host"] = "some other CPU x128"
+    write_manifest(manifest, root)
+    batching = _serve_batching(root, tmp_path)
+    assert {m: c["source"] for m, c in batching["measured"].items()} == {"image": "warm-up", "text": "warm-up"}
