@@ -120,9 +120,18 @@ class DrainingServer(uvicorn.Server):
 def main() -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
+    if settings.workers:  # front-end processes + one engine process per device (service/supervisor.py)
+        from service.supervisor import run_supervisor
+
+        return run_supervisor(settings)
     from service.app import create_app
 
-    app = create_app(settings)
+    return serve(settings, create_app(settings))
+
+
+def serve(settings, app, sockets: Optional[list[socket.socket]] = None) -> int:
+    """Run `app` with uvicorn until SIGTERM/SIGINT (drained) or a load failure; the exit status. `sockets`: a
+    listening socket inherited from the supervisor, instead of binding CLIP_HOST:CLIP_PORT."""
     limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
     # ws="none": no route speaks WebSocket, and an upgraded connection would leave the HTTP timers behind
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -131,7 +140,7 @@ def main() -> int:
                             timeout_graceful_shutdown=CLOSE_AFTER_DRAIN_S + 0.5)  # type: ignore[arg-type]
     server = DrainingServer(config, app.state.lifecycle, settings.drain_s)
     app.state.lifecycle.on_load_failure = server.fail
-    server.run()
+    server.run(sockets=sockets)
     if server.exit_code:
         print(f"error: {app.state.lifecycle.fatal}", file=sys.stderr)
     return server.exit_code
