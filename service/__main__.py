@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import uvicorn
 from pydantic import ValidationError
@@ -117,16 +117,21 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def main() -> int:
+def main(backend_factory: Optional[Callable] = None) -> int:
+    """`backend_factory`: what loads the model (service.backends.load_backend unless a test holds it back); with
+    CLIP_WORKERS >= 1 it runs in the engine processes, so it must be picklable (a module-level name)."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    from service.backends import load_backend
+
+    factory = backend_factory or load_backend
     if settings.workers:  # front-end processes + one engine process per device (service/supervisor.py)
         from service.supervisor import run_supervisor
 
-        return run_supervisor(settings)
+        return run_supervisor(settings, factory)
     from service.app import create_app
 
-    return serve(settings, create_app(settings))
+    return serve(settings, create_app(settings, backend_factory=factory))
 
 
 def serve(settings, app, sockets: Optional[list[socket.socket]] = None) -> int:

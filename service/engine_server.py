@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import zmq
@@ -219,7 +219,8 @@ def engine_info(eng: Engine) -> dict[str, Any]:
             "image_max_batch": eng.images.max_batch, "text_max_batch": eng.texts.max_batch}
 
 
-def run_engine(settings_data: dict[str, Any], device: str, address: str, index: int) -> None:
+def run_engine(settings_data: dict[str, Any], device: str, address: str, index: int,
+               backend_factory: Callable[[Settings], Any]) -> None:
     """The engine process's entry point (multiprocessing, spawn): load the model for `device`, answer on `address`
     until SIGTERM, then finish the queued work (CLIP_DRAIN_S) and exit 0."""
     if device.startswith("cuda:"):  # this process sees only its own GPU, as "cuda"
@@ -231,13 +232,13 @@ def run_engine(settings_data: dict[str, Any], device: str, address: str, index: 
     settings = Settings(**{**settings_data, "device": device, "devices": []})
     configure_logging(settings.log_level)
     logging.getLogger("service").info("engine %d on %s: pid %d, %s", index, device, os.getpid(), address)
-    asyncio.run(_engine_main(settings, address))
+    asyncio.run(_engine_main(settings, address, backend_factory))
     os._exit(0)  # skip the interpreter's teardown (torch unload), as service/__main__.py does
 
 
-async def _engine_main(settings: Settings, address: str) -> None:
+async def _engine_main(settings: Settings, address: str, backend_factory: Callable[[Settings], Any]) -> None:
     metrics = Metrics()
-    lifecycle = Lifecycle(settings, metrics)
+    lifecycle = Lifecycle(settings, metrics, backend_factory)
     server = EngineServer(settings, address, lifecycle)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

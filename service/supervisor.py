@@ -25,7 +25,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable
 
 from service.settings import Settings
 
@@ -63,8 +63,8 @@ def run_frontend(settings_data: dict[str, Any], sock: socket.socket, engines: li
 class Supervisor:
     """Starts, watches and stops the processes of one server."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, backend_factory: Callable):
+        self.settings, self.backend_factory = settings, backend_factory
         self.tmp = tempfile.mkdtemp(prefix="clip-serve-")
         self.metrics_dir = os.path.join(self.tmp, "metrics")
         os.mkdir(self.metrics_dir)
@@ -82,7 +82,8 @@ class Supervisor:
 
         data = self.settings.model_dump()
         sock = bind(self.settings.host, self.settings.port)
-        self.engines = [self.ctx.Process(target=run_engine, args=(data, dev, addr, i), name=f"clip-engine-{i}")
+        self.engines = [self.ctx.Process(target=run_engine, args=(data, dev, addr, i, self.backend_factory),
+                                        name=f"clip-engine-{i}")
                         for i, (dev, addr) in enumerate(zip(self.devices, self.addresses))]
         self.frontends = [self.ctx.Process(target=run_frontend, args=(data, sock, self.addresses, i),
                                            name=f"clip-frontend-{i}") for i in range(self.settings.workers)]
@@ -146,8 +147,9 @@ class Supervisor:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run_supervisor(settings: Settings, sup: Optional[Supervisor] = None) -> int:
-    sup = sup or Supervisor(settings)
+def run_supervisor(settings: Settings, backend_factory: Callable) -> int:
+    """Run the server's processes until SIGTERM/SIGINT (exit 0 after draining) or one of them exits (exit 1)."""
+    sup = Supervisor(settings, backend_factory)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sup.stop_requested.set())
     try:
