@@ -41,15 +41,26 @@ def pixel_encoder(engine: Engine):
     if backend.device.startswith("cuda"):
         from service.device_pixels import device_encoder  # torch; not run on a GPU yet (README)
 
-        encode = device_encoder(backend)
+        encode = device_encoder(backend, engine.images.max_batch)
         if encode is not None:
             return encode
     return lambda batch: backend.encode_image(normalise(batch, backend.preprocess))
 
 
+def two_in_flight(engine: Engine) -> None:
+    """On a GPU, two image batches at once (not run on a GPU yet): the next one's upload overlaps this one's
+    compute (service/device_pixels.py); their own two threads, so texts keep the inference thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine.images.executor = ThreadPoolExecutor(2, thread_name_prefix="inference-image")
+    engine.images.in_flight = 2
+
+
 def install_pixel_encoder(engine: Engine) -> None:
     """From here on the image batcher's items are uint8 [H, W, 3] pixels (the float path warmed the encoder up)."""
     engine.images.encode = pixel_encoder(engine)
+    if engine.backend.device.startswith("cuda"):
+        two_in_flight(engine)
 
 
 class EngineServer:
