@@ -172,6 +172,7 @@ class EnginePool:
     def __init__(self, addresses: Sequence[str]):
         self.ctx = zmq.asyncio.Context()
         self.links = [EngineLink(self.ctx, a, i) for i, a in enumerate(addresses)]
+        self._turn = itertools.count()
 
     def start(self) -> None:
         for link in self.links:
@@ -198,11 +199,13 @@ class EnginePool:
         return "ready"
 
     def pick(self) -> EngineLink:
-        """The live engine with the least work queued (ties: the first)."""
+        """The live engine with the least work queued; ties taken in turn, so that front-ends whose view of the
+        engines' queues is a heartbeat old still spread their work."""
         live = [link for link in self.links if link.dead is None]
         if not live:
             raise BackendFailure(f"{self.reason()}; retry on another replica", retry_after=5)
-        return min(live, key=lambda link: link.load)
+        turn = next(self._turn) % len(live)
+        return min(live[turn:] + live[:turn], key=lambda link: link.load)
 
     @asynccontextmanager
     async def charged(self, n: int) -> AsyncIterator[EngineLink]:

@@ -262,3 +262,36 @@ def _readyz(server) -> int | None:
         return httpx.get(server.url + "/readyz", timeout=10).status_code
     except httpx.HTTPError:
         return None
+
+
+def test_two_engines_share_the_work_and_every_label_set(bundled_dir, tmp_path):
+    """CLIP_DEVICES=cpu,cpu: two engine processes. With the encoders held, a second one-image request goes to the
+    engine that is not busy (both encoders are entered at once: one engine, one encoder call at a time, could not);
+    a PUT label set is computed and kept by both (two cached classifiers). One front-end, so that it knows exactly
+    what it has sent where (two would each see the other's work only as of the last heartbeat)."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_DEVICES": "cpu,cpu", "CLIP_IMAGE_MAX_BATCH": "1",
+                          **SPLIT, "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
+    try:
+        _, engines = layout(server)
+        assert len(engines) == 2
+        put = fresh("PUT", server.url + "/labelsets/both", json={"labels": ["red circle", "blue square"]})
+        assert put.status_code == 200, put.text
+        assert metric_value(server.metrics(), "clip_cache_entries", cache="labelset") == 2
+        image = encode(shape_image("red", "circle"))
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/classify", files=[("file", ("x.png", image))], data={"labelset": "both"})))
+            for _ in range(2)]
+        for t in threads:
+            t.start()
+            server.wait_entered(entered + 1)  # the first is in an encoder before the second is sent
+        server.wait_entered(entered + 2)
+        server.release()
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+        assert all(r.json()["results"][0][0]["label"] == "red circle" for r in results)
+    finally:
+        server.stop()
