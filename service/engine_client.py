@@ -88,7 +88,8 @@ class EngineLink:
         self.status: dict[str, Any] = {}
         self.last_seen = time.monotonic()
         self.outstanding = 0  # items this front-end has sent and not had back
-        self.dead: Optional[str] = None
+        self.dead: Optional[str] = None  # why calls to it fail now
+        self.final = False  # dead for good (its process exited), not just slow to answer
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -118,15 +119,19 @@ class EngineLink:
             try:
                 header, _ = await asyncio.wait_for(self.call({"op": "ping"}), HEARTBEAT_TIMEOUT_S)
                 self.status, self.last_seen = header, time.monotonic()
+                if self.dead is not None and not self.final:  # it was only slow: usable again
+                    log.warning("engine %d answers again", self.index)
+                    self.dead = None
             except (asyncio.TimeoutError, ApiError):
                 pass
             if time.monotonic() - self.last_seen > HEARTBEAT_TIMEOUT_S and self.dead is None:
                 self.fail(f"engine {self.index} has not answered for {HEARTBEAT_TIMEOUT_S:g}s")
             await asyncio.sleep(HEARTBEAT_S)
 
-    def fail(self, reason: str) -> None:
-        """The engine is gone: every call waiting on it fails with 503 now, and so does every later one."""
-        self.dead = reason
+    def fail(self, reason: str, final: bool = False) -> None:
+        """The engine is gone (`final`: its process exited) or not answering: every call waiting on it fails with
+        503 now, and so does every later one until it answers a heartbeat again (never, when final)."""
+        self.dead, self.final = reason, self.final or final
         log.error("%s; failing %d call(s) waiting on it", reason, len(self._pending))
         for waiter in self._pending.values():
             if not waiter.done():
@@ -358,10 +363,8 @@ class RemoteLifecycle(Lifecycle):
         self.pool.start()
         start = time.perf_counter()
         while self.pool.info() is None:
-            dead = [link.dead for link in self.pool.links if link.dead]
-            if dead:
-                self.mark_fatal(RuntimeError(dead[0]))
-                return
+            if any(link.final for link in self.pool.links):
+                return  # engine_died() has marked this front-end failed; the supervisor is stopping the server
             await asyncio.sleep(HEARTBEAT_S)
         info = self.pool.info()
         self.engine = RemoteEngine(self.settings, info, self.pool, self.metrics)  # type: ignore[arg-type]
@@ -387,7 +390,7 @@ class RemoteLifecycle(Lifecycle):
     def engine_died(self, reason: str) -> None:
         """The supervisor says an engine process has exited: fail its calls now, /readyz 503 from here on."""
         for link in self.pool.links:
-            link.fail(reason)
+            link.fail(reason, final=True)
         self.mark_fatal(RuntimeError(reason))
 
     async def stop(self) -> None:

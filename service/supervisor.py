@@ -31,8 +31,10 @@ from service.settings import Settings
 
 log = logging.getLogger("service.supervisor")
 
-# Engines stop after the front-ends: by then nothing is in flight, so this is only for what hangs.
-ENGINE_STOP_S = 5.0
+# Engines stop after the front-ends, when nothing is in flight any more: this is left for them at the least, and the
+# front-ends are stopped this much before the end of CLIP_DRAIN_S + EXIT_MARGIN_S, so the whole server is still gone
+# within that bound (the Kubernetes grace period is derived from it, docs/deploy.md).
+ENGINE_STOP_S = 2.0
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -117,10 +119,11 @@ class Supervisor:
     def _stop(self, drain_s: float) -> None:
         from service.__main__ import EXIT_MARGIN_S
 
+        until = time.monotonic() + drain_s + EXIT_MARGIN_S - 0.5
         self._signal(self.frontends, signal.SIGTERM)  # each drains itself (service/__main__.py DrainingServer)
-        self._join(self.frontends, drain_s + EXIT_MARGIN_S)
+        self._join(self.frontends, until - ENGINE_STOP_S - time.monotonic())
         self._signal(self.engines, signal.SIGTERM)  # their queues are empty now that no front-end is left
-        self._join(self.engines, ENGINE_STOP_S)
+        self._join(self.engines, max(ENGINE_STOP_S, until - time.monotonic()))
 
     @staticmethod
     def _signal(procs: list, sig: int) -> None:
@@ -153,7 +156,12 @@ def run_supervisor(settings: Settings, backend_factory: Callable) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sup.stop_requested.set())
     try:
-        sup.start()
+        try:
+            sup.start()
+        except OSError as exc:  # the port is taken, say: as uvicorn reports it in one process
+            log.error("could not start: %s", exc)
+            sup._stop(drain_s=0)
+            return 1
         return sup.watch()
     finally:
         sup.cleanup()
