@@ -234,10 +234,12 @@ def run_engine(settings_data: dict[str, Any], device: str, address: str, index: 
                backend_factory: Callable[[Settings], Any]) -> None:
     """The engine process's entry point (multiprocessing, spawn): load the model for `device`, answer on `address`
     until SIGTERM, then finish the queued work (CLIP_DRAIN_S) and exit 0."""
+    from service.supervisor import as_child
+
+    as_child()
     if device.startswith("cuda:"):  # this process sees only its own GPU, as "cuda"
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
         device = "cuda"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     from service.__main__ import configure_logging
 
     settings = Settings(**{**settings_data, "device": device, "devices": []})

@@ -48,8 +48,22 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def as_child() -> None:
+    """First step of every process the supervisor starts. Its own process group: a terminal's Ctrl-C reaches only the
+    supervisor, which drains the others in order (a front-end that got SIGINT and then SIGTERM would stop without
+    draining). And SIGTERM when the supervisor dies, even by SIGKILL (Linux), so no process outlives it."""
+    os.setpgrp()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own exit path still stops its children
+        pass
+
+
 def run_frontend(settings_data: dict[str, Any], sock: socket.socket, engines: list[str], index: int) -> None:
     """A front-end process's entry point (multiprocessing, spawn): the app with remote engines on `sock`."""
+    as_child()
     from service.__main__ import configure_logging, serve
     from service.app import create_app
 
