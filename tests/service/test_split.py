@@ -228,7 +228,7 @@ def test_sigterm_drains_every_process_and_exits_0(bundled_dir, tmp_path):
         assert sorted(r.status_code for r in results) == [200] * 8, [r.text[:200] for r in results]
         assert server.proc.wait(60) == 0, server.log()
         for pid in fronts + engines:
-            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
+            assert not _alive(pid), pid
     finally:
         server.stop()
 
@@ -295,3 +295,21 @@ def test_two_engines_share_the_work_and_every_label_set(bundled_dir, tmp_path):
         assert all(r.json()["results"][0][0]["label"] == "red circle" for r in results)
     finally:
         server.stop()
+
+
+def test_no_process_outlives_a_killed_supervisor(bundled_dir, tmp_path):
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), **SPLIT}, tmp_path / "server.log").wait_ready()
+    try:
+        fronts, engines = layout(server)
+        server.proc.kill()  # SIGKILL: no handler runs in the supervisor
+        server.proc.wait(30)
+        _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
+    finally:
+        server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
