@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from models.preprocess import normalise
+from service.backends.base import exact_tokenizer
 from service.engine import Engine
 from service.errors import InvalidField
 from service.ipc import error_fields, pack, unpack
@@ -216,8 +217,6 @@ def engine_info(eng: Engine) -> dict[str, Any]:
     """What a front-end needs to know of the model and the batchers (service/engine_client.py BackendInfo)."""
     b = eng.backend
     tok = getattr(b, "tokenizer", None)
-    from service.backends.base import exact_tokenizer
-
     exact = exact_tokenizer(tok) if tok is not None else None
     return {"describe": b.describe(), "name": b.name, "device": b.device, "precision": b.precision,
             "model_id": b.model_id, "fingerprint": b.fingerprint, "embed_dim": b.embed_dim,
