@@ -313,3 +313,39 @@ def _alive(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+def test_the_front_ends_deadline_is_the_engines(bundled_dir, tmp_path):
+    """CLIP_REQUEST_TIMEOUT_S=2: a front-end takes the request's deadline, the engine enforces that one. With the
+    encoder held past it, the one-image request queued behind the held batch is never encoded: 503
+    deadline_exceeded, counted once."""
+    timeout_s = 2.0
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_REQUEST_TIMEOUT_S": str(timeout_s),
+                          "CLIP_IMAGE_MAX_BATCH": "1", "CLIP_IMAGE_MAX_WAIT_MS": "1", **SPLIT}, tmp_path).wait_ready()
+    try:
+        image = encode(shape_image("red", "circle"))
+        entered = server.entered()
+        server.hold()
+        results: dict = {}
+
+        def send(name: str) -> None:
+            results[name] = fresh("POST", server.url + "/embed/image", files=[("file", ("x.png", image))])
+
+        first = threading.Thread(target=send, args=("first",))
+        first.start()
+        server.wait_entered(entered + 1)
+        sent = time.monotonic()
+        second = threading.Thread(target=send, args=("second",))
+        second.start()
+        _wait(lambda: metric_value(server.metrics(), "clip_queue_depth", modality="image") == 2, "second queued",
+              server)
+        _wait(lambda: time.monotonic() > sent + timeout_s + 0.5, "its deadline passed", server)  # the condition itself
+        server.release()
+        first.join(60)
+        second.join(60)
+        assert results["second"].status_code == 503, results["second"].text
+        assert results["second"].json()["error"]["type"] == "deadline_exceeded"
+        assert server.entered() == entered + 1, "the expired item was never encoded"
+        assert metric_value(server.metrics(), "clip_rejected_total", reason="deadline") == 1
+    finally:
+        server.stop()
