@@ -349,3 +349,33 @@ def test_the_front_ends_deadline_is_the_engines(bundled_dir, tmp_path):
         assert metric_value(server.metrics(), "clip_rejected_total", reason="deadline") == 1
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def onnx_export_dir(bundled, bundled_dir, tmp_path_factory) -> Path:
+    """The bundled model's fp32 ONNX export (as tests/export's fixture makes it)."""
+    from export.onnx_export import OnnxOptions, export_onnx
+    from export.source import source_spec
+
+    out = tmp_path_factory.mktemp("split-onnx")
+    export_onnx(bundled, source_spec(str(bundled_dir)), out, OnnxOptions())
+    return out
+
+
+def test_an_onnx_engine_behind_lean_front_ends(onnx_export_dir, server, tmp_path):
+    """CLIP_BACKEND=onnx: the front-end tokenises with the export's own vocabulary file, named by the engine (a
+    tokenizer rebuilt wrongly would change the ids, and the embeddings); its texts embed as the torch model's do,
+    and only the engine maps ONNX Runtime."""
+    split = ServerProcess({"CLIP_BACKEND": "onnx", "CLIP_EXPORT_DIR": str(onnx_export_dir), **SPLIT,
+                           "CLIP_WORKERS": "1"}, tmp_path / "server.log").wait_ready()
+    try:
+        fronts, engines = layout(split)
+        texts = {"texts": ["a red circle", "a photo of a blue square.", "Ünïcödé &amp; ascii"]}
+        a = httpx.post(split.url + "/embed/text", json=texts, timeout=60)
+        b = httpx.post(server.url + "/embed/text", json=texts, timeout=60)
+        assert a.status_code == b.status_code == 200, (a.text, b.text)
+        np.testing.assert_allclose(np.array(a.json()["embeddings"]), np.array(b.json()["embeddings"]), atol=1e-4)
+        assert "onnxruntime" not in Path(f"/proc/{fronts[0]}/maps").read_text()
+        assert "onnxruntime" in Path(f"/proc/{engines[0]}/maps").read_text()
+    finally:
+        split.stop()
