@@ -379,3 +379,17 @@ def test_an_onnx_engine_behind_lean_front_ends(onnx_export_dir, server, tmp_path
         assert "onnxruntime" in Path(f"/proc/{engines[0]}/maps").read_text()
     finally:
         split.stop()
+
+
+def test_errors_are_the_same_as_in_one_process(split, server):
+    """Errors raised in the engine process cross as their class and place: same status, same body."""
+    good, bad = encode(shape_image("red", "circle")), b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    data_uri = "data:image/png;base64," + __import__("base64").b64encode(bad).decode()
+    cases = [("/embed/image", {"files": [("file", ("a.png", good)), ("file", ("b.png", bad))]}),
+             ("/classify", {"files": [("file", ("a.png", good))], "data": {"labelset": "no-such-set"}}),
+             ("/v1/embeddings", {"json": {"model": "clip", "input": ["a red circle", data_uri]}}),
+             ("/classify", {"json": {"image": "x", "labels": ["a"] * 2}})]
+    for path, kw in cases:
+        a, b = httpx.post(split.url + path, timeout=60, **kw), httpx.post(server.url + path, timeout=60, **kw)
+        assert (a.status_code, a.json()) == (b.status_code, b.json()), path
+        assert 400 <= a.status_code < 500, a.text
