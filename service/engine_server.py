@@ -35,17 +35,18 @@ log = logging.getLogger("service.engine_server")
 Key = tuple[bytes, int]  # (front-end socket identity, request id)
 
 
-def pixel_encoder(engine: Engine):
-    """The image batcher's encode step for uint8 [B, H, W, 3] batches: normalise, then the backend's encoder. On
-    a CUDA backend the device version (pinned upload, normalise on the GPU) when it is available."""
+def pixel_encoder(engine: Engine) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
+    """The image batcher's encode step for uint8 [B, H, W, 3] batches, and whether it normalises on the GPU: on
+    the CPU, normalise and then the backend's encoder; with eager PyTorch on CUDA, the device version (pinned upload,
+    normalise on the GPU, service/device_pixels.py)."""
     backend = engine.backend
     if backend.device.startswith("cuda"):
         from service.device_pixels import device_encoder  # torch; not run on a GPU yet (README)
 
         encode = device_encoder(backend, engine.images.max_batch)
         if encode is not None:
-            return encode
-    return lambda batch: backend.encode_image(normalise(batch, backend.preprocess))
+            return encode, True
+    return (lambda batch: backend.encode_image(normalise(batch, backend.preprocess))), False
 
 
 def two_in_flight(engine: Engine) -> None:
@@ -59,8 +60,8 @@ def two_in_flight(engine: Engine) -> None:
 
 def install_pixel_encoder(engine: Engine) -> None:
     """From here on the image batcher's items are uint8 [H, W, 3] pixels (the float path warmed the encoder up)."""
-    engine.images.encode = pixel_encoder(engine)
-    if engine.backend.device.startswith("cuda"):
+    engine.images.encode, on_device = pixel_encoder(engine)
+    if on_device:  # its two slots (buffer + stream each) let two batches run at once; other runtimes keep one
         two_in_flight(engine)
 
 

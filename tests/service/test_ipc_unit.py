@@ -57,3 +57,15 @@ def test_uint8_decoding_normalised_later_is_the_float_path(bundled):
     rgb = np.stack([as_uint8(d) for d in data])
     assert rgb.dtype == np.uint8 and rgb.shape == (3, *pre.size, 3)
     assert np.array_equal(normalise(rgb, pre), np.stack([as_float(d) for d in data]))
+
+
+def test_only_eager_torch_on_cuda_gets_the_device_encoder(bundled_dir):
+    """Elsewhere (CPU, or a runtime that takes host arrays) the engine keeps the CPU normalisation."""
+    from service.backends import load_backend
+    from service.device_pixels import device_encoder
+    from service.settings import Settings
+
+    backend = load_backend(Settings(model=str(bundled_dir), device="cpu"))
+    assert device_encoder(backend, 8) is None
+    backend.device = "cuda"  # what it would say on a GPU host, its towers still on the CPU: not the device path
+    assert device_encoder(backend, 8) is None
