@@ -59,6 +59,7 @@ class BackendInfo:
     logit_bias: float
     preprocess: PreprocessConfig
     details: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)  # the backend's other plain attributes
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> "BackendInfo":
@@ -67,7 +68,13 @@ class BackendInfo:
                                          "std": tuple(pre["std"])})
         return cls(info["name"], info["device"], info["precision"], info["model_id"], info["fingerprint"],
                    info["embed_dim"], info["context_length"], info["logit_scale"], info["logit_bias"], preprocess,
-                   info["describe"])
+                   info["describe"], info.get("attributes", {}))
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set above
+        try:
+            return self.__dict__["attributes"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def describe(self) -> dict[str, Any]:
         return dict(self.details)

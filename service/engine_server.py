@@ -227,7 +227,9 @@ def engine_info(eng: Engine) -> dict[str, Any]:
             "tokenizer": None if exact is None else {"bpe_path": str(exact.bpe_path),
                                                      "context_length": exact.context_length,
                                                      "clean_budget": exact.clean_budget},
-            "image_max_batch": eng.images.max_batch, "text_max_batch": eng.texts.max_batch}
+            "image_max_batch": eng.images.max_batch, "text_max_batch": eng.texts.max_batch,
+            # every other plain attribute, so that one read by Engine's shared steps (scores) reaches front-ends too
+            "attributes": {k: v for k, v in vars(b).items() if isinstance(v, (bool, int, float, str))}}
 
 
 def run_engine(settings_data: dict[str, Any], device: str, address: str, index: int,
