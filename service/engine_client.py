@@ -23,14 +23,13 @@ from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
 from service.images import ImagePreprocessor
-from service.ipc import pack, raise_error, unpack
+from service.ipc import LoopSocket, pack, raise_error, unpack
 from service.labelset_store import LabelSet, StoredLabelSet
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -84,11 +83,9 @@ class EngineLink:
     """One DEALER socket to one engine process: calls matched to replies by id, a heartbeat, and the load this
     front-end has put on it."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, address: str, index: int):
-        self.address, self.index = address, index
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
+    def __init__(self, ctx: zmq.Context, address: str, index: int):
+        self.address, self.index, self.ctx = address, index, ctx
+        self.sock: Optional[LoopSocket] = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._early: dict[int, tuple[dict, list]] = {}  # replies that came before their caller waited
@@ -100,26 +97,37 @@ class EngineLink:
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._heartbeat())]
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        self.sock = LoopSocket(sock, self._received)
+        self._tasks = [asyncio.ensure_future(self._heartbeat())]
 
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        self.sock.close(0)
+        if self.sock is not None:
+            self.sock.close()
 
     def new_id(self) -> int:
         return next(self._ids)
 
-    async def _read(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart(copy=False)
-            header, arrays = unpack(frames)
-            rid = header.get("id", 0)
-            waiter = self._pending.pop(rid, None)
-            if waiter is None:
-                self._early[rid] = (header, arrays)
-            elif not waiter.done():
-                waiter.set_result((header, arrays))
+    def _received(self, frames: list) -> None:
+        header, arrays = unpack(frames)
+        rid = header.get("id", 0)
+        waiter = self._pending.pop(rid, None)
+        if waiter is None:
+            self._early[rid] = (header, arrays)
+        elif not waiter.done():
+            waiter.set_result((header, arrays))
+
+    def cancel(self, rid: int) -> None:
+        """Tell the engine that nobody waits for request `rid` any more (its queued items are dropped)."""
+        self._early.pop(rid, None)
+        try:
+            self.sock.send(pack({"op": "cancel", "id": rid}))  # type: ignore[union-attr]
+        except BackendFailure:
+            pass  # the engine is gone: nothing of the request is left to drop
 
     async def _heartbeat(self) -> None:
         while True:
@@ -167,12 +175,16 @@ class EngineLink:
             self._pending[rid] = waiter
         else:
             waiter.set_result(early)
-        await self.sock.send_multipart(pack({**header, "id": rid}, arrays), copy=False)
+        try:
+            self.sock.send(pack({**header, "id": rid}, arrays))  # type: ignore[union-attr]
+        except BackendFailure:
+            self._pending.pop(rid, None)
+            raise
         try:
             reply, out = await waiter
         except asyncio.CancelledError:
             self._pending.pop(rid, None)
-            self.sock.send_multipart(pack({"op": "cancel", "id": rid}))  # queued by zmq; not awaited while cancelled
+            self.cancel(rid)
             raise
         raise_error(reply)
         return reply, out
@@ -182,7 +194,7 @@ class EnginePool:
     """Every engine process this front-end talks to: readiness, least-loaded choice, calls to one or all."""
 
     def __init__(self, addresses: Sequence[str]):
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self.links = [EngineLink(self.ctx, a, i) for i, a in enumerate(addresses)]
         self._turn = itertools.count()
 
@@ -279,7 +291,7 @@ class RemoteEngine(Engine):
             try:
                 pixels = await self.preprocess_images(images, deadline)  # uint8 [H, W, 3] each
             except BaseException:
-                link.sock.send_multipart(pack({"op": "cancel", "id": rid}))  # give the room back
+                link.cancel(rid)  # give the room back
                 raise
             _, out = await link.call({"op": "pixels"}, [np.stack(pixels)], rid=rid)
         return out[0]

@@ -18,13 +18,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from models.preprocess import normalise
 from service.backends.base import exact_tokenizer
 from service.engine import Engine
 from service.errors import InvalidField
-from service.ipc import error_fields, pack, unpack
+from service.ipc import LoopSocket, error_fields, pack, unpack
 from service.labelset_store import LabelSet, LabelSetStore, LocalLabelSets
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -72,23 +71,26 @@ class EngineServer:
         self.settings, self.address, self.lifecycle = settings, address, lifecycle
         self.labelsets = LocalLabelSets(LabelSetStore(settings.max_labelsets,
                                                       int(settings.labelset_cache_mb * 1024 * 1024)))
-        self.ctx = zmq.asyncio.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.ctx = zmq.Context()
+        self.sock: LoopSocket | None = None
         self.tasks: dict[Key, asyncio.Task] = {}
         self.waiters: dict[Key, asyncio.Future] = {}  # reserved image requests waiting for their pixels
 
     # --- the socket -----------------------------------------------------------------------------------------
-    async def serve(self) -> None:
-        self.sock.bind(self.address)
-        while True:
-            frames = await self.sock.recv_multipart(copy=False)
-            ident = frames[0].bytes
-            header, arrays = unpack(frames[1:])
-            self._dispatch(ident, header, arrays)
+    def serve(self) -> None:
+        """Answer on the address from now on (in this event loop)."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.address)
+        self.sock = LoopSocket(sock, self._received)
+
+    def _received(self, frames: list) -> None:
+        header, arrays = unpack(frames[1:])
+        self._dispatch(frames[0].bytes, header, arrays)
 
     async def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
-        await self.sock.send_multipart([ident, *pack(header, arrays)], copy=False)
+        assert self.sock is not None
+        self.sock.send([ident, *pack(header, arrays)])  # a ROUTER drops what a gone front-end cannot take
 
     def _dispatch(self, ident: bytes, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
         op, key = header["op"], (ident, header.get("id", 0))
@@ -186,7 +188,8 @@ class EngineServer:
     async def close(self) -> None:
         for task in list(self.tasks.values()):
             task.cancel()
-        self.sock.close(0)
+        if self.sock is not None:
+            self.sock.close()
         self.ctx.term()
 
 
@@ -261,12 +264,11 @@ async def _engine_main(settings: Settings, address: str, backend_factory: Callab
     lifecycle.on_load_failure = lambda exc: os._exit(3)  # the supervisor sees the exit and stops the server
     lifecycle.on_loaded = install_pixel_encoder
     lifecycle.start()
-    serving = asyncio.ensure_future(server.serve())
+    server.serve()
     await stop.wait()
     lifecycle.begin_drain()
     done = await lifecycle.drained(settings.drain_s)
     log.info("engine drain %s", "complete" if done else "timed out")
-    serving.cancel()
     await server.close()
     await lifecycle.stop()
 
