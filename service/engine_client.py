@@ -26,6 +26,7 @@ import zmq
 
 from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer
+from service.backends.base import Backend
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
 from service.images import ImagePreprocessor
@@ -55,7 +56,7 @@ class BackendInfo:
     embed_dim: int
     context_length: int
     logit_scale: float
-    logit_bias: float
+    logit_bias: Optional[float]
     preprocess: PreprocessConfig
     details: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)  # the backend's other plain attributes
@@ -77,6 +78,10 @@ class BackendInfo:
 
     def describe(self) -> dict[str, Any]:
         return dict(self.details)
+
+    # Backend's own property where it has one (how label scores are activated, from logit_scale and logit_bias):
+    # a front-end scores as the engine's backend would
+    activation = vars(Backend).get("activation")
 
 
 class EngineLink:

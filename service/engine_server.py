@@ -225,7 +225,7 @@ def engine_info(eng: Engine) -> dict[str, Any]:
     return {"describe": b.describe(), "name": b.name, "device": b.device, "precision": b.precision,
             "model_id": b.model_id, "fingerprint": b.fingerprint, "embed_dim": b.embed_dim,
             "context_length": b.context_length, "logit_scale": float(b.logit_scale),
-            "logit_bias": float(getattr(b, "logit_bias", 0.0) or 0.0),
+            "logit_bias": getattr(b, "logit_bias", None),  # None: softmax scores (CLIP); a number: sigmoid ones
             "preprocess": b.preprocess.to_dict(),
             "tokenizer": None if exact is None else {"bpe_path": str(exact.bpe_path),
                                                      "context_length": exact.context_length,
