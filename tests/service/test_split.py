@@ -251,6 +251,7 @@ def test_engine_crash_fails_in_flight_work_and_exits_non_zero(bundled_dir, tmp_p
         t.join(60)
         assert results and results[0].status_code == 503, results and results[0].text
         assert results[0].json()["error"]["type"] == "backend_error"
+        assert _readyz(server) in (503, None)  # from here on never ready again: 503, or no server at all
         assert server.proc.wait(60) == 1, server.log()
         assert "exited with -9" in server.log()
     finally:
