@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import Optional
+from typing import Optional, Sequence
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,7 +14,7 @@ from service import schemas, tracing
 from service.auth import require_api_key
 from service.backends import load_backend
 from service.errors import install_error_handlers
-from service.labelset_store import LabelSetStore
+from service.labelset_store import LabelSets, LabelSetStore, LocalLabelSets
 from service.lifecycle import BackendFactory, Lifecycle
 from service.metrics import Metrics
 from service.middleware import AccessLog, BodyLimit, ConnectionCap
@@ -28,12 +28,23 @@ REQUEST_MODELS = (schemas.EmbedImagesRequest, schemas.EmbedTextsRequest, schemas
                   schemas.LabelSetRequest, schemas.OpenAIEmbeddingsRequest)
 
 
-def create_app(settings: Optional[Settings] = None, backend_factory: BackendFactory = load_backend) -> FastAPI:
-    """Build the app. The model loads in the background after start-up; /readyz says when it is ready."""
+def create_app(settings: Optional[Settings] = None, backend_factory: BackendFactory = load_backend,
+               engines: Sequence[str] = ()) -> FastAPI:
+    """Build the app. The model loads in the background after start-up; /readyz says when it is ready. With
+    `engines` (ZeroMQ addresses of engine processes, service/supervisor.py) the app is a front-end: the model,
+    batchers, caches and label sets are theirs."""
     settings = settings or Settings()
     tracing.setup(settings)  # TracingUnavailable (the remedy in its message) if asked for and not installed
     metrics = Metrics()
-    lifecycle = Lifecycle(settings, metrics, backend_factory)
+    lifecycle: Lifecycle
+    if engines:
+        from service.engine_client import RemoteLabelSets, RemoteLifecycle
+
+        lifecycle = RemoteLifecycle(settings, metrics, engines)
+        store: LabelSets = RemoteLabelSets(lifecycle)
+    else:
+        lifecycle = Lifecycle(settings, metrics, backend_factory)
+        store = LocalLabelSets(LabelSetStore(settings.max_labelsets, int(settings.labelset_cache_mb * 1024 * 1024)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,7 +61,7 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
                   dependencies=[Depends(require_api_key)])
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     app.state.url_fetcher = UrlFetcher.from_settings(settings)  # None unless CLIP_ALLOW_URLS
-    app.state.labelsets = LabelSetStore(settings.max_labelsets, int(settings.labelset_cache_mb * 1024 * 1024))
+    app.state.labelsets = store
     install_error_handlers(app)
     for router in (health.router, embed.router, classify.router, labelsets.router, openai_compat.router):
         app.include_router(router)

@@ -90,7 +90,11 @@ class Batcher:
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         self.depth = 0  # queued + in-flight items (what admission caps)
         self.closed = False
+        # encoder calls at once: 1, except in a CUDA engine process (service/engine_server.py), where 2 let one
+        # batch upload while the other computes; the executor must then have as many threads
+        self.in_flight = 1
         self._task: Optional[asyncio.Task] = None
+        self._running: set[asyncio.Task] = set()
         metrics.queue_capacity.labels(modality).set(max_queue)
 
     def start(self) -> None:
@@ -105,9 +109,10 @@ class Batcher:
 
     async def stop(self) -> None:
         self.closed = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._running]:
+            if task:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._task, *self._running] if t), return_exceptions=True)
 
     def _set_depth(self, delta: int) -> None:
         self.depth += delta
@@ -161,14 +166,30 @@ class Batcher:
                 wait.close()
 
     async def _loop(self) -> None:
+        slots = asyncio.Semaphore(self.in_flight)
         while True:
+            await slots.acquire()  # collect the next batch only when an encoder call may start
             items = await collect(self.queue, self.max_batch, self.max_wait_s)
-            try:
-                live = self._live(items)
-                if live:
-                    await self._run(live)
-            finally:
-                self._set_depth(-len(items))
+            if self.in_flight == 1:
+                await self._batch(items)
+                slots.release()
+                continue
+            task = asyncio.ensure_future(self._batch(items))
+            self._running.add(task)
+            task.add_done_callback(lambda t: (self._running.discard(t), slots.release(), self._batch_done(t)))
+
+    async def _batch(self, items: list[WorkItem]) -> None:
+        try:
+            live = self._live(items)
+            if live:
+                await self._run(live)
+        finally:
+            self._set_depth(-len(items))
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        """A batch run beside the loop (in_flight > 1) must not fail silently either."""
+        if not task.cancelled() and task.exception() is not None and self._task is not None:
+            self._died(task)
 
     def _live(self, items: list[WorkItem]) -> list[WorkItem]:
         """Drop cancelled items (client gone) and fail expired ones, without computing them."""

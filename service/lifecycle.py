@@ -32,6 +32,7 @@ class Lifecycle:
         self.fatal: Optional[str] = None
         self.inflight_requests = 0
         self.on_load_failure: Callable[[BaseException], None] = lambda exc: None  # __main__ exits the process
+        self.on_loaded: Callable[[Engine], None] = lambda engine: None  # before ready (service/engine_server.py)
         self._task: Optional[asyncio.Task] = None
 
     # --- start-up -------------------------------------------------------------------------------------------
@@ -54,6 +55,7 @@ class Lifecycle:
             log.error(self.fatal)
             self.on_load_failure(exc)
             return
+        self.on_loaded(engine)
         self.engine = engine
         engine.start()
         self.ready = True

@@ -46,3 +46,17 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     missing = [f"CLIP_{name.upper()}" for name in Settings.model_fields if f"`CLIP_{name.upper()}`" not in readme]
     assert not missing, f"settings missing from README's table: {missing}"
+
+
+def test_process_settings_are_checked(monkeypatch):
+    monkeypatch.setenv("CLIP_DEVICES", "cuda:0, cuda:1")
+    monkeypatch.setenv("CLIP_WORKERS", "2")
+    assert Settings().engine_devices() == ["cuda:0", "cuda:1"]
+    monkeypatch.delenv("CLIP_DEVICES")
+    assert Settings(device="cpu").engine_devices() == ["cpu"]  # one engine, on CLIP_DEVICE
+    with pytest.raises(ValidationError, match="CLIP_DEVICES: 'gpu0' is not a device"):
+        Settings(devices="gpu0")
+    with pytest.raises(ValidationError, match="set CLIP_WORKERS >= 1"):
+        Settings(devices="cuda:0,cuda:1", workers=0)
+    with pytest.raises(ValidationError, match="CLIP_JPEG_DECODE=cpu, or CLIP_WORKERS=0"):
+        Settings(jpeg_decode="cuda", device="cuda", workers=1)
