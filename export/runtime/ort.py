@@ -22,6 +22,7 @@ from export.manifest import GraphSpec, Manifest
 from export.runtime.base import Encoders
 from export.runtime.deps import require_onnxruntime
 from export.runtime.gpu_libs import preload_tensorrt
+from export.runtime.heap import large_frees_returned
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,10 @@ def onnx_encoders(root: Path, manifest: Manifest, device: str = "cpu", threads: 
         raise ExportError(f"{root} holds TensorRT engines, not ONNX graphs: load it with backend='tensorrt', "
                           f"or point at the ONNX export it was built from.")
     cache = cache or root / "cache"
-    towers = [OrtTower(root / spec.file, spec, device, threads, manifest.precision, cache, max_batch, only)
-              for spec in (manifest.image, manifest.text)]
-    return Encoders(manifest, root, *towers, device=device)
+    # The text tower first: a session peaks above what it keeps while it is built (ViT-B-32 fp32: text +96 MiB,
+    # image +35 MiB), and the later one's excess comes on top of the earlier one's whole size; this order peaked
+    # at 681 MiB against 741 MiB image first (docs/benchmarks/README.md, "Lean serving").
+    with large_frees_returned():  # what a session frees while it is built leaves the process (heap.py)
+        text, image = [OrtTower(root / spec.file, spec, device, threads, manifest.precision, cache, max_batch, only)
+                       for spec in (manifest.text, manifest.image)]
+    return Encoders(manifest, root, image, text, device=device)
