@@ -8,6 +8,8 @@ server uses it only on the same host (same CPU model and core count; on CUDA, th
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 import shutil
@@ -16,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from export.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 KNEE_SHARE = 0.95  # a batch that reaches 95% of the best items/s is big enough: larger ones add latency, not speed
 
@@ -72,3 +76,38 @@ def recorded_knees(manifest: Manifest, device: str) -> dict[str, int]:
     if not record or record.get("host") != host_id(device):
         return {}
     return {t: int(record[t]["max_batch"]) for t in ("image", "text") if t in record}
+
+
+KNEES_CACHE = Path("cache") / "batch_knees.json"  # under an export directory, beside verified.json
+
+
+def cached_knees(export_dir: Path | str, device: str) -> dict[str, int]:
+    """tower -> max batch an earlier start's warm-up probe measured for `device` on this host; {} when none did.
+
+    The probe delays readiness by up to CLIP_BATCH_PROBE_S; remembering its knees means a restart on the same host
+    (the usual case: a container restarted, a pod rescheduled on the same machine type) is ready without it."""
+    try:
+        record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if record.get("host") != host_id(device):
+        return {}
+    return {t: int(record[t]) for t in ("image", "text") if isinstance(record.get(t), int) and record[t] > 0}
+
+
+def cache_knees(export_dir: Path | str, device: str, knees: dict[str, int]) -> None:
+    """Remember a complete probe's knees for this host; a read-only export directory just means the next start
+    probes again."""
+    from export.cache_files import write_atomic
+
+    path = Path(export_dir) / KNEES_CACHE
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old = old if isinstance(old, dict) else {}
+    except (OSError, ValueError):
+        old = {}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({**old, device: {"host": host_id(device), **knees}}, indent=1).encode())
+    except OSError as exc:
+        log.info("batch knees not remembered in %s: %s", path, exc)

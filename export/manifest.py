@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from export.digest_record import DigestRecord
 from export.errors import ExportError
 from models.preprocess import PreprocessConfig
 from models.zeroshot import Activation
@@ -157,8 +158,9 @@ def write_manifest(manifest: Manifest, export_dir: str | Path) -> Path:
     return path
 
 
-def read_manifest(export_dir: str | Path, verify: bool = True) -> Manifest:
-    """Read manifest.json; with `verify`, also check every listed file exists and matches its sha256."""
+def read_manifest(export_dir: str | Path, verify: bool = True, record: Path | None = None) -> Manifest:
+    """Read manifest.json; with `verify`, also check every listed file exists and matches its sha256 (files that
+    `record` lists as unchanged since they matched are not hashed again: export/digest_record.py)."""
     root = Path(export_dir)
     path = root / MANIFEST_FILE
     if not root.is_dir():
@@ -174,25 +176,32 @@ def read_manifest(export_dir: str | Path, verify: bool = True) -> Manifest:
         raise ExportError(f"{path} is not valid JSON ({e}); the file is damaged: re-export.") from e
     manifest = Manifest.from_dict(data, where=str(path))
     if verify:
-        verify_files(manifest, root)
+        verify_files(manifest, root, record)
     return manifest
 
 
-def verify_files(manifest: Manifest, export_dir: str | Path) -> None:
-    """Raise ExportError naming the first graph/engine that is missing or whose bytes changed."""
+def verify_files(manifest: Manifest, export_dir: str | Path, record: Path | None = None) -> None:
+    """Raise ExportError naming the first graph/engine that is missing or whose bytes changed. With `record` (a
+    DigestRecord file), files unchanged since they last matched are not hashed again, and new matches are added."""
     root = Path(export_dir)
     for spec in (manifest.image, manifest.text):
         if spec.file not in manifest.files:
             raise ExportError(f"{root / MANIFEST_FILE} does not list a sha256 for {spec.file}; re-export.")
+    seen = DigestRecord(record)
     for name, expected in manifest.files.items():
         path = root / name
         if not path.is_file():
             raise ExportError(f"{name} is listed in {root / MANIFEST_FILE} but missing from {root}: the export "
                               f"was copied incompletely; copy the whole directory again or re-export.")
+        stat = path.stat()
+        if seen.matches(name, stat, expected):
+            continue
         actual = sha256_file(path)
         if actual != expected:
             raise ExportError(f"{path} is corrupted or was modified: sha256 {actual[:16]}… does not match "
                               f"{expected[:16]}… in {MANIFEST_FILE}; copy the directory again or re-export.")
+        seen.remember(name, stat, expected)
+    seen.save()
 
 
 def tokenizer_source_path(manifest: Manifest, export_dir: str | Path) -> str:

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from export.batch_knee import KNEE_SHARE, knee
+from export.batch_knee import KNEE_SHARE, cache_knees, knee
 
 log = logging.getLogger("service.batch_probe")
 
@@ -37,7 +37,7 @@ class BatchCurve:
     items_per_s: dict[int, float] = field(default_factory=dict)  # batch size -> best items/s measured
     complete: bool = True  # False when the time budget ran out before the largest size
     cap: Optional[int] = None
-    source: str = "warm-up"  # or "manifest": recorded by `python -m export bench --record` on this host
+    source: str = "warm-up"  # or "manifest": recorded for this host by `export bench --record` or an earlier probe
 
     def to_dict(self) -> dict:
         return {"max_batch": self.cap, "source": self.source, "complete": self.complete,
@@ -97,9 +97,10 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
     curves = {}
     for modality, cap in getattr(backend, "recorded_max_batch", {}).items():
         if modality in limits:
-            curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source="manifest")
-            log.info("%s max batch %d: the knee recorded for this host in the export's manifest (%d), within %d",
-                     modality, curves[modality].cap, cap, limits[modality])
+            source = getattr(backend, "recorded_source", "manifest")  # or "cache": an earlier start's probe
+            curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source=source)
+            log.info("%s max batch %d: the knee recorded for this host (%s: %d), within %d",
+                     modality, curves[modality].cap, source, cap, limits[modality])
     todo = [m for m in limits if m not in curves]
     per_tower = budget_s / max(1, len(todo))  # the budget is the whole probe's: it delays readiness
     h, w = backend.preprocess.size
@@ -111,4 +112,13 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
                  modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),
                  "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,
                  100 * KNEE_SHARE)
+    _remember(backend, {m: c for m, c in curves.items() if m in todo})
     return curves
+
+
+def _remember(backend, measured: dict[str, BatchCurve]) -> None:
+    """Keep the knees of complete curves in an export's cache, so a restart on this host skips the probe."""
+    knees = {m: c.cap for m, c in measured.items() if c.complete and c.cap}
+    export_dir = getattr(backend, "export_dir", None)
+    if knees and export_dir is not None:
+        cache_knees(export_dir, backend.device, knees)

@@ -34,3 +34,19 @@ def test_a_knee_recorded_on_another_host_is_ignored(bundled_export, copy_export,
     write_manifest(manifest, root)
     batching = _serve_batching(root, tmp_path)
     assert {m: c["source"] for m, c in batching["measured"].items()} == {"image": "warm-up", "text": "warm-up"}
+
+
+def test_a_complete_warm_up_probe_is_remembered_and_a_restart_skips_it(bundled_export, copy_export, tmp_path):
+    """The probe delays readiness; its knees are kept in the export's cache for this host, and the next start uses
+    them. (CLIP_BATCH_PROBE_S generous, so the tiny bundled export's probe completes even on a busy machine.)"""
+    root = copy_export(bundled_export[0])
+    env = {"CLIP_BACKEND": "onnx", "CLIP_DEVICE": "cpu", "CLIP_EXPORT_DIR": str(root), "CLIP_BATCH_PROBE_S": "120"}
+    with ServerProcess(env, tmp_path / "first.log") as server:
+        first = httpx.get(server.url + "/info", timeout=30).json()["batching"]
+    assert {m: c["source"] for m, c in first["measured"].items()} == {"image": "warm-up", "text": "warm-up"}
+    assert all(c["complete"] for c in first["measured"].values()), first
+    with ServerProcess(env, tmp_path / "second.log") as server:
+        second = httpx.get(server.url + "/info", timeout=30).json()["batching"]
+    assert {m: c["source"] for m, c in second["measured"].items()} == {"image": "cache", "text": "cache"}
+    assert (second["image_max_batch"], second["text_max_batch"]) == (first["image_max_batch"],
+                                                                       first["text_max_batch"])
