@@ -10,6 +10,7 @@
 #
 # Each target has a builder stage that creates /opt/venv with the same install step `make` uses, and a
 # final stage that copies only that venv (no pip, compilers or test tooling) and runs as a non-root user.
+# --build-arg EXTRAS=otel (comma-separated) installs more extras: `otel` for tracing (docker-compose.tracing.yml).
 # Downloaded weights (CLIP_CACHE_DIR, HF_HOME, TORCH_HOME) and TensorRT engines live under /cache: mount a
 # volume there so they survive restarts (docker-compose.yml does). docs/deploy.md explains the settings.
 
@@ -28,7 +29,9 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY export ./export
 COPY service ./service
+ARG EXTRAS=
 RUN pip install '.[cpu]' \
+ && if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; fi \
  && pip uninstall -y pip
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,7 +47,9 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY export ./export
 COPY service ./service
+ARG EXTRAS=
 RUN pip install '.[cpu,torch]' \
+ && if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; fi \
  && pip uninstall -y pip
 # The bundled model as an ONNX export (parity-checked against PyTorch here), for the lean image to serve offline.
 RUN python -m export onnx --model models/checkpoints/shapes-rn-s --out /opt/exports/shapes-rn-s
@@ -67,7 +72,9 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY export ./export
 COPY service ./service
+ARG EXTRAS=
 RUN pip install '.[gpu]' \
+ && if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; fi \
  && pip uninstall -y pip
 # Fail the build rather than the first request when torch, onnxruntime-gpu and TensorRT are built for different
 # CUDA majors, or when ONNX Runtime's CUDA / TensorRT provider libraries do not load. There is no GPU during a

@@ -5,6 +5,9 @@
     python -m bench --only encoder,decode --out /tmp/b
     python -m bench --only encoder,int8 --models vit-b-32 --seconds 4 --out /tmp/b   # int8 against fp32 only
 
+`python -m bench.feed` measures, separately, what the serving stack can feed an accelerator (issue 16): the
+stand-in backend of bench/standin.py against decode_limit, one-image and 16-image requests under wrk.
+
 Measurements are only as good as the machine is quiet: the load average at the start of each stage is kept in
 results.json, and the run warns when the machine is already busy.
 """

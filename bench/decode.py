@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.assets import BenchModel, photo_jpegs
-from bench.machine import OtherLoad, own_cpu_seconds
+from bench.machine import OtherLoad, busy_cpu_seconds, own_cpu_seconds
 
 
 def preprocess_rate(pre, blobs: Sequence[bytes], reduced: bool, seconds: float) -> float:
@@ -66,3 +66,54 @@ def measure(models: Sequence[BenchModel], seconds: float = 3.0, width: int = 192
                                     "other_processes_cores": other.cores,
                                     **cosines(model, pre, blobs)}
     return out
+
+
+# --- decode_limit: the most images/s this host can decode + resize for the model, on all cores -------------------
+def to_uint8(data: bytes, pre, max_pixels: int = 40_000_000) -> np.ndarray:
+    """JPEG bytes -> uint8 [H, W, 3] at the model's input size: the server's decode (reduced), resize and crop, without
+    the float conversion and normalisation (which issue 16 moves to the engine). models.preprocess.eval_pixels' steps
+    up to its uint8 array; when the front end's own uint8 function lands (issue 16), measure that instead."""
+    from models.preprocess import _pil_filter, _resized_size, center_crop_or_pad
+    from service.images import decode
+
+    img = decode(data, max_pixels, min(pre.size))
+    size = _resized_size(img.size, pre)
+    if size != img.size:
+        img = img.resize(size, _pil_filter(pre))
+    fill = pre.fill_color if pre.resize_mode == "longest" else 0
+    return center_crop_or_pad(np.asarray(img), pre.size, fill)  # [H, W, 3] uint8
+
+
+def _count_decodes(data: bytes, pre, seconds: float) -> tuple[int, float, float]:
+    """In a pool process: (images decoded, wall seconds, CPU seconds), after one warm-up decode."""
+    to_uint8(data, pre)
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        to_uint8(data, pre)
+        n += 1
+    return n, time.perf_counter() - start, time.process_time() - cpu
+
+
+def decode_limit(data: bytes, pre, seconds: float = 3.0, processes: int | None = None) -> dict:
+    """Images/s of `to_uint8` over one JPEG with one process per core, all at once (processes, not threads: Pillow
+    holds the GIL for part of each image). The most any server on this host could hand an accelerator.
+
+    On a shared machine the pool gets what other processes leave, so the CPU cost is kept too: `images_per_s` is
+    what the pool did, `cpu_images_per_s` what the same cores would do alone (cores / CPU seconds per image)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.machine import cores
+
+    processes = processes or cores()
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [0.05] * processes))  # start them all
+        start, busy0 = time.perf_counter(), busy_cpu_seconds()
+        runs = list(pool.map(_count_decodes, [data] * processes, [pre] * processes, [seconds] * processes))
+        elapsed, busy1 = time.perf_counter() - start, busy_cpu_seconds()
+    images, cpu = sum(n for n, _, _ in runs), sum(c for _, _, c in runs)
+    other = None if None in (busy0, busy1) else round(max(0.0, busy1 - busy0 - cpu) / elapsed, 2)
+    return {"images_per_s": sum(n / wall for n, wall, _ in runs), "processes": processes,
+            "per_process_images_per_s": [round(n / wall, 1) for n, wall, _ in runs],
+            "cpu_ms_per_image": round(1000 * cpu / images, 3) if images else None,
+            "cpu_images_per_s": processes * images / cpu if cpu else None,
+            "input_size": list(pre.size), "jpeg_bytes": len(data), "other_processes_cores": other}

@@ -110,3 +110,34 @@ def precision(encoder_rows: list[dict], compare: dict, model: str, path: Path, t
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def feed(results: dict, path: Path, title: str) -> Path:
+    """Through the stand-in, one group of bars per request size and one bar per server: served images/s with
+    decode_limit as a line (left), server CPU ms per image with decoding's own CPU per image as a line (right)."""
+    servers = list(dict.fromkeys(p["server"] for p in results["points"]))
+    sizes = sorted({p["images_per_request"] for p in results["points"]})
+    point = {(p["server"], p["images_per_request"]): p for p in results["points"]}
+    limit = results["decode_limit"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / max(1, len(servers))
+    for ax, key in ((left, "images_per_s"), (right, "server_cpu_ms_per_image")):
+        for i, server in enumerate(servers):
+            ax.bar([j + i * width for j in range(len(sizes))],
+                   [(point.get((server, k)) or {}).get(key) or 0.0 for k in sizes], width, label=server)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"{k} image(s) per request" for k in sizes])
+        ax.grid(True, axis="y", alpha=0.3)
+    left.axhline(limit["images_per_s"], linestyle="--", color="C7", linewidth=1,
+                 label=f"decode_limit ({limit['processes']} processes)")
+    left.set_ylabel("images/s served (wrk)")
+    if limit.get("cpu_ms_per_image"):
+        right.axhline(limit["cpu_ms_per_image"], linestyle="--", color="C7", linewidth=1,
+                      label="decode + resize alone")
+    right.set_ylabel("server CPU ms per image (process tree)")
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -121,3 +121,50 @@ def _best(rows: list[dict], model: str, backend: str, tower: str, precision: str
     mine = [r for r in rows if (r["model"], r["backend"], r["tower"]) == (model, backend, tower)
             and (r.get("precision") == "int8") == (precision == "int8")]
     return max(mine, key=lambda r: r["items_per_s"], default=None)
+
+
+# --- python -m bench.feed ------------------------------------------------------------------------------------------
+def feed_table(results: dict) -> str:
+    """Served images/s per server and request size, against decode_limit and against the first server (the baseline
+    when there is one). On a shared machine the wall-clock ratio to decode_limit moves with the other processes'
+    load; the CPU ratio (decode CPU per image ÷ server CPU per image: the share of decode_limit a CPU-bound server
+    reaches on a quiet machine) does not."""
+    limit = results["decode_limit"]
+    first = {p["images_per_request"]: p["images_per_s"] for p in results["points"]
+             if p["server"] == results["points"][0]["server"]}
+    lines = [f"decode_limit: {limit['images_per_s']:.0f} images/s measured ({limit['processes']} processes, other "
+             f"processes {limit['other_processes_cores']} cores), {limit['cpu_ms_per_image']} ms of CPU per image "
+             f"({limit['cpu_images_per_s']:.0f} images/s on {limit['processes']} idle cores); model input "
+             f"{limit['input_size'][0]} px", "",
+             "| server | images/request | connections | images/s | ÷ decode_limit | ÷ first row's server | "
+             "server CPU ms/image | ÷ decode_limit by CPU | p50 ms | p99 ms | mean batch | non-2xx | "
+             "other processes (cores) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in results["points"]:
+        base, cpu = first.get(p["images_per_request"]), p["server_cpu_ms_per_image"]
+        by_cpu = f"{limit['cpu_ms_per_image'] / cpu:.2f}" if cpu and limit["cpu_ms_per_image"] else "–"
+        lines.append(f"| {p['server']} | {p['images_per_request']} | {p['connections']} | {p['images_per_s']:.1f} | "
+                     f"{p['images_per_s'] / limit['images_per_s']:.2f} | "
+                     f"{p['images_per_s'] / base if base else float('nan'):.2f} | {cpu} | {by_cpu} | "
+                     f"{p['p50_ms']} | {p['p99_ms']} | {p['mean_batch']} | {p['non_2xx']} | "
+                     f"{p['other_processes_cores']} |")
+    return "\n".join(lines)
+
+
+def write_feed(results: dict, out: Path, name: str = "feed") -> list[Path]:
+    """<name>.json, .md and .png under `out`; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
+    files[0].write_text(json.dumps(results, indent=2) + "\n")
+    cfg = results["config"]
+    title = (f"stand-in {cfg['standin_batch_ms']:g} ms + {cfg['standin_item_ms']:g} ms/item, "
+             f"{cfg['model_input'][0]} px input")
+    plots.feed(results, files[2], f"Feeding an accelerator ({title})")
+    md = [f"# Feeding an accelerator: served through the stand-in backend ({results['finished']})", "",
+          f"Machine: {summary(results['machine'])}; load average before serving "
+          f"{results['load_average'].get('served')}.", "",
+          f"Written by `python -m bench.feed`; raw numbers in `{files[0].name}`. Image: {cfg['image']}; per point "
+          f"{cfg['rounds']} wrk windows ({cfg['seconds']:g} s in all), each after {cfg['warmup_s']:g} s of warm-up, "
+          f"the servers taking turns; {cfg['in_flight']} images in flight.", "",
+          feed_table(results), "", f"![feed]({files[2].name})", ""]
+    files[1].write_text("\n".join(md))
+    return files

@@ -45,6 +45,31 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def children(pid: int) -> list[int]:
+    """Every live descendant of a process (/proc), or [] off Linux."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended while we looked
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and its live descendants (a server that runs worker processes), or None off Linux."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(c) or 0.0 for c in children(pid))
+
+
 def gpu_memory_mib(pid: int) -> int | None:
     """Device memory the process holds now (nvidia-smi), or None without an NVIDIA GPU."""
     if not shutil.which("nvidia-smi"):
@@ -156,6 +181,10 @@ class BenchServer:
 
     def cpu_seconds(self) -> float | None:
         return cpu_seconds(self.proc.pid)
+
+    def tree_cpu_seconds(self) -> float | None:
+        """The server's CPU time with its worker processes' (CLIP_WORKERS)."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def memory(self) -> MemoryProbe:
         return MemoryProbe(self.proc.pid)

@@ -4,7 +4,7 @@ r"""Command line of the export package.
         [--precision fp32|fp16|int8] [--int8-recipe NAME] [--int8-keep-fp32 REGEX ...] [--opset N]
     python -m export tensorrt --onnx DIR --out DIR [--fp16] [--reuse] [--min-batch 1 --opt-batch 32 --max-batch 256]
     python -m export verify DIR [--backend onnx|tensorrt] [--device cpu|cuda]
-    python -m export bench DIR [--device cpu|cuda] [--batch-sizes 1,8,32,64] [--compare DIR] [--json FILE]
+    python -m export bench DIR [--device cpu|cuda] [--batch-sizes 1,8,32,64] [--compare DIR] [--json FILE] [--record]
 
 Exit status: 0 ok, 1 parity failed, 2 any other export error (the message says how to fix it).
 """
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time every cell this many times, backends interleaved (steadier on a busy machine)")
     bench.add_argument("--threads", type=int, default=0, help="CPU threads for torch and ONNX Runtime (0 = all)")
     bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.add_argument("--record", action="store_true",
+                       help="record each tower's knee (smallest batch within 95%% of the best items/s) of the export's "
+                            "own runtime in its manifest.json, for this host and --device: the server then uses it as "
+                            "its max batch instead of measuring at warm-up")
     _source_args(bench, required=False)
     return p
 
@@ -150,7 +154,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.dir)  # sha256 of every file checked here
     backend = args.backend or ("tensorrt" if manifest.kind == "tensorrt" else "onnx")
     device = "cuda" if backend == "tensorrt" else args.device
-    encoders = load_encoders(args.dir, backend=backend, device=device)
+    encoders = load_encoders(args.dir, backend=backend, device=device, verify=False)  # hashed just above
     report = check_parity(eager_model_for(manifest, _override(args)), encoders, manifest.precision,
                           args.parity_shapes)
     print(report.table())
@@ -160,12 +164,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from export.bench import bench_export, format_table, rows_to_json
+    from export.bench import bench_export, format_table, record_knees, rows_to_json
 
     rows = bench_export(args.dir, device=args.device, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
                         backends=args.backends.split(","), towers=args.towers.split(","), seconds=args.seconds,
                         threads=args.threads, source=_override(args), rounds=args.rounds, compare=args.compare)
     print(format_table(rows))
+    if args.record:
+        print(record_knees(args.dir, rows, args.device))
     if args.json:
         from export.manifest import read_manifest
 

@@ -142,6 +142,26 @@ def _compared(dirs: Sequence[str | Path], manifest: Manifest, device: str, threa
     return out
 
 
+def record_knees(export_dir: str | Path, rows: list[BenchRow], device: str) -> str:
+    """Write the knee of each tower measured on the export's own runtime into its manifest.json (export/batch_knee.py);
+    returns what was recorded, in words."""
+    from export.batch_knee import with_knees
+    from export.manifest import write_manifest
+
+    manifest = read_manifest(export_dir, verify=False)
+    runtime = "tensorrt" if manifest.kind == "tensorrt" else "onnx"
+    curves = {t: {r.batch: r.items_per_s for r in rows if (r.tower, r.backend) == (t, runtime)}
+              for t in ("image", "text")}
+    curves = {t: c for t, c in curves.items() if c}
+    if not curves:
+        raise ExportError(f"--record needs the export's own runtime among --backends ({runtime})")
+    updated = with_knees(manifest, device, curves)
+    write_manifest(updated, export_dir)  # manifest.json is not among the hashed files: the export stays valid
+    rec = updated.batch_knees[device]
+    return (f"recorded in {Path(export_dir) / 'manifest.json'} for {device} on {rec['host']}: "
+            + ", ".join(f"{t} max batch {rec[t]['max_batch']}" for t in curves))
+
+
 def format_table(rows: list[BenchRow]) -> str:
     """Markdown: one line per (tower, batch); items/s per backend as best (median); speed-up over the first backend
     (eager torch when it ran), from the fastest calls and (in parentheses) the median ones."""

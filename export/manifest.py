@@ -1,9 +1,10 @@
 """manifest.json: everything needed to serve an export directory without the source model.
 
 The manifest says which model the graphs came from (model id, fingerprint, how to rebuild it for checks),
-how to feed them (preprocessing, tokenizer, context length), what they output (embedding size, logit
-scale), how they were made (opset, precision, tool versions) and the sha256 of every file beside it, so a
-truncated copy or a swapped graph is refused at load time with a message that says how to fix it.
+how to feed them (preprocessing, tokenizer, context length), what they output (embedding size, and the logit
+scale and bias that turn cosines into label probabilities), how they were made (opset, precision, tool versions)
+and the sha256 of every file beside it, so a truncated copy or a swapped graph is refused at load time with a
+message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from export.digest_record import DigestRecord
 from export.errors import ExportError
 from models.preprocess import PreprocessConfig
+from models.zeroshot import Activation
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Manifest:
     fingerprint: str  # models.fingerprint of the source weights + preprocessing + tokenizer (16 hex)
     source: SourceSpec
     embed_dim: int  # D of both towers' outputs
-    logit_scale: float  # exp(learned temperature), clamped at 100 as open_clip does
+    logit_scale: float  # exp(learned temperature); clamped at 100 for softmax models (models.factory.LoadedModel)
     preprocess: dict[str, Any]  # models.preprocess.PreprocessConfig fields: size, mean, std, interpolation, ...
     tokenizer_source: str  # models.factory.tokenizer_for source; "." = this directory's open_clip_config.json
     context_length: int  # L: token ids per text
@@ -69,10 +72,16 @@ class Manifest:
     parity: dict[str, Any] | None = None  # export.parity report measured when the export was made
     tensorrt: dict[str, Any] | None = None  # tensorrt exports: version, GPU, optimisation profile
     quantization: dict[str, Any] | None = None  # int8 exports: the export.quantize recipe and what it quantized
+    # device -> {"host", "image": {"max_batch", "items_per_s"}, "text": ...}: knees measured by `python -m export bench
+    # --record` (export/batch_knee.py); the server uses them instead of its warm-up probe on the same host
+    batch_knees: dict[str, Any] | None = None
     # how to tokenise from this directory alone: {"type": "clip_bpe", "vocab": CLIP_BPE_VOCAB} (models.tokenizer,
     # no open_clip); None (other tokenizers, exports made before it existed): open_clip from tokenizer_source
     tokenizer: dict[str, Any] | None = None
     created_with: dict[str, str] = field(default_factory=dict)  # tool versions (torch, open_clip, onnx, ...)
+    # the learned bias of a sigmoid-loss model (SigLIP): label probabilities are sigmoid(logit_scale x cos + bias);
+    # None (CLIP, and exports made before this field existed): softmax over the labels (models/zeroshot.py)
+    logit_bias: float | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -82,6 +91,11 @@ class Manifest:
         return PreprocessConfig(size=tuple(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
                                 interpolation=p["interpolation"], resize_mode=p["resize_mode"],
                                 fill_color=int(p.get("fill_color", 0)))
+
+    @property
+    def activation(self) -> Activation:
+        """How the model's cosines become label probabilities (models/zeroshot.py)."""
+        return Activation.from_dict({"logit_scale": self.logit_scale, "logit_bias": self.logit_bias})
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -144,8 +158,9 @@ def write_manifest(manifest: Manifest, export_dir: str | Path) -> Path:
     return path
 
 
-def read_manifest(export_dir: str | Path, verify: bool = True) -> Manifest:
-    """Read manifest.json; with `verify`, also check every listed file exists and matches its sha256."""
+def read_manifest(export_dir: str | Path, verify: bool = True, record: Path | None = None) -> Manifest:
+    """Read manifest.json; with `verify`, also check every listed file exists and matches its sha256 (files that
+    `record` lists as unchanged since they matched are not hashed again: export/digest_record.py)."""
     root = Path(export_dir)
     path = root / MANIFEST_FILE
     if not root.is_dir():
@@ -161,25 +176,32 @@ def read_manifest(export_dir: str | Path, verify: bool = True) -> Manifest:
         raise ExportError(f"{path} is not valid JSON ({e}); the file is damaged: re-export.") from e
     manifest = Manifest.from_dict(data, where=str(path))
     if verify:
-        verify_files(manifest, root)
+        verify_files(manifest, root, record)
     return manifest
 
 
-def verify_files(manifest: Manifest, export_dir: str | Path) -> None:
-    """Raise ExportError naming the first graph/engine that is missing or whose bytes changed."""
+def verify_files(manifest: Manifest, export_dir: str | Path, record: Path | None = None) -> None:
+    """Raise ExportError naming the first graph/engine that is missing or whose bytes changed. With `record` (a
+    DigestRecord file), files unchanged since they last matched are not hashed again, and new matches are added."""
     root = Path(export_dir)
     for spec in (manifest.image, manifest.text):
         if spec.file not in manifest.files:
             raise ExportError(f"{root / MANIFEST_FILE} does not list a sha256 for {spec.file}; re-export.")
+    seen = DigestRecord(record)
     for name, expected in manifest.files.items():
         path = root / name
         if not path.is_file():
             raise ExportError(f"{name} is listed in {root / MANIFEST_FILE} but missing from {root}: the export "
                               f"was copied incompletely; copy the whole directory again or re-export.")
+        stat = path.stat()
+        if seen.matches(name, stat, expected):
+            continue
         actual = sha256_file(path)
         if actual != expected:
             raise ExportError(f"{path} is corrupted or was modified: sha256 {actual[:16]}… does not match "
                               f"{expected[:16]}… in {MANIFEST_FILE}; copy the directory again or re-export.")
+        seen.remember(name, stat, expected)
+    seen.save()
 
 
 def tokenizer_source_path(manifest: Manifest, export_dir: str | Path) -> str:

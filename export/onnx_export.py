@@ -231,7 +231,8 @@ def build_manifest(loaded: LoadedModel, source: SourceSpec, out: Path, files: li
         kind="onnx", model_id=loaded.model_id, fingerprint=loaded.fingerprint, source=source,
         embed_dim=loaded.embed_dim, logit_scale=loaded.logit_scale, preprocess=loaded.preprocess.to_dict(),
         tokenizer_source=tokenizer_source, context_length=loaded.context_length, opset=opset, precision=precision,
-        image=image, text=text, files=hash_files(out, files), created_with=tool_versions())
+        image=image, text=text, files=hash_files(out, files), created_with=tool_versions(),
+        logit_bias=loaded.logit_bias)
 
 
 def tool_versions() -> dict[str, str]:

@@ -30,6 +30,7 @@ from models.eval import EVAL_SEED, EVAL_TEMPLATES
 from models.factory import LoadedModel
 from models.preprocess import PreprocessConfig, eval_pixels
 from models.prompts import label_prompts, prototypes
+from models.zeroshot import Activation
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +161,11 @@ def embeddings(towers: Towers, x: np.ndarray, tower: str) -> np.ndarray:
 
 
 def decision_margin(cosines: np.ndarray, logit_scale: float) -> np.ndarray:
-    """[S, C] cosines -> [S] top-1 minus top-2 zero-shot probability (softmax of logit_scale x cosine)."""
-    logits = logit_scale * cosines.astype(np.float64)
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    """[S, C] cosines -> [S] top-1 minus top-2 zero-shot probability (softmax of logit_scale x cosine).
+
+    Softmax whatever the model's own activation: the margin measures how clearly one label wins against the others,
+    which is what a rounding error can flip (a sigmoid model's probabilities are each label's own)."""
+    p = Activation(logit_scale).probabilities(cosines.astype(np.float64))  # [S, C]
     top2 = np.sort(p, axis=-1)[:, -2:]  # [S, 2] ascending
     return top2[:, 1] - top2[:, 0]
 

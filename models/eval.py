@@ -20,6 +20,7 @@ from models.data.shapes import ShapesConfig, all_pairs, class_label, generate
 from models.factory import LoadedModel, load_model
 from models.preprocess import PreprocessConfig, eval_pixels
 from models.prompts import label_prompts, prototypes
+from models.zeroshot import Activation, label_scores
 
 EVAL_TEMPLATES = (
     "a photo of a {}.", "a {}.", "a drawing of a {}.", "a picture of a {}.", "there is a {}.",
@@ -37,18 +38,20 @@ def evaluate(loaded: LoadedModel, n_heldout: int = 1200, n_seen: int = 1040, see
     loaded.model.eval()
     try:
         return evaluate_towers(TorchTowers(loaded), loaded.tokenizer, loaded.preprocess, n_heldout, n_seen, seed,
-                               templates)
+                               templates, activation=loaded.activation)
     finally:
         loaded.model.train(was_training)
 
 
 def evaluate_towers(towers: Any, tokenizer: Callable, preprocess: PreprocessConfig, n_heldout: int = 1200,
-                    n_seen: int = 1040, seed: int = EVAL_SEED, templates: Sequence[str] = EVAL_TEMPLATES) -> dict:
-    """`evaluate` for any runtime's towers (export.runtime.base.Towers: numpy in, L2-normalised numpy out)."""
+                    n_seen: int = 1040, seed: int = EVAL_SEED, templates: Sequence[str] = EVAL_TEMPLATES,
+                    *, activation: Activation) -> dict:
+    """`evaluate` for any runtime's towers (export.runtime.base.Towers: numpy in, L2-normalised numpy out); each
+    image's prediction is its most probable label under the model's `activation`, as /classify ranks them."""
     labels = [class_label(c, s) for c, s in all_pairs()]
     tokens = np.asarray(tokenizer(label_prompts(labels, templates)), dtype=np.int64)  # [C * T, L]
     classes = prototypes(towers.encode_text(tokens), len(labels))  # [C, D]
-    accuracy = {split: _split_accuracy(towers.encode_image, preprocess, classes, split, n, seed)
+    accuracy = {split: _split_accuracy(towers.encode_image, preprocess, classes, activation, split, n, seed)
                 for split, n in (("heldout", n_heldout), ("seen", n_seen))}
     return {
         "heldout_top1": round(accuracy["heldout"], 4),
@@ -63,7 +66,8 @@ def evaluate_towers(towers: Any, tokenizer: Callable, preprocess: PreprocessConf
 
 
 def _split_accuracy(encode_image: Callable[[np.ndarray], np.ndarray], preprocess: PreprocessConfig,
-                    classes: np.ndarray, split: str, n: int, seed: int, batch_size: int = 256) -> float:
+                    classes: np.ndarray, activation: Activation, split: str, n: int, seed: int,
+                    batch_size: int = 256) -> float:
     """Top-1 accuracy over n single-object images of a split, classified among all pairs ([C, D] prototypes)."""
     labels = [class_label(c, s) for c, s in all_pairs()]
     samples = list(generate(seed, n, split, ShapesConfig(image_size=preprocess.height)))  # type: ignore[arg-type]
@@ -71,7 +75,7 @@ def _split_accuracy(encode_image: Callable[[np.ndarray], np.ndarray], preprocess
     for i in range(0, n, batch_size):
         chunk = samples[i:i + batch_size]
         x = np.stack([eval_pixels(s.image, preprocess) for s in chunk])  # [B, 3, H, W]
-        pred = (encode_image(x) @ classes.T).argmax(axis=-1).tolist()  # [B, D] @ [D, C]
+        pred = label_scores(encode_image(x), classes, activation).argmax(axis=-1).tolist()  # [B, C]
         truth = [labels.index(class_label(s.objects[0].colour, s.objects[0].shape)) for s in chunk]
         correct += sum(int(p == t) for p, t in zip(pred, truth))
     return correct / n
@@ -83,7 +87,8 @@ def evaluate_export(export_dir: str, n_heldout: int = 1200, n_seen: int = 1040, 
 
     enc = load_encoders(export_dir, backend="onnx", device="cpu")
     m = enc.manifest
-    result = evaluate_towers(enc, enc.tokenizer(), m.preprocess_config, n_heldout, n_seen, seed)
+    result = evaluate_towers(enc, enc.tokenizer(), m.preprocess_config, n_heldout, n_seen, seed,
+                             activation=m.activation)
     return {"model": m.model_id, "fingerprint": m.fingerprint, "export": str(export_dir), "precision": m.precision,
             "backend": "onnx", **result}
 

@@ -21,6 +21,7 @@ import torch
 from models import DEFAULT_MODEL
 from models.fingerprint import fingerprint_model
 from models.preprocess import PreprocessConfig
+from models.zeroshot import Activation
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,22 @@ class LoadedModel:
     embed_dim: int
 
     @property
+    def logit_bias(self) -> float | None:
+        """The learned bias of a model trained with the sigmoid loss (SigLIP); None for CLIP's softmax loss."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.item())
+
+    @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().clamp(max=100).item())
+        """exp(learned temperature). Softmax models: clamped at 100, as CLIP's contrastive training keeps it;
+        sigmoid models unclamped, as open_clip's own sigmoid scoring (`logit_scale.exp()`) uses them."""
+        scale = self.model.logit_scale.exp()
+        return float((scale if self.logit_bias is not None else scale.clamp(max=100)).item())
+
+    @property
+    def activation(self) -> Activation:
+        """How this model's cosines become label probabilities (models/zeroshot.py)."""
+        return Activation(self.logit_scale, self.logit_bias)
 
 
 def is_checkpoint_dir(source: str | Path) -> bool:

@@ -73,16 +73,29 @@ def eval_pixels(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
 
     The same Pillow resize call with the same output size as torchvision makes, then the same crop / pad
     arithmetic, /255 and mean/std in float32: equal to open_clip's result up to float rounding (tests hold it to
-    1e-5 in normalised units on real photos and odd sizes)."""
+    1e-5 in normalised units on real photos and odd sizes). It is `eval_uint8` then `normalise`: the server's
+    front-end processes run the first, its engine the second (service/engine_server.py)."""
+    return normalise(eval_uint8(img, pre)[None], pre)[0]
+
+
+def eval_uint8(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
+    """PIL image -> uint8 [H, W, 3]: the eval transform's resize and crop / pad, before any arithmetic (a quarter
+    of float32's bytes, what crosses between the server's processes)."""
     size = _resized_size(img.size, pre)
     if size != img.size:  # torchvision returns an image of the asked size unchanged
         img = img.resize(size, _pil_filter(pre))
+    img = _crop_inside(img, pre.size)  # a long strip resized is still huge: crop before any copy of it
     rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # [h, w, 3] uint8
     fill = pre.fill_color if pre.resize_mode == "longest" else 0  # torchvision's CenterCrop pads with 0
-    rgb = center_crop_or_pad(rgb, pre.size, fill)  # [H, W, 3]
-    x = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)  # [3, H, W], as ToTensor
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    return center_crop_or_pad(rgb, pre.size, fill)  # [H, W, 3]
+
+
+def normalise(rgb: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W]: ToTensor's /255, then Normalize's subtract and divide, in
+    float32 (the one place this arithmetic is written; a device version must match it)."""
+    x = rgb.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)  # [B, 3, H, W], as ToTensor
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(1, 3, 1, 1)
     return (x - mean) / std  # as Normalize: subtract, then divide, in float32
 
 
@@ -108,6 +121,19 @@ def _resized_size(size: tuple[int, int], pre: PreprocessConfig) -> tuple[int, in
     ratio = max(ratio_h, ratio_w) if pre.resize_mode == "longest" else min(ratio_h, ratio_w)
     # at least one pixel: open_clip's own transform raises on a 1000x2 image in "longest" mode (a zero side)
     return max(1, round(w / ratio)), max(1, round(h / ratio))
+
+
+def _crop_inside(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Crop the centre of each side longer than the target, as `center_crop_or_pad` would, in PIL (no array yet).
+
+    A side already within the target is left for `center_crop_or_pad` to pad; on the cropped side the offset is
+    the same rounding, so the pixels kept are the same ones."""
+    ch, cw = size
+    w, h = img.size
+    top = int(round((h - ch) / 2.0)) if h > ch else 0
+    left = int(round((w - cw) / 2.0)) if w > cw else 0
+    box = (left, top, left + min(w, cw), top + min(h, ch))
+    return img if box == (0, 0, w, h) else img.crop(box)
 
 
 def center_crop_or_pad(rgb: np.ndarray, size: tuple[int, int], fill: int = 0) -> np.ndarray:

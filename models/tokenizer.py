@@ -104,9 +104,10 @@ class ClipTokenizer:
     def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH, bpe_path: str | Path | None = None,
                  clean_budget: int | None = None):
         self.context_length = context_length
+        self.bpe_path = Path(bpe_path or default_bpe_path())  # what another process needs to build the same tokenizer
         self.clean_budget = CHARS_PER_TOKEN * context_length if clean_budget is None else clean_budget
         self.byte_encoder = bytes_to_unicode()
-        merges = gzip.open(bpe_path or default_bpe_path()).read().decode("utf-8").split("\n")
+        merges = gzip.open(self.bpe_path).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]
         vocab = list(self.byte_encoder.values())
         vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + list(SPECIAL_TOKENS)

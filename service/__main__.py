@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import uvicorn
 from pydantic import ValidationError
@@ -117,12 +117,32 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def main() -> int:
+def main(backend_factory: Optional[Callable] = None) -> int:
+    """`backend_factory`: what loads the model (service.backends.load_backend unless a test holds it back); with
+    CLIP_WORKERS >= 1 it runs in the engine processes, so it must be picklable (a module-level name)."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    from service.app import create_app
+    from service.backends import load_backend
 
-    app = create_app(settings)
+    factory = backend_factory or load_backend
+    if settings.workers:  # front-end processes + one engine process per device (service/supervisor.py)
+        from service.supervisor import run_supervisor
+
+        return run_supervisor(settings, factory)
+    from service.app import create_app
+    from service.tracing import TracingUnavailable
+
+    try:
+        app = create_app(settings, backend_factory=factory)
+    except TracingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings, app)
+
+
+def serve(settings, app, sockets: Optional[list[socket.socket]] = None) -> int:
+    """Run `app` with uvicorn until SIGTERM/SIGINT (drained) or a load failure; the exit status. `sockets`: a
+    listening socket inherited from the supervisor, instead of binding CLIP_HOST:CLIP_PORT."""
     limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
     # ws="none": no route speaks WebSocket, and an upgraded connection would leave the HTTP timers behind
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -131,7 +151,7 @@ def main() -> int:
                             timeout_graceful_shutdown=CLOSE_AFTER_DRAIN_S + 0.5)  # type: ignore[arg-type]
     server = DrainingServer(config, app.state.lifecycle, settings.drain_s)
     app.state.lifecycle.on_load_failure = server.fail
-    server.run()
+    server.run(sockets=sockets)
     if server.exit_code:
         print(f"error: {app.state.lifecycle.fatal}", file=sys.stderr)
     return server.exit_code

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import Optional
+from typing import Optional, Sequence
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from service import schemas
+from service import schemas, tracing
 from service.auth import require_api_key
 from service.backends import load_backend
 from service.errors import install_error_handlers
-from service.labelset_store import LabelSetStore
+from service.labelset_store import LabelSets, LabelSetStore, LocalLabelSets
 from service.lifecycle import BackendFactory, Lifecycle
 from service.metrics import Metrics
 from service.middleware import AccessLog, BodyLimit, ConnectionCap
@@ -28,18 +28,32 @@ REQUEST_MODELS = (schemas.EmbedImagesRequest, schemas.EmbedTextsRequest, schemas
                   schemas.LabelSetRequest, schemas.OpenAIEmbeddingsRequest)
 
 
-def create_app(settings: Optional[Settings] = None, backend_factory: BackendFactory = load_backend) -> FastAPI:
-    """Build the app. The model loads in the background after start-up; /readyz says when it is ready."""
+def create_app(settings: Optional[Settings] = None, backend_factory: BackendFactory = load_backend,
+               engines: Sequence[str] = ()) -> FastAPI:
+    """Build the app. The model loads in the background after start-up; /readyz says when it is ready. With
+    `engines` (ZeroMQ addresses of engine processes, service/supervisor.py) the app is a front-end: the model,
+    batchers, caches and label sets are theirs."""
     settings = settings or Settings()
+    tracing.setup(settings)  # TracingUnavailable (the remedy in its message) if asked for and not installed
     metrics = Metrics()
-    lifecycle = Lifecycle(settings, metrics, backend_factory)
+    lifecycle: Lifecycle
+    if engines:
+        from service.engine_client import RemoteLabelSets, RemoteLifecycle
+
+        lifecycle = RemoteLifecycle(settings, metrics, engines)
+        store: LabelSets = RemoteLabelSets(lifecycle)
+    else:
+        lifecycle = Lifecycle(settings, metrics, backend_factory)
+        store = LocalLabelSets(LabelSetStore(settings.max_labelsets, int(settings.labelset_cache_mb * 1024 * 1024)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("configuration: %s", settings.describe())
+        log.info("tracing: %s", tracing.describe())
         lifecycle.start()
         yield
         await lifecycle.stop()
+        tracing.shutdown()  # export the spans still buffered
 
     # require_api_key on the app: every API route, including ones added later, needs the key when one is set
     app = FastAPI(title="clip-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -47,7 +61,7 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
                   dependencies=[Depends(require_api_key)])
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     app.state.url_fetcher = UrlFetcher.from_settings(settings)  # None unless CLIP_ALLOW_URLS
-    app.state.labelsets = LabelSetStore(settings.max_labelsets, int(settings.labelset_cache_mb * 1024 * 1024))
+    app.state.labelsets = store
     install_error_handlers(app)
     for router in (health.router, embed.router, classify.router, labelsets.router, openai_compat.router):
         app.include_router(router)
@@ -55,6 +69,8 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
     app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before any work
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)
+    if tracing.enabled():  # outside the others: their early answers (413, 503) get a request span too
+        app.add_middleware(tracing.TraceRequests)
     if settings.cors_origins:  # added last = outermost: the 413s and 503s answered early carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT",
                            "DELETE"], allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from service import tracing
 from service.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
 from service.metrics import Metrics
 
@@ -33,6 +34,7 @@ class WorkItem:
     future: asyncio.Future  # resolves to its embedding [D]
     deadline: float  # loop time by which inference must start
     enqueued: float = field(default_factory=time.monotonic)
+    trace: Optional[tracing.QueueWait] = None  # the request's queue_wait span (None when tracing is off)
 
 
 async def collect(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> list[WorkItem]:
@@ -88,7 +90,11 @@ class Batcher:
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         self.depth = 0  # queued + in-flight items (what admission caps)
         self.closed = False
+        # encoder calls at once: 1, except in a CUDA engine process (service/engine_server.py), where 2 let one
+        # batch upload while the other computes; the executor must then have as many threads
+        self.in_flight = 1
         self._task: Optional[asyncio.Task] = None
+        self._running: set[asyncio.Task] = set()
         metrics.queue_capacity.labels(modality).set(max_queue)
 
     def start(self) -> None:
@@ -103,9 +109,10 @@ class Batcher:
 
     async def stop(self) -> None:
         self.closed = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._running]:
+            if task:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._task, *self._running] if t), return_exceptions=True)
 
     def _set_depth(self, delta: int) -> None:
         self.depth += delta
@@ -145,7 +152,8 @@ class Batcher:
 
     async def _enqueue(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
+        wait = tracing.queued(self.modality, len(payloads))
+        items = [WorkItem(p, loop.create_future(), deadline, trace=wait) for p in payloads]
         for item in items:
             self.queue.put_nowait(item)
         try:
@@ -154,16 +162,34 @@ class Batcher:
             for i in items:  # the client went away or a sibling failed: the batcher will skip these
                 if not i.future.done():
                     i.future.cancel()
+            if wait is not None:
+                wait.close()
 
     async def _loop(self) -> None:
+        slots = asyncio.Semaphore(self.in_flight)
         while True:
+            await slots.acquire()  # collect the next batch only when an encoder call may start
             items = await collect(self.queue, self.max_batch, self.max_wait_s)
-            try:
-                live = self._live(items)
-                if live:
-                    await self._run(live)
-            finally:
-                self._set_depth(-len(items))
+            if self.in_flight == 1:
+                await self._batch(items)
+                slots.release()
+                continue
+            task = asyncio.ensure_future(self._batch(items))
+            self._running.add(task)
+            task.add_done_callback(lambda t: (self._running.discard(t), slots.release(), self._batch_done(t)))
+
+    async def _batch(self, items: list[WorkItem]) -> None:
+        try:
+            live = self._live(items)
+            if live:
+                await self._run(live)
+        finally:
+            self._set_depth(-len(items))
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        """A batch run beside the loop (in_flight > 1) must not fail silently either."""
+        if not task.cancelled() and task.exception() is not None and self._task is not None:
+            self._died(task)
 
     def _live(self, items: list[WorkItem]) -> list[WorkItem]:
         """Drop cancelled items (client gone) and fail expired ones, without computing them."""
@@ -178,12 +204,15 @@ class Batcher:
                                                            "(CLIP_REQUEST_TIMEOUT_S); retry later", retry_after=1))
             else:
                 self.metrics.queue_wait.labels(self.modality).observe(now - item.enqueued)
+                if item.trace is not None:
+                    item.trace.taken()
                 live.append(item)
         return live
 
-    def _encode_timed(self, batch: np.ndarray) -> np.ndarray:
+    def _encode_timed(self, batch: np.ndarray, waits: list[Optional[tracing.QueueWait]]) -> np.ndarray:
         start = time.perf_counter()
-        out = self.encode(batch)
+        with tracing.inference(self.modality, len(batch), waits):  # links to each request served
+            out = self.encode(batch)
         self.metrics.inference.labels(self.modality).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(self.modality).observe(len(batch))
         return out
@@ -192,7 +221,8 @@ class Batcher:
         """Encode items; on failure isolate the culprit (halve on OOM, else one by one)."""
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self.executor, self._encode_timed, np.stack([i.payload for i in items]))
+            out = await loop.run_in_executor(self.executor, self._encode_timed, np.stack([i.payload for i in items]),
+                                             [i.trace for i in items])
         except Exception as exc:  # noqa: BLE001 - any encoder failure is isolated, counted and reported
             await self._isolate(items, exc)
             return

@@ -62,7 +62,7 @@ class Embeddings:
 @dataclass(frozen=True)
 class LabelScore:
     label: str
-    score: float  # softmax probability over the request's labels
+    score: float  # the label's probability under the model's activation, or its cosine (scores="cosine")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ class Classification:
     model: str
     fingerprint: str
     results: list[list[LabelScore]]
+    # "softmax" (CLIP: an image's probabilities sum to 1) or "sigmoid" (SigLIP: each label on its own, multi-label)
+    activation: str = "softmax"
+    scores: str = "probability"  # what LabelScore.score is: "probability" or "cosine"
 
     @property
     def top(self) -> list[str]:
@@ -104,6 +107,7 @@ class ModelInfo:
     precision: str
     ready: bool
     raw: dict[str, Any] = field(repr=False)  # everything /info said (batching, limits, preprocessing, ...)
+    activation: str = "softmax"  # how /classify scores: "softmax" or "sigmoid" (raw["logit_bias"] then set)
 
 
 class ClipServeError(Exception):
@@ -194,7 +198,8 @@ def _embeddings(response: httpx.Response) -> Embeddings:
 def _classification(response: httpx.Response) -> Classification:
     body = response.json()
     return Classification(body["model"], body["fingerprint"],
-                          [[LabelScore(x["label"], x["score"]) for x in ranked] for ranked in body["results"]])
+                          [[LabelScore(x["label"], x["score"]) for x in ranked] for ranked in body["results"]],
+                          body.get("activation", "softmax"), body.get("scores", "probability"))
 
 
 def _labelset(response: httpx.Response) -> LabelSet:
@@ -209,7 +214,7 @@ def _labelsets(response: httpx.Response) -> list[LabelSetSummary]:
 def _info(response: httpx.Response) -> ModelInfo:
     b = response.json()
     return ModelInfo(b["model"], b["fingerprint"], b["dimensions"], b["backend"], b["device"], b["precision"],
-                     bool(b.get("ready")), b)
+                     bool(b.get("ready")), b, b.get("activation", "softmax"))
 
 
 def _nothing(response: httpx.Response) -> None:
@@ -235,7 +240,7 @@ class Requests:
 
     def classify(self, images: Union[ImageInput, Sequence[ImageInput]], labels: Optional[Sequence[str]] = None, *,
                  labelset: Optional[str] = None, templates: Templates = None,
-                 top_k: Optional[int] = None) -> Call[Classification]:
+                 top_k: Optional[int] = None, scores: Optional[str] = None) -> Call[Classification]:
         data: dict[str, Any] = {}
         if labels is not None:
             data["labels"] = [labels] if isinstance(labels, str) else list(labels)
@@ -245,6 +250,8 @@ class Requests:
             data["templates"] = templates if isinstance(templates, str) else list(templates)
         if top_k is not None:
             data["top_k"] = str(top_k)
+        if scores is not None:  # "probability" (the server's default) or "cosine"
+            data["scores"] = scores
         return Call("POST", "/classify", _classification, multipart(images, data))
 
     def put_labelset(self, name: str, labels: Sequence[str], templates: Templates = None) -> Call[LabelSet]:
@@ -501,10 +508,11 @@ class Client(_Base):
 
     def classify(self, images: Union[ImageInput, Sequence[ImageInput]], labels: Optional[Sequence[str]] = None, *,
                  labelset: Optional[str] = None, templates: Templates = None,
-                 top_k: Optional[int] = None) -> Classification:
-        """Zero-shot classification against `labels` or a stored `labelset`; templates: list or built-in name."""
+                 top_k: Optional[int] = None, scores: Optional[str] = None) -> Classification:
+        """Zero-shot classification against `labels` or a stored `labelset`; templates: list or built-in name;
+        scores: "probability" (the model's activation, the default) or "cosine" (raw cosine similarities)."""
         return self._run(self.requests.classify(images, labels, labelset=labelset, templates=templates,
-                                                top_k=top_k))
+                                                top_k=top_k, scores=scores))
 
     def put_labelset(self, name: str, labels: Sequence[str], templates: Templates = None) -> LabelSet:
         return self._run(self.requests.put_labelset(name, labels, templates))
@@ -589,9 +597,10 @@ class AsyncClient(_Base):
 
     async def classify(self, images: Union[ImageInput, Sequence[ImageInput]],
                        labels: Optional[Sequence[str]] = None, *, labelset: Optional[str] = None,
-                       templates: Templates = None, top_k: Optional[int] = None) -> Classification:
+                       templates: Templates = None, top_k: Optional[int] = None,
+                       scores: Optional[str] = None) -> Classification:
         return await self._run(self.requests.classify(images, labels, labelset=labelset, templates=templates,
-                                                      top_k=top_k))
+                                                      top_k=top_k, scores=scores))
 
     async def put_labelset(self, name: str, labels: Sequence[str], templates: Templates = None) -> LabelSet:
         return await self._run(self.requests.put_labelset(name, labels, templates))

@@ -18,7 +18,10 @@ from typing import Awaitable, Callable, Optional, Sequence, Union
 import numpy as np
 
 from models.prompts import prototypes
+from models.zeroshot import ScoreKind, label_scores
+from service import tracing
 from service.backends import Backend
+from service.batch_probe import BatchCurve
 from service.batcher import Batcher
 from service.cache import ByteLRU
 from service.errors import ApiError, BadInput, DeadlineExceeded
@@ -28,32 +31,45 @@ from service.settings import Settings
 from service.templates import check_prompt_count, prompts_for, reachable_chars
 
 MB = 1024 * 1024
-# ONNX Runtime's ViT-B-32 image tower on CPU is fastest at batch 8 (19.9 img/s, 18.3 at 32); served at
-# concurrency 32 a cap of 8 gave 18.5 / 20.5 img/s against 16.0 / 16.4 with 32. docs/benchmarks/README.md
-ORT_CPU_MAX_BATCH = 8
 
 
-def max_batch(settings: Settings, backend: Backend, modality: str) -> int:
-    """CLIP_{IMAGE,TEXT}_MAX_BATCH capped by the engine's own limit; left unset, 8 for ONNX Runtime on CPU."""
+def max_batch(settings: Settings, backend: Backend, modality: str, measured: Optional[int] = None) -> int:
+    """CLIP_{IMAGE,TEXT}_MAX_BATCH when set; left unset, the cap measured at warm-up (service/batch_probe.py) when
+    there is one, else the setting's default; always within the engine's own limit."""
     field = f"{modality}_max_batch"
     limit = getattr(settings, field)
-    if field not in settings.model_fields_set and (backend.name, backend.device) == ("onnx", "cpu"):
-        limit = min(limit, ORT_CPU_MAX_BATCH)
+    if field not in settings.model_fields_set and measured:
+        limit = measured
     return min(limit, backend.max_batch or limit)
+
+
+def unset_limits(settings: Settings, backend: Backend) -> dict[str, int]:
+    """The towers whose max batch is left to measurement, with the largest batch a measurement may try."""
+    if settings.batch_probe_s <= 0 or not backend.measure_batches:
+        return {}
+    return {m: max_batch(settings, backend, m) for m in ("image", "text") if f"{m}_max_batch" not in
+            settings.model_fields_set}
 
 
 class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
+    # the batch curves measured at warm-up, per tower (service/batch_probe.py); none unless __init__ was given some,
+    # so an engine built another way (a subclass that skips __init__) still answers /info. Read, never mutated
+    curves: dict[str, BatchCurve] = {}
+
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
-                 on_fatal: Optional[Callable[[BaseException], None]] = None):
+                 on_fatal: Optional[Callable[[BaseException], None]] = None,
+                 curves: Optional[dict[str, BatchCurve]] = None):
         self.settings, self.backend, self.metrics = settings, backend, metrics
+        self.curves = curves or {}  # measured at warm-up, per tower whose max batch was left unset
         workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
         self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
         self.preprocessor = ImagePreprocessor(
             backend.preprocess, settings.max_image_pixels, settings.reduced_jpeg_decode, settings.jpeg_decode,
             on_jpeg_fallback=lambda reason: metrics.jpeg_fallbacks.labels(reason).inc())
-        image_max, text_max = max_batch(settings, backend, "image"), max_batch(settings, backend, "text")
+        image_max, text_max = (max_batch(settings, backend, m, self.curves[m].cap if m in self.curves else None)
+                               for m in ("image", "text"))
         common = dict(metrics=metrics, max_queue=settings.max_queue, on_fatal=on_fatal)
         self.images = Batcher("image", backend.encode_image, inference_pool, max_batch=image_max,
                               max_wait_s=settings.image_max_wait_ms / 1000, **common)
@@ -87,12 +103,13 @@ class Engine:
                                 retry_after=1)
 
     # --- images ---------------------------------------------------------------------------------------------
-    def _preprocess_one(self, data: bytes, job: "_DecodeJob") -> np.ndarray:
+    def _preprocess_one(self, data: bytes, job: "_DecodeJob", index: int) -> np.ndarray:
         if not job.begin():  # the request is over (deadline, client gone, a sibling failed): skip the decode
             raise _Skipped()
-        start = time.perf_counter()
-        out = self.preprocessor(data)
-        self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
+        with tracing.span("decode", job.trace, {"clip.image.index": index, "clip.image.bytes": len(data)}):
+            start = time.perf_counter()
+            out = self.preprocessor(data)
+            self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
         return out
 
     async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
@@ -108,7 +125,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = self.deadline() if deadline is None else deadline
         job = _DecodeJob(len(images), time.monotonic() + (deadline - loop.time()))
-        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job) for b in images]
+        futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job, i)
+                   for i, b in enumerate(images)]
         try:
             done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()),
                                                return_when=asyncio.FIRST_EXCEPTION)
@@ -202,12 +220,13 @@ class Engine:
 
     # --- classifiers ----------------------------------------------------------------------------------------
     async def classify(self, images: list[bytes], labels: tuple[str, ...], templates: tuple[str, ...],
-                       deadline: Optional[float] = None) -> np.ndarray:
-        """[N, C] scores of each image over the labels (see `scores`). One deadline for the whole request: the
-        label prompts first (usually cached), then the images."""
+                       deadline: Optional[float] = None, scores: ScoreKind = "probability") -> np.ndarray:
+        """[N, C] scores of each image over the labels: the model's own label probabilities (softmax over the labels,
+        or one sigmoid per label: the backend's `activation`), or the raw cosines (models/zeroshot.py). One deadline
+        for the whole request: the label prompts first (usually cached), then the images."""
         deadline = self.deadline() if deadline is None else deadline
         proto = await self.classifier(labels, templates, deadline)
-        return self.scores(await self.embed_images(images, deadline), proto)
+        return label_scores(await self.embed_images(images, deadline), proto, self.backend.activation, scores)
 
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...],
                          deadline: Optional[float] = None) -> np.ndarray:
@@ -235,13 +254,6 @@ class Engine:
         self.labelset_cache.put(key, proto)
         return proto
 
-    def scores(self, image_emb: np.ndarray, proto: np.ndarray) -> np.ndarray:
-        """softmax over labels of logit_scale x cosine: [N, C]."""
-        logits = self.backend.logit_scale * image_emb @ proto.T
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
-
 
 class _Skipped(Exception):
     """A decode not started because its request no longer wants it."""
@@ -252,6 +264,7 @@ class _DecodeJob:
 
     def __init__(self, n: int, deadline: float):
         self.n, self.deadline = n, deadline  # deadline in time.monotonic() terms (workers have no event loop)
+        self.trace = tracing.capture()  # the request's context, for decode spans in the workers (None: tracing off)
         self.started = 0
         self._open = True
         self._lock = threading.Lock()

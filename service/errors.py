@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service import tracing
+
 log = logging.getLogger("service.errors")
 
 
@@ -156,6 +158,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
+        tracing.record_error(exc)  # on the request's span, when tracing is on
         return error_response(exc, request.scope["path"])
 
     @app.exception_handler(ClientDisconnect)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from models.preprocess import PreprocessConfig, eval_pixels
+from models.preprocess import PreprocessConfig, eval_pixels, eval_uint8
 from service.errors import BadInput, PayloadTooLarge, UnsupportedMedia
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -178,11 +178,13 @@ def decode(data: bytes, max_pixels: int, reduce_for: int | None = None,
 
 
 class ImagePreprocessor:
-    """Bytes -> float32 [3, H, W] exactly as the model's own open_clip transform produces."""
+    """Bytes -> float32 [3, H, W] exactly as the model's own open_clip transform produces; with `as_uint8`, the
+    same pixels before the arithmetic, uint8 [H, W, 3] (what a front-end process sends to the engine process)."""
 
     def __init__(self, pre: PreprocessConfig, max_pixels: int, reduced_jpeg_decode: bool = True,
-                 jpeg_decode: str = "cpu", on_jpeg_fallback: Callable[[str], None] | None = None):
-        self.pre, self.max_pixels = pre, max_pixels
+                 jpeg_decode: str = "cpu", on_jpeg_fallback: Callable[[str], None] | None = None,
+                 as_uint8: bool = False):
+        self.pre, self.max_pixels, self.as_uint8 = pre, max_pixels, as_uint8
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns (= errors, see above) past this; one cap per process
         self.reduce_for = min(pre.size) if reduced_jpeg_decode else None
         self.jpeg_on_device: Callable[[Image.Image, bytes], np.ndarray | None] | None = None
@@ -198,4 +200,6 @@ class ImagePreprocessor:
             if pixels is not None:
                 return pixels
         img = decode(data, self.max_pixels, self.reduce_for, img)
+        if self.as_uint8:
+            return eval_uint8(img, self.pre)  # uint8 [H, W, 3]
         return eval_pixels(img, self.pre)  # float32 [3, H, W]

@@ -14,11 +14,12 @@ from typing import Optional, Sequence, Union
 
 from starlette.requests import Request
 
+from models.zeroshot import ScoreKind
 from service.backends import Backend
 from service.bodies import (content_type, images_from_strings, int_field, is_url, read_json, read_multipart,
                             single_field, validate)
 from service.errors import InvalidField, ModelNotFound, UnsupportedMedia
-from service.labelset_store import LabelSet, LabelSetStore, check_name, define
+from service.labelset_store import LabelSet, LabelSets, check_name, define
 from service.limits import check_count
 from service.request_scope import note_items, until_done_or_gone
 from service.schemas import (ClassifyRequest, EmbedImagesRequest, EmbedTextsRequest, LabelSetRequest,
@@ -45,6 +46,7 @@ class ClassifyInputs:
     images: list[bytes]
     labelset: LabelSet  # the request's own labels and templates, or a stored set's
     top_k: Optional[int]
+    scores: ScoreKind = "probability"  # the model's probabilities, or the raw cosines
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ async def parse_embed_texts(request: Request, s: Settings) -> TextInputs:
     return TextInputs(body.texts)
 
 
-async def parse_classify(request: Request, s: Settings, store: LabelSetStore) -> ClassifyInputs:
+async def parse_classify(request: Request, s: Settings, store: LabelSets) -> ClassifyInputs:
     """POST /classify: images as for /embed/image (or JSON `image`), and `labels` + `templates` or a stored
     `labelset`. The images are checked first, then the labels."""
     ctype = content_type(request)
@@ -91,7 +93,7 @@ async def parse_classify(request: Request, s: Settings, store: LabelSetStore) ->
         body = validate(ClassifyRequest, dict(
             labels=form.fields.get("labels"), labelset=single_field(form.fields, "labelset"),
             templates=templates[0] if templates and len(templates) == 1 and "{}" not in templates[0] else templates,
-            top_k=int_field(form.fields, "top_k")))
+            top_k=int_field(form.fields, "top_k"), **_given(scores=single_field(form.fields, "scores"))))
         images = form.images
     elif ctype in ("application/json", ""):
         body = await read_json(request, ClassifyRequest)
@@ -104,14 +106,19 @@ async def parse_classify(request: Request, s: Settings, store: LabelSetStore) ->
         raise UnsupportedMedia(f"content type {ctype!r} not supported; {_JSON_OR_FORM}")
     check_count("images", len(images), s.max_images_per_request, "CLIP_MAX_IMAGES_PER_REQUEST")
     note_items(request, len(images))
-    return ClassifyInputs(images, _classify_labelset(body, s, store), body.top_k)
+    return ClassifyInputs(images, await _classify_labelset(body, s, store), body.top_k, body.scores)
 
 
-def _classify_labelset(body: ClassifyRequest, s: Settings, store: LabelSetStore) -> LabelSet:
+def _given(**fields: Optional[str]) -> dict[str, str]:
+    """The form fields a request sent: an absent one takes the request model's default."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+async def _classify_labelset(body: ClassifyRequest, s: Settings, store: LabelSets) -> LabelSet:
     if body.labelset is not None:
         if body.labels is not None:
             raise InvalidField("give either `labels` or `labelset`, not both")
-        stored = store.require(body.labelset)
+        stored = await store.get(body.labelset)
         return LabelSet(stored.labels, stored.templates)
     if body.labels is None:
         raise InvalidField("labels: required (or name a stored `labelset`)", field="labels")

@@ -18,7 +18,7 @@ import re
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Awaitable, Callable, Iterator, Optional, Protocol, Union
 
 from service.errors import InvalidField, NotFound, PayloadTooLarge
 from service.limits import check_count
@@ -148,3 +148,44 @@ class LabelSetStore:
             pending.remove(text_bytes)
             if not pending:
                 del self._pending[name]
+
+
+class LabelSets(Protocol):
+    """What routes ask of the label sets, wherever they are kept: in this process (LocalLabelSets) or in the engine
+    processes (service/engine_client.py RemoteLabelSets, with CLIP_WORKERS >= 1)."""
+
+    async def get(self, name: str) -> StoredLabelSet: ...  # or 404
+
+    async def list(self) -> list[StoredLabelSet]: ...
+
+    async def delete(self, name: str) -> None: ...  # or 404
+
+    async def put(self, name: str, labelset: LabelSet, compute: Callable[[], Awaitable[object]],
+                  fingerprint: str) -> StoredLabelSet: ...
+
+
+class LocalLabelSets:
+    """A LabelSetStore behind the routes' async interface."""
+
+    def __init__(self, store: LabelSetStore):
+        self.store = store
+
+    async def get(self, name: str) -> StoredLabelSet:
+        return self.store.require(name)
+
+    async def list(self) -> list[StoredLabelSet]:
+        return self.store.values()
+
+    async def delete(self, name: str) -> None:
+        self.store.require(name)
+        self.store.delete(name)
+
+    async def put(self, name: str, labelset: LabelSet, compute: Callable[[], Awaitable[object]],
+                  fingerprint: str) -> StoredLabelSet:
+        """Store `labelset` under `name` once `compute()` (its classifier, into the cache) has finished. Room is held
+        from before the computation to the insert: concurrent PUTs cannot overshoot the limits."""
+        with self.store.reserve(name, labelset.text_bytes) as reservation:
+            await compute()
+            stored = StoredLabelSet(name, labelset.labels, labelset.templates, fingerprint)
+            reservation.commit(stored)
+        return stored

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from service.backends import Backend, load_backend
-from service.engine import Engine
+from service.batch_probe import probe_backend
+from service.engine import Engine, unset_limits
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.settings import Settings
@@ -31,6 +32,7 @@ class Lifecycle:
         self.fatal: Optional[str] = None
         self.inflight_requests = 0
         self.on_load_failure: Callable[[BaseException], None] = lambda exc: None  # __main__ exits the process
+        self.on_loaded: Callable[[Engine], None] = lambda engine: None  # before ready (service/engine_server.py)
         self._task: Optional[asyncio.Task] = None
 
     # --- start-up -------------------------------------------------------------------------------------------
@@ -42,7 +44,10 @@ class Lifecycle:
         start = time.perf_counter()
         try:
             backend = await loop.run_in_executor(self.inference_pool, self.backend_factory, self.settings)
-            engine = Engine(self.settings, backend, self.metrics, self.inference_pool, on_fatal=self.mark_fatal)
+            curves = await loop.run_in_executor(self.inference_pool, probe_backend, backend,
+                                                unset_limits(self.settings, backend), self.settings.batch_probe_s)
+            engine = Engine(self.settings, backend, self.metrics, self.inference_pool, on_fatal=self.mark_fatal,
+                            curves=curves)
             await loop.run_in_executor(self.inference_pool, backend.warmup, engine.images.max_batch,
                                        engine.texts.max_batch)
         except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with its cause
@@ -50,6 +55,7 @@ class Lifecycle:
             log.error(self.fatal)
             self.on_load_failure(exc)
             return
+        self.on_loaded(engine)
         self.engine = engine
         engine.start()
         self.ready = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -117,4 +118,5 @@ class AccessLog:
         client = scope.get("client") or ("-", 0)
         access_log.info(json.dumps({
             "method": scope["method"], "path": scope["path"], "endpoint": endpoint, "status": status,
-            "ms": round(seconds * 1000, 2), "items": scope.get("state", {}).get("items"), "client": client[0]}))
+            "ms": round(seconds * 1000, 2), "items": scope.get("state", {}).get("items"), "client": client[0],
+            "pid": os.getpid()}))  # which process served it (CLIP_WORKERS >= 1 runs several)

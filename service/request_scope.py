@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from service.engine import Engine
 from service.errors import ClientGone
-from service.labelset_store import LabelSetStore
+from service.labelset_store import LabelSets
 from service.lifecycle import Lifecycle
 from service.settings import Settings
 
@@ -30,7 +30,7 @@ def engine(request: Request) -> Engine:
     return lifecycle(request).require_engine()
 
 
-def labelsets(request: Request) -> LabelSetStore:
+def labelsets(request: Request) -> LabelSets:
     return request.app.state.labelsets
 
 

@@ -30,6 +30,10 @@ class ClassifyRequest(_Strict):
         None, description="prompt templates containing '{}', or a built-in set: 'openai_imagenet', 'simple'; "
                           "default 'a photo of a {}.'")
     top_k: Optional[int] = Field(None, ge=1, description="return only the k best labels per image")
+    scores: Literal["probability", "cosine"] = Field(
+        "probability", description="'probability': the model's own label probabilities (its `activation`: softmax "
+                                   "over the labels, or for sigmoid-loss models such as SigLIP one sigmoid per "
+                                   "label); 'cosine': the raw cosine similarity of image and label, for thresholds")
 
 
 class LabelSetRequest(_Strict):
@@ -46,12 +50,17 @@ class EmbeddingsResponse(BaseModel):
 
 class LabelScore(BaseModel):
     label: str
-    score: float
+    score: float = Field(..., description="a probability, or the cosine similarity when the request asked for "
+                                          "`scores: cosine`")
 
 
 class ClassifyResponse(BaseModel):
     model: str
     fingerprint: str
+    activation: Literal["softmax", "sigmoid"] = Field(
+        ..., description="the model's activation: 'softmax' over the labels (CLIP: an image's probabilities sum to "
+                         "1) or 'sigmoid' per label (SigLIP: each label on its own, multi-label)")
+    scores: Literal["probability", "cosine"] = Field(..., description="what `score` is, as the request asked")
     results: list[list[LabelScore]]
 
 
@@ -70,7 +79,11 @@ class InfoResponse(BaseModel):
     device: str
     precision: str
     context_length: int
+    activation: Literal["softmax", "sigmoid"] = Field(..., description="how /classify turns cosines into "
+                                                                        "probabilities")
     logit_scale: float
+    logit_bias: Optional[float] = Field(None, description="sigmoid models: sigmoid(logit_scale x cosine + "
+                                                          "logit_bias); null for softmax models")
     image_size: list[int]
     preprocess: dict
     batching: dict

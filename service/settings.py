@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import DEFAULT_MODEL  # the package, not models.factory: settings load no torch or open_clip
+
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
 class Settings(BaseSettings):
@@ -33,11 +36,23 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="CPU inference threads (0 = all cores)")
     preprocess_workers: int = Field(0, ge=0, description="image decode/resize threads (0 = cores, min 2)")
 
+    # --- processes (service/supervisor.py) -----------------------------------------------------------------
+    workers: int = Field(0, ge=0, le=64, description="HTTP front-end processes that parse and decode, beside one "
+                                                     "engine process per device; 0 = everything in one process")
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="devices to run an engine process on (comma-separated: cuda:0,cuda:1; "
+                                          "cpu); empty = CLIP_DEVICE. Needs CLIP_WORKERS >= 1")
+
     # --- batching ------------------------------------------------------------------------------------------
     image_max_batch: int = Field(32, ge=1, le=4096, description="most images per encoder call")
     image_max_wait_ms: float = Field(10.0, ge=0, le=1000, description="wait after the first image for more")
     text_max_batch: int = Field(64, ge=1, le=4096, description="most texts per encoder call")
     text_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait after the first text for more")
+    # every encoder call in the probe is a full batch of that size: a slow CPU model at batch 32 takes ~1 s per call,
+    # so the largest sizes are skipped when their estimated time would overrun this (the cap is then the knee of
+    # the sizes measured)
+    batch_probe_s: float = Field(3.0, ge=0, le=600, description="seconds (both towers together) to time batch sizes "
+                                                                "at warm-up and choose the max batches (0 = off)")
     max_queue: int = Field(256, ge=1, description="queued + in-flight items per modality before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="queue deadline per request; expired work -> 503")
 
@@ -97,8 +112,10 @@ class Settings(BaseSettings):
     url_allow_loopback_for_tests: bool = Field(False, description="UNSAFE, tests only: let URLs reach "
                                                                   "127.0.0.0/8 and ::1")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    otel: Optional[bool] = Field(None, description="OpenTelemetry tracing (service/tracing.py): true on, false off; "
+                                                   "unset: on when OTEL_TRACES_EXPORTER or an OTLP endpoint is set")
 
-    @field_validator("cors_origins", "public_paths", "url_allowed_hosts", mode="before")
+    @field_validator("cors_origins", "public_paths", "url_allowed_hosts", "devices", mode="before")
     @classmethod
     def _split_list(cls, v):  # accept "a,b" as well as JSON lists
         if isinstance(v, str):
@@ -119,6 +136,15 @@ class Settings(BaseSettings):
             raise ValueError("set CLIP_PRETRAINED or CLIP_CHECKPOINT, not both")
         if self.jpeg_decode == "cuda" and self.device == "cpu":
             raise ValueError("CLIP_JPEG_DECODE=cuda needs a CUDA device (CLIP_DEVICE=cuda or auto)")
+        for dev in self.devices:
+            if not _DEVICE.match(dev):
+                raise ValueError(f"CLIP_DEVICES: {dev!r} is not a device; use cpu, cuda or cuda:N (e.g. cuda:0,cuda:1)")
+        if len(self.devices) > 1 and self.workers == 0:
+            raise ValueError("CLIP_DEVICES names several devices, which needs an engine process per device: set "
+                             "CLIP_WORKERS >= 1")
+        if self.workers and self.jpeg_decode == "cuda":
+            raise ValueError("CLIP_JPEG_DECODE=cuda decodes in the process that holds the GPU; with CLIP_WORKERS >= 1 "
+                             "images are decoded in the front-end processes: use CLIP_JPEG_DECODE=cpu, or CLIP_WORKERS=0")
         if self.allow_urls and not self.url_allowed_hosts:
             raise ValueError("CLIP_ALLOW_URLS=true needs CLIP_URL_ALLOWED_HOSTS (e.g. 'images.example.com', "
                              "'*.example.com', or '*' for any public host)")
@@ -141,6 +167,10 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def engine_devices(self) -> list[str]:
+        """One entry per engine process: CLIP_DEVICES, or CLIP_DEVICE alone."""
+        return list(self.devices) or [self.device]
 
     def redacted(self) -> dict:
         d = self.model_dump()

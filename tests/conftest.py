@@ -59,3 +59,64 @@ def vit_b32_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vitb32") / "vit-b-32-random.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+# A sigmoid-loss (SigLIP-style) model's learned head. Scale above 100, so a clamp meant for CLIP would show; the
+# bias is positive because this small model's random towers give shape images and label prompts cosines of about
+# -0.2 to -0.1, and +22 puts those at probabilities between 0.01 and 0.9999 (trained SigLIP models, with positive
+# cosines for matches, learn a negative bias).
+SIGLIP_LOGIT_SCALE, SIGLIP_LOGIT_BIAS = 120.0, 22.0
+
+
+@pytest.fixture(scope="session")
+def siglip_dir(tmp_path_factory) -> Path:
+    """A small SigLIP-style open_clip model as a local checkpoint directory: the shapes-vit-xs towers with
+    `init_logit_bias` (so it carries a learned `logit_bias`, as open_clip's SigLIP configs do), open_clip's default
+    (CLIP BPE) tokenizer, random (seeded) weights."""
+    import json
+    import math
+
+    import open_clip
+
+    from models.checkpoint import save_checkpoint
+    from models.factory import CONFIG_DIR
+    from models.preprocess import PreprocessConfig
+
+    cfg = {**json.loads((CONFIG_DIR / "shapes-vit-xs.json").read_text()), "init_logit_bias": -10.0}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(SIGLIP_LOGIT_SCALE))
+        model.logit_bias.fill_(SIGLIP_LOGIT_BIAS)
+    return save_checkpoint(model, cfg, PreprocessConfig(size=(64, 64)), tmp_path_factory.mktemp("siglip") / "siglip-xs")
+
+
+@pytest.fixture(scope="session")
+def siglip(siglip_dir):
+    from models.factory import load_model
+
+    return load_model(str(siglip_dir))
+
+
+@pytest.fixture(scope="session")
+def open_clip_head():
+    """open_clip's own zero-shot arithmetic for a loaded model, one prompt per label:
+    head(loaded, PIL images, prompts) -> (cosines [N, C], probabilities [N, C]) as float64 numpy, the probabilities
+    torch.sigmoid(image_features @ text_features.T * logit_scale.exp() + logit_bias) for a model with a logit_bias,
+    the softmax over the labels of logit_scale.exp() x cosine otherwise."""
+    from models.preprocess import eval_transform
+
+    @torch.no_grad()
+    def head(loaded, images, prompts):
+        model = loaded.model
+        pixels = torch.stack([eval_transform(loaded.preprocess)(im.convert("RGB")) for im in images])  # [N, 3, H, W]
+        image_features = model.encode_image(pixels, normalize=True)  # [N, D]
+        text_features = model.encode_text(loaded.tokenizer(list(prompts)), normalize=True)  # [C, D]
+        cosines = image_features @ text_features.T
+        if getattr(model, "logit_bias", None) is not None:
+            probs = torch.sigmoid(image_features @ text_features.T * model.logit_scale.exp() + model.logit_bias)
+        else:
+            probs = (cosines * model.logit_scale.exp()).softmax(dim=-1)
+        return cosines.double().numpy(), probs.double().numpy()
+
+    return head

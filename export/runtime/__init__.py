@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from export.digest_record import RECORD_FILE
 from export.manifest import Manifest, read_manifest
 from export.runtime.base import Encoders, TowerRunner, Towers
 
@@ -30,8 +31,12 @@ def load_encoders(export_dir: str | Path, backend: str = "onnx", device: str = "
                   ort_providers: Sequence[str] | None = None) -> Encoders:
     """Open an export directory (manifest.json checked, sha256 of every file verified) for inference.
 
+    verify: hash every file the manifest lists, except those unchanged since they last matched (a record in the
+        cache directory: export/digest_record.py); `python -m export verify` always hashes them all.
+
     threads: CPU intra-op threads for ONNX Runtime (0 = one per core).
-    cache_dir: where ONNX Runtime's TensorRT execution provider keeps its engines (default <export_dir>/cache).
+    cache_dir: where ONNX Runtime's TensorRT execution provider keeps its engines, and the record of verified
+        files is kept (default <export_dir>/cache).
     max_batch: the largest batch of ONNX Runtime's TensorRT EP profiles.
     ort_providers: restrict ONNX Runtime to these execution providers (plus CPU), e.g. to measure the CUDA EP
         on a build that also has the TensorRT EP.
@@ -41,12 +46,12 @@ def load_encoders(export_dir: str | Path, backend: str = "onnx", device: str = "
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
     root = Path(export_dir)
-    manifest = read_manifest(root, verify=verify)
+    cache = Path(cache_dir) if cache_dir else None
+    manifest = read_manifest(root, verify=verify, record=(cache or root / "cache") / RECORD_FILE)
     if backend == "onnx":
         from export.runtime.ort import onnx_encoders
 
-        return onnx_encoders(root, manifest, device, threads, Path(cache_dir) if cache_dir else None, max_batch,
-                             ort_providers)
+        return onnx_encoders(root, manifest, device, threads, cache, max_batch, ort_providers)
     from export.runtime.trt import tensorrt_encoders
 
     return tensorrt_encoders(root, manifest, device)

@@ -22,6 +22,7 @@ from export.manifest import GraphSpec, Manifest
 from export.runtime.base import Encoders
 from export.runtime.deps import require_onnxruntime
 from export.runtime.gpu_libs import preload_tensorrt
+from export.runtime.heap import large_frees_returned
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,39 @@ def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], 
     return chosen + [CPU_EP], f"device=cuda, using {chosen[0]}" + (f"; {why}" if why else "")
 
 
-def session_options(ort: Any, threads: int):
-    """CPU settings: `threads` intra-op threads (0 = one per core), all graph optimisations, sequential."""
+def session_options(ort: Any, threads: int, shared_arena: bool = False):
+    """CPU settings: `threads` intra-op threads (0 = one per core), all graph optimisations, sequential; with
+    `shared_arena`, CPU memory from the arena registered by share_cpu_arena instead of one of its own."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(0, int(threads))  # 0 lets ORT use every physical core
     opts.inter_op_num_threads = 1  # towers are one chain of ops: no parallel branches to run
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
+    if shared_arena:
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
+
+
+_shared_arena: list[bool] = []  # share_cpu_arena's outcome, once per process
+
+
+def share_cpu_arena(ort: Any) -> bool:
+    """Register one CPU arena in ONNX Runtime's environment for sessions to share (once per process); False if it
+    could not be. The towers never run at once (the server has one inference thread), so one arena sized for the
+    larger one's activations serves both: ViT-B-32 fp32 run at batches 1-8 held 677 MiB against 705 MiB with an
+    arena per session, at the same speed (docs/benchmarks/README.md, "Lean serving")."""
+    if not _shared_arena:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            # max memory 0 (no cap), extend strategy 0 (next power of two: ORT's default), initial chunk and
+            # dead-bytes limit -1 (ORT's defaults): the arena each session would have made, made once
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, -1, -1))
+            _shared_arena.append(True)
+        except Exception as e:  # noqa: BLE001 - ORT's own error types; an arena per session still works
+            log.info("onnxruntime: no shared CPU arena (%s); each session keeps its own", e)
+            _shared_arena.append(False)
+    return _shared_arena[0]
 
 
 def disabled_optimizers(precision: str) -> list[str]:
@@ -110,8 +135,10 @@ class OrtTower:
         why = "; ".join(w for w in (why, skipped) if w)
         cache = (cache_dir or path.parent / "cache") / "ort-trt"
         opts = [provider_options(p, cache, spec.input, spec.input_shape, max_batch, precision) for p in wanted]
+        # GPU sessions keep their own arenas: sharing one was measured on CPU only
+        shared = device == "cpu" and share_cpu_arena(ort)
         with _engine_cache_lock(cache if TRT_EP in wanted else None):
-            self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision)
+            self.session = _open_session(ort, path, list(zip(wanted, opts)), threads, precision, shared)
         self.providers: list[str] = self.session.get_providers()  # what ORT actually enabled
         _require_started(ort, path, wanted, self.providers)
         _log_choice(path, device, wanted, self.providers, why)
@@ -143,11 +170,11 @@ def _engine_cache_lock(cache: Path | None):
     return exclusive_lock(cache, "building ONNX Runtime TensorRT engines") if cache else contextlib.nullcontext()
 
 
-def _open_session(ort: Any, path: Path, providers: list, threads: int, precision: str):
+def _open_session(ort: Any, path: Path, providers: list, threads: int, precision: str, shared_arena: bool):
     try:
         # enable_fallback=0: ORT would otherwise re-create a session that failed on a GPU provider (and re-run a
         # failed call) on CUDA/CPU alone, without the provider options and disabled optimisers given here.
-        return ort.InferenceSession(str(path), session_options(ort, threads), providers=providers,
+        return ort.InferenceSession(str(path), session_options(ort, threads, shared_arena), providers=providers,
                                     disabled_optimizers=disabled_optimizers(precision), enable_fallback=0)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
         raise ExportError(f"onnxruntime cannot load {path}: {e}. The file is damaged or not an ONNX graph; "
@@ -181,6 +208,10 @@ def onnx_encoders(root: Path, manifest: Manifest, device: str = "cpu", threads: 
         raise ExportError(f"{root} holds TensorRT engines, not ONNX graphs: load it with backend='tensorrt', "
                           f"or point at the ONNX export it was built from.")
     cache = cache or root / "cache"
-    towers = [OrtTower(root / spec.file, spec, device, threads, manifest.precision, cache, max_batch, only)
-              for spec in (manifest.image, manifest.text)]
-    return Encoders(manifest, root, *towers, device=device)
+    # The text tower first: a session peaks above what it keeps while it is built (ViT-B-32 fp32: text +96 MiB,
+    # image +35 MiB), and the later one's excess comes on top of the earlier one's whole size; this order peaked
+    # at 681 MiB against 741 MiB image first (docs/benchmarks/README.md, "Lean serving").
+    with large_frees_returned():  # what a session frees while it is built leaves the process (heap.py)
+        text, image = [OrtTower(root / spec.file, spec, device, threads, manifest.precision, cache, max_batch, only)
+                       for spec in (manifest.text, manifest.image)]
+    return Encoders(manifest, root, image, text, device=device)

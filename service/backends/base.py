@@ -12,6 +12,7 @@ import numpy as np
 
 from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer, exact_equivalent
+from models.zeroshot import Activation
 
 if TYPE_CHECKING:
     from export.runtime.base import Towers
@@ -57,10 +58,14 @@ class Backend(ABC):
     fingerprint: str
     embed_dim: int
     context_length: int
-    logit_scale: float
+    logit_scale: float  # exp(learned temperature)
+    logit_bias: float | None = None  # sigmoid-loss models (SigLIP) only: their label scores are sigmoids
     preprocess: PreprocessConfig
     tokenizer: Callable[..., Any]  # list[str] -> int64 [B, context_length]
     towers: "Towers"  # what encodes: eager torch, ONNX Runtime or TensorRT (export.runtime.base.Towers)
+    # time the encoders at warm-up to choose max batch sizes (service/batch_probe.py); test doubles leave it off
+    measure_batches: bool = False
+    recorded_max_batch: dict[str, int] = {}  # tower -> max batch an export recorded for this host (no probe then)
 
     @property
     def max_batch(self) -> int | None:
@@ -83,6 +88,12 @@ class Backend(ABC):
             return exact(texts)
         return np.asarray(self.tokenizer([clip_text(t, self.context_length) for t in texts]), dtype=np.int64)
 
+    @property
+    def activation(self) -> Activation:
+        """How this model's cosines become label probabilities: softmax, or sigmoid with its bias
+        (models/zeroshot.py)."""
+        return Activation(self.logit_scale, self.logit_bias)
+
     def warmup(self, image_batch: int, text_batch: int) -> None:
         """Run both encoders once at the largest batch sizes, so the first request pays nothing extra."""
         h, w = self.preprocess.size
@@ -92,5 +103,5 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_id, "fingerprint": self.fingerprint, "dimensions": self.embed_dim,
                 "backend": self.name, "device": self.device, "precision": self.precision,
-                "context_length": self.context_length, "logit_scale": round(self.logit_scale, 4),
+                "context_length": self.context_length, **self.activation.to_dict(),
                 "image_size": list(self.preprocess.size), "preprocess": self.preprocess.to_dict()}

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
+from export.batch_knee import cached_knees, recorded_knees
 from service.backends.base import Backend
 from service.settings import Settings
 
@@ -12,23 +14,37 @@ log = logging.getLogger("service.backends.export")
 
 
 class ExportBackend(Backend):
+    measure_batches = True
+
     def __init__(self, settings: Settings):
-        from export.manifest import read_manifest
+        from export.manifest import load_tokenizer, read_manifest
         from export.runtime import load_encoders
 
         self.name = settings.backend
-        precision = read_manifest(settings.export_dir, verify=False).precision  # load_encoders verifies the files
-        self.device = _device(settings, precision)
-        self.towers = self.encoders = load_encoders(
-            settings.export_dir, backend=settings.backend, device=self.device, threads=settings.threads,
-            max_batch=max(settings.image_max_batch, settings.text_max_batch))
+        manifest = read_manifest(settings.export_dir, verify=False)  # load_encoders verifies the files
+        self.device = _device(settings, manifest.precision)
+        # ONNX Runtime builds its sessions without holding the GIL: the tokenizer's tables (0.2-0.4 s of Python for
+        # CLIP's BPE) are built meanwhile; a load that fails still fails with load_encoders' error first
+        with ThreadPoolExecutor(1, thread_name_prefix="tokenizer") as pool:
+            tokenizer = pool.submit(load_tokenizer, manifest, settings.export_dir)
+            self.towers = self.encoders = load_encoders(
+                settings.export_dir, backend=settings.backend, device=self.device, threads=settings.threads,
+                max_batch=max(settings.image_max_batch, settings.text_max_batch))
+            self.tokenizer = tokenizer.result()
         m = self.encoders.manifest
         self.precision = m.precision
         _check_precision(settings, m.precision)
         self.model_id, self.fingerprint, self.embed_dim = m.model_id, m.fingerprint, m.embed_dim
-        self.context_length, self.logit_scale = m.context_length, float(m.logit_scale)
+        self.context_length = m.context_length
+        self.logit_scale, self.logit_bias = m.activation.logit_scale, m.activation.logit_bias
         self.preprocess = m.preprocess_config
-        self.tokenizer = self.encoders.tokenizer()
+        # the knee recorded for this host: by `python -m export bench --record` in the manifest, else by an earlier
+        # start's warm-up probe (service/batch_probe.py) in the export's cache
+        self.export_dir = settings.export_dir
+        self.recorded_max_batch = recorded_knees(m, self.device)
+        self.recorded_source = "manifest"
+        if not self.recorded_max_batch:
+            self.recorded_max_batch, self.recorded_source = cached_knees(settings.export_dir, self.device), "cache"
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
 
 

@@ -23,4 +23,5 @@ class TorchBackend(Backend):
         loaded = self.towers.loaded
         self.model_id, self.fingerprint = loaded.model_id, loaded.fingerprint
         self.embed_dim, self.context_length = loaded.embed_dim, loaded.context_length
-        self.logit_scale, self.preprocess, self.tokenizer = loaded.logit_scale, loaded.preprocess, loaded.tokenizer
+        self.logit_scale, self.logit_bias = loaded.logit_scale, loaded.logit_bias
+        self.preprocess, self.tokenizer = loaded.preprocess, loaded.tokenizer

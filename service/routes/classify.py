@@ -19,20 +19,25 @@ FORM_PARTS = {
     "labels": {"type": "array", "items": {"type": "string"}},
     "templates": {"type": "array", "items": {"type": "string"}},
     "labelset": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1},
+    "scores": {"type": "string", "enum": ["probability", "cosine"], "default": "probability"},
 }
 
 
 @router.post("/classify", response_model=ClassifyResponse, summary="Zero-shot classification",
              openapi_extra=body_doc("ClassifyRequest", FORM_PARTS))
 async def classify(request: Request) -> dict:
-    """Scores are the softmax over labels of logit_scale x cosine similarity, with prompt ensembling over the
+    """Scores are the model's own label probabilities (`activation` in the answer and in /info): for CLIP the
+    softmax over the labels of logit_scale x cosine similarity (an image's scores sum to 1); for models trained
+    with the sigmoid loss (SigLIP) sigmoid(logit_scale x cosine + logit_bias), each label on its own. With
+    `scores: cosine`, the raw cosine similarities instead. Each label's embedding is the prompt ensemble over the
     templates (mean of normalised template embeddings, renormalised). Default template: `a photo of a {}.`"""
     eng = engine(request)
     inputs = await parse_classify(request, settings(request), labelsets(request))
     labels, templates = inputs.labelset.labels, inputs.labelset.templates
-    probs = await until_done_or_gone(request, eng.classify(inputs.images, labels, templates))
+    scores = await until_done_or_gone(request, eng.classify(inputs.images, labels, templates, scores=inputs.scores))
     return {"model": eng.backend.model_id, "fingerprint": eng.backend.fingerprint,
-            "results": ranked(labels, probs, inputs.top_k)}
+            "activation": eng.backend.activation.name, "scores": inputs.scores,
+            "results": ranked(labels, scores, inputs.top_k)}
 
 
 def ranked(labels: tuple[str, ...], probs: np.ndarray, top_k: Optional[int]) -> list[list[dict]]:

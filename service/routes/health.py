@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.request_scope import lifecycle, settings
 from service.schemas import InfoResponse
@@ -36,7 +36,8 @@ async def info(request: Request) -> dict:
     return {**engine.backend.describe(), "ready": lc.is_ready(),
             "batching": {"image_max_batch": engine.images.max_batch, "image_max_wait_ms": s.image_max_wait_ms,
                          "text_max_batch": engine.texts.max_batch, "text_max_wait_ms": s.text_max_wait_ms,
-                         "max_queue": s.max_queue, "request_timeout_s": s.request_timeout_s},
+                         "max_queue": s.max_queue, "request_timeout_s": s.request_timeout_s,
+                         "measured": {m: c.to_dict() for m, c in engine.curves.items()}},
             "limits": {"max_body_bytes": s.max_body_bytes, "max_images_per_request": s.max_images_per_request,
                        "max_texts_per_request": s.max_texts_per_request, "max_labels": s.max_labels,
                        "max_templates": s.max_templates, "max_prompts": s.max_prompts,
@@ -46,4 +47,4 @@ async def info(request: Request) -> dict:
 
 @router.get("/metrics", summary="Prometheus exposition", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

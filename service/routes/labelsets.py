@@ -7,7 +7,6 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth import require_api_key
 from service.inputs import parse_labelset, parse_labelset_name
-from service.labelset_store import StoredLabelSet
 from service.request_scope import engine, labelsets, settings, until_done_or_gone
 from service.schemas import ERROR_RESPONSES, LabelSetInfo, body_doc
 
@@ -21,28 +20,24 @@ async def put_labelset(name: str, request: Request) -> dict:
     name = parse_labelset_name(name)
     eng = engine(request)
     labelset = await parse_labelset(request, settings(request))  # 413 (too many prompts) before room is reserved
-    # room is held from before the computation to the insert: concurrent PUTs cannot overshoot the limits
-    with labelsets(request).reserve(name, labelset.text_bytes) as reservation:
-        await until_done_or_gone(request, eng.classifier(labelset.labels, labelset.templates))
-        stored = StoredLabelSet(name, labelset.labels, labelset.templates, eng.backend.fingerprint)
-        reservation.commit(stored)
+    compute = lambda: eng.classifier(labelset.labels, labelset.templates)  # noqa: E731
+    stored = await until_done_or_gone(request, labelsets(request).put(name, labelset, compute,
+                                                                      eng.backend.fingerprint))
     return stored.info()
 
 
 @router.get("/labelsets", summary="List label sets")
 async def list_labelsets(request: Request) -> dict:
     return {"labelsets": [{"name": ls.name, "n_labels": len(ls.labels), "n_templates": len(ls.templates)}
-                          for ls in labelsets(request).values()]}
+                          for ls in await labelsets(request).list()]}
 
 
 @router.get("/labelsets/{name}", response_model=LabelSetInfo, summary="Show a label set")
 async def get_labelset(name: str, request: Request) -> dict:
-    return labelsets(request).require(name).info()
+    return (await labelsets(request).get(name)).info()
 
 
 @router.delete("/labelsets/{name}", status_code=204, summary="Delete a label set")
 async def delete_labelset(name: str, request: Request) -> Response:
-    store = labelsets(request)
-    store.require(name)
-    store.delete(name)
+    await labelsets(request).delete(name)
     return Response(status_code=204)

@@ -77,3 +77,11 @@ def copy_export(tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def siglip_export(siglip, siglip_dir, tmp_path_factory) -> tuple[Path, Manifest]:
+    """fp32 ONNX export of the SigLIP-style checkpoint (tests/conftest.py), parity checked on the way."""
+    from export.source import source_spec
+
+    return _export(siglip, source_spec(str(siglip_dir)), tmp_path_factory.mktemp("siglip-fp32"))

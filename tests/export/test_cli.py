@@ -56,3 +56,22 @@ def test_bench_writes_a_table_and_json(bundled_export, tmp_path, capsys):
     assert {(r["tower"], r["backend"], r["batch"]) for r in rows} == {
         (t, b, n) for t in ("image", "text") for b in ("torch", "onnx") for n in (1, 4)}
     assert all(r["items_per_s"] > 0 for r in rows)
+
+
+def test_bench_record_writes_each_towers_knee_for_this_host(bundled_export, copy_export, capsys):
+    from export.batch_knee import host_id, recorded_knees
+    from export.manifest import read_manifest
+
+    root = copy_export(bundled_export[0])
+    assert main(["bench", str(root), "--backends", "onnx", "--batch-sizes", "1,2,4", "--seconds", "0.05",
+                 "--record"]) == 0
+    assert "recorded in" in capsys.readouterr().out
+    manifest = read_manifest(root)  # still a valid export: every hashed file unchanged
+    record = manifest.batch_knees["cpu"]
+    assert record["host"] == host_id("cpu")
+    for tower in ("image", "text"):
+        curve = {int(n): r for n, r in record[tower]["items_per_s"].items()}
+        assert set(curve) == {1, 2, 4} and record[tower]["max_batch"] in curve
+        assert curve[record[tower]["max_batch"]] >= 0.95 * max(curve.values())
+    assert recorded_knees(manifest, "cpu") == {t: record[t]["max_batch"] for t in ("image", "text")}
+    assert recorded_knees(manifest, "cuda") == {}  # nothing recorded for that device

@@ -79,6 +79,21 @@ def test_onnx_server_imports_no_torch_torchvision_or_open_clip(bundled_export, b
     assert answers["classify"]["fingerprint"] == manifest.fingerprint
 
 
+def test_a_sigmoid_model_export_serves_its_sigmoid_without_torch(siglip_export, siglip, open_clip_head, tmp_path):
+    """A SigLIP-style export carries its logit scale and bias (manifest.json): served without PyTorch, /classify gives
+    open_clip's sigmoid(logit_scale x cosine + logit_bias) per label, not a softmax."""
+    export_dir, manifest = siglip_export
+    assert manifest.activation == siglip.activation and manifest.activation.name == "sigmoid"
+    heavy, answers = serve_and_probe(export_dir, tmp_path)
+    assert heavy == [], f"the onnx server loaded {heavy}"
+    body = answers["classify"]
+    assert body["activation"] == "sigmoid" and body["scores"] == "probability"
+    labels = ["a cat", "a rocket"]  # serve_and_probe's, with the default template
+    _, expected = open_clip_head(siglip, [Image.open(PHOTOS[0])], [f"a photo of a {x}." for x in labels])
+    got = [{x["label"]: x["score"] for x in body["results"][0]}[label] for label in labels]
+    np.testing.assert_allclose(got, expected[0], rtol=2e-3, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_vit_b_32_onnx_server_imports_no_torch(vitb32_export, tmp_path):
     heavy, answers = serve_and_probe(vitb32_export[0], tmp_path)

@@ -21,13 +21,15 @@ def test_manifest_is_complete(bundled_export, bundled):
     data = json.loads((root / MANIFEST_FILE).read_text())
     for f in fields(Manifest):
         assert f.name in data, f.name
-        if f.name not in ("tensorrt", "quantization"):  # only engine directories / int8 exports fill them
+        # engines / int8 / sigmoid-loss models / `bench --record` fill these
+        if f.name not in ("tensorrt", "quantization", "logit_bias", "batch_knees"):
             assert data[f.name] not in (None, "", {}, []), f.name
     assert data["kind"] == "onnx" and data["precision"] == "fp32" and data["format_version"] == 1
     assert data["model_id"] == bundled.model_id and data["fingerprint"] == bundled.fingerprint
     assert data["embed_dim"] == bundled.embed_dim == 128
     assert data["context_length"] == bundled.context_length == 24
     assert data["logit_scale"] == pytest.approx(bundled.logit_scale)
+    assert data["logit_bias"] is None  # CLIP: softmax over the labels
     assert set(data["preprocess"]) == {f.name for f in fields(PreprocessConfig)}
     assert data["opset"] >= 17
     assert set(data["files"]) == {"image.onnx", "text.onnx", "open_clip_config.json", CLIP_BPE_VOCAB}
@@ -95,6 +97,14 @@ def test_an_old_export_without_open_clip_is_refused_with_the_remedy(bundled_expo
 def test_round_trip(bundled_export):
     root, manifest = bundled_export
     assert read_manifest(root) == manifest
+
+
+def test_the_logit_bias_round_trips_and_an_export_without_one_scores_with_a_softmax(bundled_export):
+    data = bundled_export[1].to_dict()
+    sigmoid = Manifest.from_dict({**data, "logit_bias": -12.5})
+    assert sigmoid.activation.name == "sigmoid" and sigmoid.activation.logit_bias == -12.5
+    older = {k: v for k, v in data.items() if k != "logit_bias"}  # written before the field existed
+    assert Manifest.from_dict(older).activation.name == "softmax"
 
 
 @pytest.mark.parametrize("name", ["image.onnx", "text.onnx", "open_clip_config.json"])

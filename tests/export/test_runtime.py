@@ -59,6 +59,16 @@ def test_thread_setting_is_applied(bundled_export):
     assert enc.max_batch is None
 
 
+def test_cpu_towers_share_one_arena(bundled_export):
+    """Both sessions take CPU memory from the one arena registered in ONNX Runtime's environment (export/runtime/ort.py
+    share_cpu_arena): the towers never run at once, so one arena sized for the larger serves both."""
+    enc = load_encoders(bundled_export[0], device="cpu")
+    for tower in (enc.image, enc.text):
+        assert tower.session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+    out = enc.encode_image(np.zeros((2, 3, 64, 64), np.float32))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
+
+
 def test_fp16_export_takes_float32_and_float64_and_returns_float32(bundled_export_fp16):
     enc = load_encoders(bundled_export_fp16[0])
     for dtype in (np.float32, np.float64):

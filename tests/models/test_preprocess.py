@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.preprocess import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, PreprocessConfig, eval_pixels, eval_transform
+from models.preprocess import (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, PreprocessConfig, eval_pixels, eval_transform,
+                               eval_uint8, normalise)
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "export" / "parity_images").glob("*.jpg"))
@@ -50,6 +51,22 @@ def test_equals_open_clips_transform_on_photos_and_odd_sizes(name):
         assert np.abs(ours - theirs).max() <= 1e-5, (name, img.size)
         compared += 1
     assert compared >= len(PHOTOS) + len(ODD_SIZES) - 2
+
+
+@pytest.mark.parametrize("name", ["shortest", "longest", "squash-bilinear"])
+def test_uint8_then_normalise_as_a_batch_is_the_float_path_bit_for_bit(name):
+    """The split server decodes to uint8 in one process and normalises whole batches in another: the result must be
+    the per-image float arithmetic exactly (ToTensor's /255, then subtract mean, divide by std, in float32)."""
+    pre = CONFIGS[name]
+    imgs = images()
+    rgb = np.stack([eval_uint8(img, pre) for img in imgs])  # [B, H, W, 3]
+    assert rgb.dtype == np.uint8 and rgb.shape == (len(imgs), *pre.size, 3)
+    batch = normalise(rgb, pre)  # [B, 3, H, W]
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    for i, img in enumerate(imgs):
+        by_hand = (rgb[i].transpose(2, 0, 1).astype(np.float32) / np.float32(255) - mean) / std
+        assert np.array_equal(batch[i], by_hand) and np.array_equal(batch[i], eval_pixels(img, pre)), (name, i)
 
 
 def test_the_copied_constants_are_open_clips():

@@ -37,6 +37,16 @@ def _allowed(gate: Path) -> int:
     return int(path.read_text()) if path.exists() else 0
 
 
+class GatedFactory:
+    """gated_factory(gate) as a picklable object: with CLIP_WORKERS >= 1 it is sent to the engine process."""
+
+    def __init__(self, gate: Path):
+        self.gate = gate
+
+    def __call__(self, settings):
+        return gated_factory(self.gate)(settings)
+
+
 def gated_factory(gate: Path):
     """A backend factory: waits for the load gate, then builds the torch backend with held encoders."""
     from service.backends.torch_backend import TorchBackend
@@ -66,13 +76,8 @@ def gated_factory(gate: Path):
 
 def main() -> int:
     import service.__main__ as entry
-    import service.app as app_module
 
-    factory = gated_factory(Path(os.environ[GATE_ENV]))
-    real_create_app = app_module.create_app
-    # entry.main() imports create_app from service.app when it runs: hand it ours, with the held backend
-    app_module.create_app = lambda settings=None: real_create_app(settings, backend_factory=factory)
-    return entry.main()
+    return entry.main(backend_factory=GatedFactory(Path(os.environ[GATE_ENV])))
 
 
 class GatedServer(BenchServer):

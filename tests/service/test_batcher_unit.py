@@ -248,3 +248,32 @@ def test_expired_and_abandoned_items_are_not_computed():
     (exp, ab), dropped, depth = run(go())
     assert isinstance(exp, DeadlineExceeded) and isinstance(ab, asyncio.CancelledError)
     assert dropped == 1 and depth == 0 and enc.calls == []
+
+
+def test_two_batches_in_flight_overlap_and_each_item_gets_its_own_answer():
+    """in_flight = 2 (a CUDA engine process): a second batch starts while the first is still in the encoder; with
+    in_flight = 1 the second would wait, and the barrier below would never be passed by two calls."""
+    import threading
+
+    both_in = threading.Barrier(2, timeout=10)
+
+    def encode(batch: np.ndarray) -> np.ndarray:
+        both_in.wait()  # returns only once two encoder calls are in at the same time
+        return batch * 2.0
+
+    async def go():
+        pool = ThreadPoolExecutor(2)
+        b = Batcher("image", encode, pool, Metrics(), max_batch=2, max_wait_s=0.0, max_queue=16)
+        b.in_flight = 2
+        b.start()
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(b.submit([np.array([1.0]), np.array([2.0])], loop.time() + 30))
+        await asyncio.sleep(0)  # the first batch is collected alone
+        second = asyncio.ensure_future(b.submit([np.array([3.0])], loop.time() + 30))
+        out = await asyncio.wait_for(asyncio.gather(first, second), 20)
+        depth = b.depth
+        await b.stop()
+        pool.shutdown()
+        return [[float(x[0]) for x in r] for r in out], depth
+
+    assert run(go()) == ([[2.0, 4.0], [6.0]], 0)

@@ -36,6 +36,16 @@ def strict_server(bundled_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def patient_server(bundled_dir, tmp_path_factory):
+    """As strict_server but with a deadline no decode reaches: when its decodes stop, the client's leaving did it."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_REQUEST_TIMEOUT_S": "600",
+                          "CLIP_PREPROCESS_WORKERS": "1"},
+                         tmp_path_factory.mktemp("deadlines") / "patient.log").wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def slow_png() -> bytes:
     """39.6 MP RGBA (under the 40 MP cap) in 167 KB: ~0.35 s to decode, reduce and composite on one core here, so 64
     (10.7 MB, under the body cap) take ~10x the 2 s deadline; a host several times faster still cannot fit them."""
@@ -100,22 +110,23 @@ def test_images_that_cannot_make_the_deadline_fail_fast(strict_server, slow_png)
     assert elapsed < all_decodes_s / 1.5, (elapsed, all_decodes_s)
 
 
-def test_a_client_that_leaves_stops_its_pending_decodes(strict_server, slow_png):
-    drain_pool(strict_server)
-    before = counts(strict_server)
-    request = httpx.Request("POST", strict_server.url + "/embed/image",
+def test_a_client_that_leaves_stops_its_pending_decodes(patient_server, slow_png):
+    """On a loaded machine one decode can outlast strict_server's 2 s deadline; here only the leaving can stop them."""
+    drain_pool(patient_server)
+    before = counts(patient_server)
+    request = httpx.Request("POST", patient_server.url + "/embed/image",
                             files=[("file", (f"{i}.png", slow_png)) for i in range(N_IMAGES)])
     body = request.read()
     head = f"POST /embed/image HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
     head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
-    url = urlparse(strict_server.url)
+    url = urlparse(patient_server.url)
     with socket.create_connection((url.hostname, url.port)) as sock:
         sock.sendall(head.encode() + body)
         limit = time.monotonic() + 60
-        while delta(counts(strict_server), before)["decoded"] < 1:  # decoding has begun: now leave
+        while delta(counts(patient_server), before)["decoded"] < 1:  # decoding has begun: now leave
             assert time.monotonic() < limit
             time.sleep(0.02)
-    d = settle(strict_server, before, N_IMAGES)
+    d = settle(patient_server, before, N_IMAGES)
     assert d["decoded"] <= N_IMAGES // 4, f"decodes went on after the client left: {d}"
     assert d["dropped"] >= N_IMAGES - N_IMAGES // 4 and d["deadline"] == 0, d
 

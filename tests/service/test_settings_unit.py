@@ -42,25 +42,21 @@ def test_model_that_fails_to_load_exits_non_zero_with_the_cause(tmp_path):
     assert r.returncode == 1 and "unknown model 'ViT-Nope'" in r.stderr
 
 
-def test_onnx_on_cpu_caps_batches_at_8_unless_the_user_sets_them(monkeypatch):
-    from types import SimpleNamespace
-
-    from service.engine import max_batch
-
-    for name in ("CLIP_IMAGE_MAX_BATCH", "CLIP_TEXT_MAX_BATCH"):
-        monkeypatch.delenv(name, raising=False)
-    ort_cpu = SimpleNamespace(name="onnx", device="cpu", max_batch=None)
-    torch_cpu = SimpleNamespace(name="torch", device="cpu", max_batch=None)
-    trt = SimpleNamespace(name="tensorrt", device="cuda", max_batch=16)
-    s = Settings()
-    assert (max_batch(s, ort_cpu, "image"), max_batch(s, ort_cpu, "text")) == (8, 8)
-    assert (max_batch(s, torch_cpu, "image"), max_batch(s, torch_cpu, "text")) == (32, 64)
-    assert max_batch(s, trt, "text") == 16  # the engine's own profile limit wins
-    monkeypatch.setenv("CLIP_IMAGE_MAX_BATCH", "32")
-    assert max_batch(Settings(), ort_cpu, "image") == 32  # set explicitly: respected
-
-
 def test_every_setting_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     missing = [f"CLIP_{name.upper()}" for name in Settings.model_fields if f"`CLIP_{name.upper()}`" not in readme]
     assert not missing, f"settings missing from README's table: {missing}"
+
+
+def test_process_settings_are_checked(monkeypatch):
+    monkeypatch.setenv("CLIP_DEVICES", "cuda:0, cuda:1")
+    monkeypatch.setenv("CLIP_WORKERS", "2")
+    assert Settings().engine_devices() == ["cuda:0", "cuda:1"]
+    monkeypatch.delenv("CLIP_DEVICES")
+    assert Settings(device="cpu").engine_devices() == ["cpu"]  # one engine, on CLIP_DEVICE
+    with pytest.raises(ValidationError, match="CLIP_DEVICES: 'gpu0' is not a device"):
+        Settings(devices="gpu0")
+    with pytest.raises(ValidationError, match="set CLIP_WORKERS >= 1"):
+        Settings(devices="cuda:0,cuda:1", workers=0)
+    with pytest.raises(ValidationError, match="CLIP_JPEG_DECODE=cpu, or CLIP_WORKERS=0"):
+        Settings(jpeg_decode="cuda", device="cuda", workers=1)

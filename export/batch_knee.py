@@ -1,0 +1,113 @@
+"""The knee of a batch-size curve, and the record of one in manifest.json: shared by `python -m export bench
+--record` and the server's warm-up probe (service/batch_probe.py). Imports neither torch nor onnxruntime.
+
+The knee is the smallest batch within KNEE_SHARE of the best items/s: nearly all of the throughput at the lowest
+latency a batch costs. A knee holds for the machine it was measured on, so a recorded one names its host, and the
+server uses it only on the same host (same CPU model and core count; on CUDA, the same GPU model too).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+from export.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+KNEE_SHARE = 0.95  # a batch that reaches 95% of the best items/s is big enough: larger ones add latency, not speed
+
+
+def knee(items_per_s: dict[int, float], share: float = KNEE_SHARE) -> int:
+    """The smallest batch size whose items/s reaches `share` of the best measured."""
+    best = max(items_per_s.values())
+    return min(n for n, rate in items_per_s.items() if rate >= share * best)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_model() -> str:
+    """The first GPU's name from nvidia-smi (no CUDA library loaded), or "" when there is none to ask."""
+    if not shutil.which("nvidia-smi"):
+        return ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def host_id(device: str) -> str:
+    """What a knee depends on besides the model: the CPU (model, cores this process may use) and, on CUDA, the GPU."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    host = f"{_cpu_model()} x{cores}"
+    return f"{host}; {_gpu_model()}" if device == "cuda" else host
+
+
+def with_knees(manifest: Manifest, device: str, curves: dict[str, dict[int, float]]) -> Manifest:
+    """The manifest with the knee of each tower's curve (tower -> batch -> items/s) recorded for this host."""
+    record = {"host": host_id(device), "knee_share": KNEE_SHARE,
+              **{tower: {"max_batch": knee(curve), "items_per_s": {str(n): round(r, 1) for n, r in curve.items()}}
+                 for tower, curve in curves.items()}}
+    return replace(manifest, batch_knees={**(manifest.batch_knees or {}), device: record})
+
+
+def recorded_knees(manifest: Manifest, device: str) -> dict[str, int]:
+    """tower -> max batch recorded for `device` on this host; {} when none was, or on another host."""
+    record = (manifest.batch_knees or {}).get(device)
+    if not record or record.get("host") != host_id(device):
+        return {}
+    return {t: int(record[t]["max_batch"]) for t in ("image", "text") if t in record}
+
+
+KNEES_CACHE = Path("cache") / "batch_knees.json"  # under an export directory, beside verified.json
+
+
+def cached_knees(export_dir: Path | str, device: str) -> dict[str, int]:
+    """tower -> max batch an earlier start's warm-up probe measured for `device` on this host; {} when none did.
+
+    The probe delays readiness by up to CLIP_BATCH_PROBE_S; remembering its knees means a restart on the same host
+    (the usual case: a container restarted, a pod rescheduled on the same machine type) is ready without it."""
+    try:
+        record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if record.get("host") != host_id(device):
+        return {}
+    return {t: int(record[t]) for t in ("image", "text") if isinstance(record.get(t), int) and record[t] > 0}
+
+
+def cache_knees(export_dir: Path | str, device: str, knees: dict[str, int]) -> None:
+    """Remember a complete probe's knees for this host; a read-only export directory just means the next start
+    probes again."""
+    from export.cache_files import write_atomic
+
+    path = Path(export_dir) / KNEES_CACHE
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old = old if isinstance(old, dict) else {}
+    except (OSError, ValueError):
+        old = {}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({**old, device: {"host": host_id(device), **knees}}, indent=1).encode())
+    except OSError as exc:
+        log.info("batch knees not remembered in %s: %s", path, exc)

@@ -1,0 +1,124 @@
+"""Batch size caps from measurement: time an encoder at batch 1, 2, 4, ... up to its limit and take the knee
+(export/batch_knee.py).
+
+A constant tuned on one machine is wrong on the next: ONNX Runtime's ViT-B-32 image tower peaked at batch 8 on one
+2-core machine and kept gaining to 32 on another (22 / 27.6 / 30.0 / 31.0 img/s at 1 / 8 / 16 / 32). The knee, the
+smallest batch within KNEE_SHARE of the best throughput, keeps nearly all of the throughput at the lowest latency a
+batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S (both towers together); CLIP_{IMAGE,TEXT}_MAX_BATCH set
+explicitly win.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from export.batch_knee import KNEE_SHARE, cache_knees, knee
+
+log = logging.getLogger("service.batch_probe")
+
+CALLS = 3  # timed calls per size after its first (the first call of a new shape pays allocations); the fastest counts
+# A real encoder does not lose half its items/s when the batch doubles (its call would take 4x as long): a size that
+# measures like that was disturbed (other processes, a GC pause), and is timed again up to RETRIES times
+DROP_SHARE, RETRIES = 0.5, 2
+
+Timer = Callable[[], float]
+
+
+@dataclass
+class BatchCurve:
+    """Items/s per batch size of one tower, and the cap taken from it."""
+
+    modality: str
+    items_per_s: dict[int, float] = field(default_factory=dict)  # batch size -> best items/s measured
+    complete: bool = True  # False when the time budget ran out before the largest size
+    cap: Optional[int] = None
+    source: str = "warm-up"  # or "manifest": recorded for this host by `export bench --record` or an earlier probe
+
+    def to_dict(self) -> dict:
+        return {"max_batch": self.cap, "source": self.source, "complete": self.complete,
+                "items_per_s": {str(n): round(r, 1) for n, r in self.items_per_s.items()}}
+
+
+def sizes_up_to(limit: int) -> list[int]:
+    """1, 2, 4, ... below `limit`, then `limit` itself."""
+    out, n = [], 1
+    while n < limit:
+        out.append(n)
+        n *= 2
+    return out + [limit]
+
+
+def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[np.ndarray], object], limit: int,
+            budget_s: float, timer: Timer = time.perf_counter, calls: int = CALLS) -> BatchCurve:
+    """Time `encode(make(n))` (one encoder call on a batch of n, its input made beforehand) for n in
+    sizes_up_to(limit), smallest first, and take the knee. A size whose estimated cost (from the last size's time per
+    item) would overrun `budget_s` is not run: the curve is then incomplete, and the cap the knee of the sizes that
+    were, or `limit` where the last of them was still the best."""
+    curve = BatchCurve(modality)
+    start = timer()
+    per_item = 0.0
+    for n in sizes_up_to(limit):
+        if curve.items_per_s and timer() - start + per_item * n * (calls + 1) > budget_s:
+            curve.complete = False
+            break
+        x = make(n)
+        encode(x)  # a new shape's first call: allocations, not steady state
+        rate = 0.0
+        for _ in range(1 + RETRIES):
+            rate = max(rate, n / max(_fastest(encode, x, calls, timer), 1e-9))
+            if not curve.items_per_s or rate >= DROP_SHARE * max(curve.items_per_s.values()):
+                break
+        curve.items_per_s[n] = rate
+        per_item = 1 / rate
+    curve.cap = knee(curve.items_per_s)
+    if not curve.complete and curve.cap == max(curve.items_per_s):
+        curve.cap = limit  # still gaining when the budget ran out: nothing measured says a smaller batch is enough
+    return curve
+
+
+def _fastest(encode: Callable[[np.ndarray], object], x: np.ndarray, calls: int, timer: Timer) -> float:
+    best = float("inf")
+    for _ in range(calls):
+        t0 = timer()
+        encode(x)
+        best = min(best, timer() - t0)
+    return best
+
+
+def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer = time.perf_counter
+                  ) -> dict[str, BatchCurve]:
+    """A curve and cap per tower in `limits` (modality -> largest batch allowed): the knee the export recorded for
+    this host when it has one, else timed on the backend's encoders."""
+    curves = {}
+    for modality, cap in getattr(backend, "recorded_max_batch", {}).items():
+        if modality in limits:
+            source = getattr(backend, "recorded_source", "manifest")  # or "cache": an earlier start's probe
+            curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source=source)
+            log.info("%s max batch %d: the knee recorded for this host (%s: %d), within %d",
+                     modality, curves[modality].cap, source, cap, limits[modality])
+    todo = [m for m in limits if m not in curves]
+    per_tower = budget_s / max(1, len(todo))  # the budget is the whole probe's: it delays readiness
+    h, w = backend.preprocess.size
+    towers = {"image": (lambda n: np.zeros((n, 3, h, w), dtype=np.float32), backend.encode_image),  # [n, 3, H, W]
+              "text": (lambda n: backend.tokenize(["a photo of a red circle"] * n), backend.encode_text)}  # [n, L]
+    for modality in todo:
+        curve = curves[modality] = measure(modality, *towers[modality], limits[modality], per_tower, timer)
+        log.info("%s encoder items/s by batch size: %s%s -> max batch %d (the smallest within %.0f%% of the best)",
+                 modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),
+                 "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,
+                 100 * KNEE_SHARE)
+    _remember(backend, {m: c for m, c in curves.items() if m in todo})
+    return curves
+
+
+def _remember(backend, measured: dict[str, BatchCurve]) -> None:
+    """Keep the knees of complete curves in an export's cache, so a restart on this host skips the probe."""
+    knees = {m: c.cap for m, c in measured.items() if c.complete and c.cap}
+    export_dir = getattr(backend, "export_dir", None)
+    if knees and export_dir is not None:
+        cache_knees(export_dir, backend.device, knees)

@@ -1,0 +1,422 @@
+"""The front-end process's side of the split (CLIP_WORKERS >= 1): links to the engine processes, and the
+Engine, Lifecycle and label sets that routes use, backed by them.
+
+A front-end parses, authorises, limits, decodes images to uint8 and tokenises texts; everything that must be one
+for the whole server (queue capacity, batchers, caches, label sets, the model) is in the engine processes
+(service/engine_server.py). Routes are the same as in one process: RemoteEngine is an Engine whose request-side
+steps (decoding in a thread pool, deadlines, /v1's mixed lists, classify = classifier + images + scores) are
+Engine's own, and whose batcher and cache steps are calls to an engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
+
+import numpy as np
+import zmq
+
+from models.preprocess import PreprocessConfig
+from models.tokenizer import ClipTokenizer
+from service.backends.base import Backend
+from service.engine import Engine
+from service.errors import ApiError, BackendFailure, NotReady
+from service.images import ImagePreprocessor
+from service.ipc import LoopSocket, pack, raise_error, unpack
+from service.labelset_store import LabelSet, StoredLabelSet
+from service.lifecycle import Lifecycle
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("service.engine_client")
+
+HEARTBEAT_S = 0.25  # how often each front-end pings each engine
+# An engine that has not answered a ping for this long is taken for dead: /readyz 503, calls fail with 503. Its event
+# loop only waits on the socket and on the inference thread, so this is far above any healthy answer time.
+HEARTBEAT_TIMEOUT_S = 5.0
+
+
+@dataclass
+class BackendInfo:
+    """The model as routes see it (Backend's descriptive attributes), as the engine process reported it."""
+
+    name: str
+    device: str
+    precision: str
+    model_id: str
+    fingerprint: str
+    embed_dim: int
+    context_length: int
+    logit_scale: float
+    logit_bias: Optional[float]
+    preprocess: PreprocessConfig
+    details: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)  # the backend's other plain attributes
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "BackendInfo":
+        pre = info["preprocess"]
+        preprocess = PreprocessConfig(**{**pre, "size": tuple(pre["size"]), "mean": tuple(pre["mean"]),
+                                         "std": tuple(pre["std"])})
+        return cls(info["name"], info["device"], info["precision"], info["model_id"], info["fingerprint"],
+                   info["embed_dim"], info["context_length"], info["logit_scale"], info["logit_bias"], preprocess,
+                   info["describe"], info.get("attributes", {}))
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set above
+        try:
+            return self.__dict__["attributes"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.details)
+
+    # Backend's own property where it has one (how label scores are activated, from logit_scale and logit_bias):
+    # a front-end scores as the engine's backend would
+    activation = vars(Backend).get("activation")
+
+
+class EngineLink:
+    """One DEALER socket to one engine process: calls matched to replies by id, a heartbeat, and the load this
+    front-end has put on it."""
+
+    def __init__(self, ctx: zmq.Context, address: str, index: int):
+        self.address, self.index, self.ctx = address, index, ctx
+        self.sock: Optional[LoopSocket] = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._early: dict[int, tuple[dict, list]] = {}  # replies that came before their caller waited
+        self.status: dict[str, Any] = {}
+        self.last_seen = time.monotonic()
+        self.outstanding = 0  # items this front-end has sent and not had back
+        self.dead: Optional[str] = None  # why calls to it fail now
+        self.final = False  # dead for good (its process exited), not just slow to answer
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        self.sock = LoopSocket(sock, self._received)
+        self._tasks = [asyncio.ensure_future(self._heartbeat())]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.sock is not None:
+            self.sock.close()
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def _received(self, frames: list) -> None:
+        header, arrays = unpack(frames)
+        rid = header.get("id", 0)
+        waiter = self._pending.pop(rid, None)
+        if waiter is None:
+            self._early[rid] = (header, arrays)
+        elif not waiter.done():
+            waiter.set_result((header, arrays))
+
+    def cancel(self, rid: int) -> None:
+        """Tell the engine that nobody waits for request `rid` any more (its queued items are dropped)."""
+        self._early.pop(rid, None)
+        try:
+            self.sock.send(pack({"op": "cancel", "id": rid}))  # type: ignore[union-attr]
+        except BackendFailure:
+            pass  # the engine is gone: nothing of the request is left to drop
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                header, _ = await asyncio.wait_for(self.call({"op": "ping"}), HEARTBEAT_TIMEOUT_S)
+                self.status, self.last_seen = header, time.monotonic()
+                if self.dead is not None and not self.final:  # it was only slow: usable again
+                    log.warning("engine %d answers again", self.index)
+                    self.dead = None
+            except (asyncio.TimeoutError, ApiError):
+                pass
+            if time.monotonic() - self.last_seen > HEARTBEAT_TIMEOUT_S and self.dead is None:
+                self.fail(f"engine {self.index} has not answered for {HEARTBEAT_TIMEOUT_S:g}s")
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def fail(self, reason: str, final: bool = False) -> None:
+        """The engine is gone (`final`: its process exited) or not answering: every call waiting on it fails with
+        503 now, and so does every later one until it answers a heartbeat again (never, when final)."""
+        self.dead, self.final = reason, self.final or final
+        log.error("%s; failing %d call(s) waiting on it", reason, len(self._pending))
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(BackendFailure(f"{reason}; retry on another replica", retry_after=5))
+        self._pending.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self.dead is None and bool(self.status.get("ready"))
+
+    @property
+    def load(self) -> int:
+        """Items queued in the engine (as of the last heartbeat) plus those this front-end has in flight there."""
+        return int(self.status.get("load", 0)) + self.outstanding
+
+    async def call(self, header: dict[str, Any], arrays: Sequence[np.ndarray] = (),
+                   rid: Optional[int] = None) -> tuple[dict, list]:
+        """Send one message and wait for its reply; an error reply is raised as its ApiError. If the wait is
+        cancelled (the client left), the engine is told to cancel the request, so its queued items are dropped."""
+        if self.dead is not None and header["op"] != "ping":
+            raise BackendFailure(f"{self.dead}; retry on another replica", retry_after=5)
+        rid = self.new_id() if rid is None else rid
+        early = self._early.pop(rid, None)
+        waiter = asyncio.get_running_loop().create_future()
+        if early is None:
+            self._pending[rid] = waiter
+        else:
+            waiter.set_result(early)
+        try:
+            self.sock.send(pack({**header, "id": rid}, arrays))  # type: ignore[union-attr]
+        except BackendFailure:
+            self._pending.pop(rid, None)
+            raise
+        try:
+            reply, out = await waiter
+        except asyncio.CancelledError:
+            self._pending.pop(rid, None)
+            self.cancel(rid)
+            raise
+        raise_error(reply)
+        return reply, out
+
+
+class EnginePool:
+    """Every engine process this front-end talks to: readiness, least-loaded choice, calls to one or all."""
+
+    def __init__(self, addresses: Sequence[str]):
+        self.ctx = zmq.Context()
+        self.links = [EngineLink(self.ctx, a, i) for i, a in enumerate(addresses)]
+        self._turn = itertools.count()
+
+    def start(self) -> None:
+        for link in self.links:
+            link.start()
+
+    async def close(self) -> None:
+        for link in self.links:
+            await link.close()
+        self.ctx.term()
+
+    def info(self) -> Optional[dict[str, Any]]:
+        """The first engine's model and batch sizes, once every engine is ready (they serve the same model)."""
+        return self.links[0].status.get("info") if self.ready() else None
+
+    def ready(self) -> bool:
+        return all(link.ready for link in self.links)
+
+    def reason(self) -> str:
+        for link in self.links:
+            if link.dead:
+                return link.dead
+            if not link.ready:
+                return f"engine {link.index}: {link.status.get('reason', 'starting')}"
+        return "ready"
+
+    def pick(self) -> EngineLink:
+        """The live engine with the least work queued; ties taken in turn, so that front-ends whose view of the
+        engines' queues is a heartbeat old still spread their work."""
+        live = [link for link in self.links if link.dead is None]
+        if not live:
+            raise BackendFailure(f"{self.reason()}; retry on another replica", retry_after=5)
+        turn = next(self._turn) % len(live)
+        return min(live[turn:] + live[:turn], key=lambda link: link.load)
+
+    @asynccontextmanager
+    async def charged(self, n: int) -> AsyncIterator[EngineLink]:
+        """The least-loaded engine, with n items counted against it while the block runs."""
+        link = self.pick()
+        link.outstanding += n
+        try:
+            yield link
+        finally:
+            link.outstanding -= n
+
+    async def all(self, header: dict[str, Any]) -> list[dict]:
+        """The same call to every engine (label sets are kept by each); the first error is raised."""
+        replies = await asyncio.gather(*(link.call(dict(header)) for link in self.links))
+        return [r for r, _ in replies]
+
+
+class _Depth:
+    """What /info and draining read of a batcher in a front-end: its batch size; nothing queued here."""
+
+    def __init__(self, max_batch: int):
+        self.max_batch, self.depth = max_batch, 0
+
+
+class RemoteEngine(Engine):
+    """An Engine whose batchers, caches and classifiers are in the engine processes. Decoding (to uint8) and
+    tokenising run here, in this process's thread pool; the rest are calls through the pool."""
+
+    def __init__(self, settings: Settings, info: dict[str, Any], pool: EnginePool, metrics: Metrics):
+        # Engine.__init__ would build batchers and caches: those live in the engine process
+        self.settings, self.metrics, self.pool = settings, metrics, pool
+        self.backend = BackendInfo.from_info(info)  # type: ignore[assignment]
+        workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
+        self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
+        self.preprocessor = ImagePreprocessor(self.backend.preprocess, settings.max_image_pixels,
+                                              settings.reduced_jpeg_decode, "cpu", as_uint8=True)
+        self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
+        tok = info.get("tokenizer")
+        self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
+        if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine
+            self.tokenizer = ClipTokenizer(tok["context_length"], tok["bpe_path"], tok["clean_budget"])
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+    def idle(self) -> bool:
+        return True  # queued work is the engine's; a front-end drains its requests (Lifecycle.inflight_requests)
+
+    async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
+        """Room reserved in an engine's queue first (503 at once when full), then decoded here to uint8, then
+        embedded there."""
+        deadline = self.deadline() if deadline is None else deadline
+        async with self.pool.charged(len(images)) as link:
+            rid = link.new_id()
+            await link.call({"op": "reserve", "n": len(images), "deadline": deadline}, rid=rid)
+            try:
+                pixels = await self.preprocess_images(images, deadline)  # uint8 [H, W, 3] each
+            except BaseException:
+                link.cancel(rid)  # give the room back
+                raise
+            _, out = await link.call({"op": "pixels"}, [np.stack(pixels)], rid=rid)
+        return out[0]
+
+    def _tokenize(self, texts: list[str]) -> np.ndarray:
+        start = time.perf_counter()
+        tokens = self.tokenizer(texts)  # type: ignore[misc]
+        self.metrics.preprocess.labels("text").observe((time.perf_counter() - start) / max(1, len(texts)))
+        return tokens
+
+    async def embed_texts(self, texts: list[str], deadline: Optional[float] = None) -> np.ndarray:
+        """Tokenised here when this process can (CLIP's BPE); the engine looks up its prompt cache, queues the
+        misses and answers the embeddings."""
+        deadline = self.deadline() if deadline is None else deadline
+        arrays: list[np.ndarray] = []
+        if self.tokenizer is not None:
+            loop = asyncio.get_running_loop()
+            arrays = [await loop.run_in_executor(self.preprocess_pool, self._tokenize, texts)]
+        async with self.pool.charged(len(texts)) as link:
+            _, out = await link.call({"op": "texts", "texts": texts, "deadline": deadline}, arrays)
+        return out[0]
+
+    async def count_tokens(self, texts: list[str]) -> int:
+        if not texts:
+            return 0
+        if self.tokenizer is not None:
+            tokens = await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, self.tokenizer, texts)
+            return int(np.count_nonzero(tokens))
+        reply, _ = await self.pool.pick().call({"op": "count_tokens", "texts": texts})
+        return int(reply["n"])
+
+    async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...],
+                         deadline: Optional[float] = None) -> np.ndarray:
+        deadline = self.deadline() if deadline is None else deadline
+        async with self.pool.charged(len(labels) * len(templates)) as link:
+            _, out = await link.call({"op": "classifier", "labels": list(labels), "templates": list(templates),
+                                      "deadline": deadline})
+        return out[0]
+
+
+class RemoteLabelSets:
+    """Label sets kept by the engine processes: read from one, written to all, so every front-end sees each PUT."""
+
+    def __init__(self, lifecycle: "RemoteLifecycle"):
+        self.lifecycle = lifecycle
+
+    def _pool(self) -> EnginePool:
+        self.lifecycle.require_engine()  # 503 while loading or after a failure, as in one process
+        return self.lifecycle.pool
+
+    async def get(self, name: str) -> StoredLabelSet:
+        reply, _ = await self._pool().links[0].call({"op": "ls_get", "name": name})
+        return _stored(reply["labelset"])
+
+    async def list(self) -> list[StoredLabelSet]:
+        reply, _ = await self._pool().links[0].call({"op": "ls_list"})
+        return [_stored(d) for d in reply["labelsets"]]
+
+    async def delete(self, name: str) -> None:
+        await self._pool().all({"op": "ls_delete", "name": name})
+
+    async def put(self, name: str, labelset: LabelSet, compute: Callable, fingerprint: str) -> StoredLabelSet:
+        """Each engine computes and stores the classifier itself (`compute` is this process's, unused)."""
+        deadline = self.lifecycle.require_engine().deadline()
+        replies = await self._pool().all({"op": "ls_put", "name": name, "labels": list(labelset.labels),
+                                          "templates": list(labelset.templates), "deadline": deadline})
+        return _stored(replies[0]["labelset"])
+
+
+def _stored(d: dict[str, Any]) -> StoredLabelSet:
+    return StoredLabelSet(d["name"], tuple(d["labels"]), tuple(d["templates"]), d["fingerprint"])
+
+
+class RemoteLifecycle(Lifecycle):
+    """Readiness of a front-end: ready while every engine answers its heartbeat and says it is ready."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, addresses: Sequence[str]):
+        super().__init__(settings, metrics)
+        self.pool = EnginePool(addresses)
+
+    def start(self) -> None:
+        super().start()
+        # the supervisor's word that an engine process exited (service/supervisor.py)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.engine_died, "an engine process exited")
+
+    async def _load(self) -> None:
+        """Wait for the engines to load their model (they report it in their heartbeat)."""
+        self.pool.start()
+        start = time.perf_counter()
+        while self.pool.info() is None:
+            if any(link.final for link in self.pool.links):
+                return  # engine_died() has marked this front-end failed; the supervisor is stopping the server
+            await asyncio.sleep(HEARTBEAT_S)
+        info = self.pool.info()
+        self.engine = RemoteEngine(self.settings, info, self.pool, self.metrics)  # type: ignore[arg-type]
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("front-end %d ready in %.1fs: %d engine(s), model %s", os.getpid(), time.perf_counter() - start,
+                 len(self.pool.links), info["model_id"])  # type: ignore[index]
+
+    def is_ready(self) -> bool:
+        return super().is_ready() and self.pool.ready()
+
+    def readiness_reason(self) -> str:
+        reason = super().readiness_reason()
+        return self.pool.reason() if reason == "ready" else reason
+
+    def require_engine(self) -> Engine:
+        engine = super().require_engine()
+        if not self.pool.ready():
+            self.metrics.rejected.labels("not_ready").inc()
+            raise NotReady(f"not ready: {self.pool.reason()}", retry_after=5)
+        return engine
+
+    def engine_died(self, reason: str) -> None:
+        """The supervisor says an engine process has exited: fail its calls now, /readyz 503 from here on."""
+        for link in self.pool.links:
+            link.fail(reason, final=True)
+        self.mark_fatal(RuntimeError(reason))
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.pool.close()

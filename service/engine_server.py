@@ -1,0 +1,274 @@
+"""The engine process (CLIP_WORKERS >= 1): one per device; owns the model, the batchers, the prompt cache, the
+label sets and the queue capacity, and answers the front-end processes over a ZeroMQ ROUTER socket.
+
+Each request from a front-end runs as one task here, keyed by (front-end, request id); a `cancel` from the front-end
+(its client left) cancels that task, so its queued items are dropped by the batcher as in one process. Images come
+in two steps, so that a full queue still answers before any decoding: `reserve` takes room for n images (or
+refuses: 503 / 413), the front-end decodes, then `pixels` brings uint8 [n, H, W, 3], normalised here as a batch
+(models.preprocess.normalise; on the GPU for CUDA backends, service/device_pixels.py) right before the encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any, Callable, Optional
+
+import numpy as np
+import zmq
+
+from models.preprocess import normalise
+from service.backends.base import exact_tokenizer
+from service.engine import Engine
+from service.errors import InvalidField
+from service.ipc import LoopSocket, error_fields, pack, unpack
+from service.labelset_store import LabelSet, LabelSetStore, LocalLabelSets
+from service.lifecycle import Lifecycle
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("service.engine_server")
+
+Key = tuple[bytes, int]  # (front-end socket identity, request id)
+
+
+def pixel_encoder(engine: Engine) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
+    """The image batcher's encode step for uint8 [B, H, W, 3] batches, and whether it normalises on the GPU: on
+    the CPU, normalise and then the backend's encoder; with eager PyTorch on CUDA, the device version (pinned upload,
+    normalise on the GPU, service/device_pixels.py)."""
+    backend = engine.backend
+    if backend.device.startswith("cuda"):
+        from service.device_pixels import device_encoder  # torch; not run on a GPU yet (README)
+
+        encode = device_encoder(backend, engine.images.max_batch)
+        if encode is not None:
+            return encode, True
+    return (lambda batch: backend.encode_image(normalise(batch, backend.preprocess))), False
+
+
+def two_in_flight(engine: Engine) -> None:
+    """On a GPU, two image batches at once (not run on a GPU yet): the next one's upload overlaps this one's
+    compute (service/device_pixels.py); their own two threads, so texts keep the inference thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine.images.executor = ThreadPoolExecutor(2, thread_name_prefix="inference-image")
+    engine.images.in_flight = 2
+
+
+def install_pixel_encoder(engine: Engine) -> None:
+    """From here on the image batcher's items are uint8 [H, W, 3] pixels (the float path warmed the encoder up)."""
+    engine.images.encode, on_device = pixel_encoder(engine)
+    if on_device:  # its two slots (buffer + stream each) let two batches run at once; other runtimes keep one
+        two_in_flight(engine)
+
+
+class EngineServer:
+    """Answers the front-ends' requests with one Engine (loaded and warmed up by a Lifecycle)."""
+
+    def __init__(self, settings: Settings, address: str, lifecycle: Lifecycle):
+        self.settings, self.address, self.lifecycle = settings, address, lifecycle
+        self.labelsets = LocalLabelSets(LabelSetStore(settings.max_labelsets,
+                                                      int(settings.labelset_cache_mb * 1024 * 1024)))
+        self.ctx = zmq.Context()
+        self.sock: LoopSocket | None = None
+        self.tasks: dict[Key, asyncio.Task] = {}
+        self.waiters: dict[Key, asyncio.Future] = {}  # reserved image requests waiting for their pixels
+
+    # --- the socket -----------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Answer on the address from now on (in this event loop)."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.address)
+        self.sock = LoopSocket(sock, self._received)
+
+    def _received(self, frames: list) -> None:
+        header, arrays = unpack(frames[1:])
+        self._dispatch(frames[0].bytes, header, arrays)
+
+    async def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
+        assert self.sock is not None
+        self.sock.send([ident, *pack(header, arrays)])  # a ROUTER drops what a gone front-end cannot take
+
+    def _dispatch(self, ident: bytes, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        op, key = header["op"], (ident, header.get("id", 0))
+        if op == "ping":
+            asyncio.ensure_future(self._send(ident, {"id": key[1], **self.status()}))
+        elif op == "cancel":
+            task = self.tasks.get(key)
+            if task is not None:
+                task.cancel()
+        elif op == "pixels":
+            waiter = self.waiters.get(key)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(arrays[0])
+        else:
+            task = asyncio.ensure_future(self._answer(ident, key[1], op, header, arrays))
+            self.tasks[key] = task
+            task.add_done_callback(lambda _: self.tasks.pop(key, None))
+
+    async def _answer(self, ident: bytes, rid: int, op: str, header: dict[str, Any], arrays: list) -> None:
+        try:
+            fields, out = await getattr(self, "op_" + op)(ident, rid, header, arrays)
+            await self._send(ident, {"id": rid, **fields}, out)
+        except asyncio.CancelledError:  # the front-end's client left: nobody reads an answer
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the front-end that asked
+            if not hasattr(exc, "status"):
+                log.exception("engine request %s failed", op)
+            await self._send(ident, {"id": rid, **error_fields(exc)})
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        lc, eng = self.lifecycle, self.lifecycle.engine
+        out: dict[str, Any] = {"ready": lc.is_ready(), "reason": lc.readiness_reason(),
+                               "load": (eng.images.depth + eng.texts.depth) if eng else 0}
+        if eng is not None and lc.is_ready():
+            out["info"] = engine_info(eng)
+        return out
+
+    def _engine(self) -> Engine:
+        return self.lifecycle.require_engine()
+
+    # --- operations: each returns (header fields, arrays) ---------------------------------------------------
+    async def op_reserve(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        """Room for h["n"] images (503/413 at once otherwise); then wait for their pixels and embed them."""
+        eng, loop = self._engine(), asyncio.get_running_loop()
+        deadline = float(h["deadline"])
+        key = (ident, rid)
+        with eng.images.reserve(int(h["n"])) as room:
+            waiter = self.waiters[key] = loop.create_future()
+            try:
+                await self._send(ident, {"id": rid, "reserved": True})
+                try:
+                    pixels = await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise eng._expire(int(h["n"]), f"{h['n']} images were not decoded") from None
+            finally:
+                self.waiters.pop(key, None)
+            if pixels.shape[0] != room.n:
+                raise InvalidField(f"{pixels.shape[0]} images sent for room reserved for {room.n}")
+            out = await room.submit(list(pixels), deadline)  # uint8 [H, W, 3] each
+        return {}, (np.stack(out),)
+
+    async def op_texts(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        eng = self._engine()
+        texts, deadline = list(h["texts"]), float(h["deadline"])
+        tokens = arrays[0] if arrays else None
+        return {}, (await embed_tokens(eng, texts, tokens, deadline),)
+
+    async def op_classifier(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        eng = self._engine()
+        proto = await eng.classifier(tuple(h["labels"]), tuple(h["templates"]), float(h["deadline"]))
+        return {}, (proto,)
+
+    async def op_count_tokens(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        return {"n": await self._engine().count_tokens(list(h["texts"]))}, ()
+
+    async def op_ls_put(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        eng = self._engine()
+        labelset = LabelSet(tuple(h["labels"]), tuple(h["templates"]))
+        stored = await self.labelsets.put(
+            h["name"], labelset, lambda: eng.classifier(labelset.labels, labelset.templates, float(h["deadline"])),
+            eng.backend.fingerprint)
+        return {"labelset": stored.info()}, ()
+
+    async def op_ls_get(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        return {"labelset": (await self.labelsets.get(h["name"])).info()}, ()
+
+    async def op_ls_list(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        return {"labelsets": [ls.info() for ls in await self.labelsets.list()]}, ()
+
+    async def op_ls_delete(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        await self.labelsets.delete(h["name"])
+        return {}, ()
+
+    async def close(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.sock is not None:
+            self.sock.close()
+        self.ctx.term()
+
+
+async def embed_tokens(eng: Engine, texts: list[str], tokens: Optional[np.ndarray], deadline: float) -> np.ndarray:
+    """Engine.embed_texts for texts the front-end has tokenised already (int64 [N, L]); without tokens (a tokenizer
+    the front-end cannot rebuild), the engine tokenises them itself."""
+    if tokens is None:
+        return await eng.embed_texts(texts, deadline)
+    fp = eng.backend.fingerprint
+    out: list[Optional[np.ndarray]] = [eng.text_cache.get((fp, t)) for t in texts]
+    first: dict[str, int] = {}  # each missing text once, with its row of tokens
+    for i, (t, e) in enumerate(zip(texts, out)):
+        if e is None:
+            first.setdefault(t, i)
+    if first:
+        loop = asyncio.get_running_loop()
+        if loop.time() > deadline:
+            raise eng._expire(len(first), f"{len(first)} texts were not encoded")
+        with eng.texts.reserve(len(first)) as room:
+            computed = await room.submit([tokens[i] for i in first.values()], deadline)
+        for t, e in zip(first, computed):
+            eng.text_cache.put((fp, t), e)
+        lookup = dict(zip(first, computed))
+        out = [e if e is not None else lookup[t] for t, e in zip(texts, out)]
+    return np.stack(out)  # type: ignore[arg-type]
+
+
+def engine_info(eng: Engine) -> dict[str, Any]:
+    """What a front-end needs to know of the model and the batchers (service/engine_client.py BackendInfo)."""
+    b = eng.backend
+    tok = getattr(b, "tokenizer", None)
+    exact = exact_tokenizer(tok) if tok is not None else None
+    return {"describe": b.describe(), "name": b.name, "device": b.device, "precision": b.precision,
+            "model_id": b.model_id, "fingerprint": b.fingerprint, "embed_dim": b.embed_dim,
+            "context_length": b.context_length, "logit_scale": float(b.logit_scale),
+            "logit_bias": getattr(b, "logit_bias", None),  # None: softmax scores (CLIP); a number: sigmoid ones
+            "preprocess": b.preprocess.to_dict(),
+            "tokenizer": None if exact is None else {"bpe_path": str(exact.bpe_path),
+                                                     "context_length": exact.context_length,
+                                                     "clean_budget": exact.clean_budget},
+            "image_max_batch": eng.images.max_batch, "text_max_batch": eng.texts.max_batch,
+            # every other plain attribute, so that one read by Engine's shared steps (scores) reaches front-ends too
+            "attributes": {k: v for k, v in vars(b).items() if isinstance(v, (bool, int, float, str))}}
+
+
+def run_engine(settings_data: dict[str, Any], device: str, address: str, index: int,
+               backend_factory: Callable[[Settings], Any]) -> None:
+    """The engine process's entry point (multiprocessing, spawn): load the model for `device`, answer on `address`
+    until SIGTERM, then finish the queued work (CLIP_DRAIN_S) and exit 0."""
+    from service.supervisor import as_child
+
+    as_child()
+    if device.startswith("cuda:"):  # this process sees only its own GPU, as "cuda"
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        device = "cuda"
+    from service.__main__ import configure_logging
+
+    settings = Settings(**{**settings_data, "device": device, "devices": []})
+    configure_logging(settings.log_level)
+    logging.getLogger("service").info("engine %d on %s: pid %d, %s", index, device, os.getpid(), address)
+    asyncio.run(_engine_main(settings, address, backend_factory))
+    os._exit(0)  # skip the interpreter's teardown (torch unload), as service/__main__.py does
+
+
+async def _engine_main(settings: Settings, address: str, backend_factory: Callable[[Settings], Any]) -> None:
+    metrics = Metrics()
+    lifecycle = Lifecycle(settings, metrics, backend_factory)
+    server = EngineServer(settings, address, lifecycle)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    lifecycle.on_load_failure = lambda exc: os._exit(3)  # the supervisor sees the exit and stops the server
+    lifecycle.on_loaded = install_pixel_encoder
+    lifecycle.start()
+    server.serve()
+    await stop.wait()
+    lifecycle.begin_drain()
+    done = await lifecycle.drained(settings.drain_s)
+    log.info("engine drain %s", "complete" if done else "timed out")
+    await server.close()
+    await lifecycle.stop()
+

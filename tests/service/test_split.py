@@ -1,0 +1,396 @@
+"""CLIP_WORKERS=2: two HTTP front-end processes and one engine process behave as one server.
+
+Which front-end serves a request is the kernel's choice; every access-log line names the process that served it
+(`pid`), so each test that needs both front-ends sends requests on fresh connections until both have served one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.conftest import encode, shape_image
+from tests.service.gated import GatedServer
+from tests.service.server import ServerProcess, metric_value
+
+SPLIT = {"CLIP_WORKERS": "2", "CLIP_PREPROCESS_WORKERS": "2"}
+TRIES = 200  # fresh connections before giving up on seeing both front-ends serve
+
+
+def layout(server) -> tuple[list[int], list[int]]:
+    """(front-end pids, engine pids) from the supervisor's start-up line."""
+    deadline = time.monotonic() + 60
+    while not (m := re.search(r"process layout: .*?pids \[([\d, ]+)\]; engine\(s\) (.*?); metrics",
+                              Path(server.log_path).read_text(errors="replace"))):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    return [int(p) for p in m.group(1).split(",")], [int(p) for p in re.findall(r"pid (\d+) at", m.group(2))]
+
+
+def served(server, path: str) -> list[tuple[int, int]]:
+    """(status, pid) of every logged request to `path`, in order."""
+    out = []
+    for line in Path(server.log_path).read_text(errors="replace").splitlines():
+        if "service.access" in line and f'"path": "{path}"' in line:
+            entry = json.loads(line[line.index("{"):])
+            out.append((entry["status"], entry["pid"]))
+    return out
+
+
+def fresh(method: str, url: str, **kw) -> httpx.Response:
+    """One request on its own connection (so the kernel picks a front-end for it)."""
+    with httpx.Client(timeout=60) as c:
+        return c.request(method, url, **kw)
+
+
+def until_both_served(server, path: str, send, fronts: list[int]) -> None:
+    """Call send() until requests to `path` have been logged by every front-end."""
+    for _ in range(TRIES):
+        if {pid for _, pid in served(server, path)} >= set(fronts):
+            return
+        send()
+    raise AssertionError(f"{path}: not every front-end {fronts} served one in {TRIES} tries: {served(server, path)}")
+
+
+@pytest.fixture(scope="module")
+def split(bundled_dir, tmp_path_factory):
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_IMAGE_MAX_WAIT_MS": "20", **SPLIT},
+                         tmp_path_factory.mktemp("split") / "server.log").wait_ready()
+    yield proc
+    proc.stop()
+
+
+# --- the same answers, and the whole server behind any front-end ----------------------------------------------------
+def test_split_answers_as_one_process(split, server):
+    images = [encode(shape_image("red", "circle")), encode(shape_image("blue", "square"), "JPEG")]
+    files = [("file", (f"{i}.png", b)) for i, b in enumerate(images)]
+    labels = {"labels": ["red circle", "blue square", "green star"]}
+    for path, kw in (("/embed/image", {"files": files}), ("/embed/text", {"json": {"texts": ["a red circle", "x"]}}),
+                     ("/classify", {"files": files, "data": labels}),
+                     ("/v1/embeddings", {"json": {"model": "clip", "input": ["a red circle", "data:image/png;base64,"
+                                                  + __import__("base64").b64encode(images[0]).decode()]}})):
+        a, b = httpx.post(split.url + path, timeout=60, **kw), httpx.post(server.url + path, timeout=60, **kw)
+        assert a.status_code == b.status_code == 200, (a.text, b.text)
+        ja, jb = a.json(), b.json()
+        if path == "/classify":
+            assert [[r["label"] for r in row] for row in ja["results"]] == \
+                [[r["label"] for r in row] for row in jb["results"]]
+            got = [[r["score"] for r in row] for row in ja["results"]]
+            want = [[r["score"] for r in row] for row in jb["results"]]
+        elif path == "/v1/embeddings":
+            got, want = [d["embedding"] for d in ja["data"]], [d["embedding"] for d in jb["data"]]
+            assert ja["usage"] == jb["usage"]
+        else:
+            got, want = ja["embeddings"], jb["embeddings"]
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5, err_msg=path)
+
+
+def test_label_set_put_on_one_front_end_is_seen_by_the_other(split):
+    fronts, _ = layout(split)
+    put = fresh("PUT", split.url + "/labelsets/split-shapes", json={"labels": ["red circle", "blue square"]})
+    assert put.status_code == 200, put.text
+    until_both_served(split, "/labelsets/split-shapes",
+                      lambda: fresh("GET", split.url + "/labelsets/split-shapes"), fronts)
+    gets = [s for s, _ in served(split, "/labelsets/split-shapes")]
+    assert gets and all(s == 200 for s in gets), gets  # the PUT (200) and every GET, on either front-end
+    assert fresh("DELETE", split.url + "/labelsets/split-shapes").status_code == 204
+    for _ in range(6):  # deleted everywhere: no front-end still has it
+        assert fresh("GET", split.url + "/labelsets/split-shapes").status_code == 404
+
+
+def test_metrics_on_any_front_end_count_the_requests_of_both(split):
+    fronts, _ = layout(split)
+    before = metric_value(split.metrics(), "clip_requests_total", endpoint="/embed/text", status="200")
+    sent = 0
+
+    def send() -> None:
+        nonlocal sent
+        assert fresh("POST", split.url + "/embed/text", json={"texts": ["a red circle"]}).status_code == 200
+        sent += 1
+
+    until_both_served(split, "/embed/text", send, fronts)
+    for _ in range(4):  # whichever front-end answers the scrape
+        after = metric_value(fresh("GET", split.url + "/metrics").text, "clip_requests_total", endpoint="/embed/text",
+                             status="200")
+        assert after - before == sent, (before, after, sent)
+    text = split.metrics()
+    assert metric_value(text, "clip_ready") == 1 and metric_value(text, "clip_queue_capacity", modality="image") == 256
+
+
+def test_front_ends_load_no_model_runtime_and_stay_small(split):
+    fronts, engines = layout(split)
+    for pid in fronts:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        loaded = {lib for lib in ("libtorch", "onnxruntime", "torchvision", "libcudart") if lib in maps}
+        assert not loaded, f"front-end {pid} maps {loaded}"  # open_clip imports torch: libtorch would show
+        rss_mb = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+        assert rss_mb < 200, f"front-end {pid}: {rss_mb:.0f} MB"
+    assert "libtorch" in Path(f"/proc/{engines[0]}/maps").read_text(), "the engine is what holds the model"
+
+
+# --- one queue, drops, drain and crashes across processes (the encoder held: tests/service/gated.py) ----------------
+@pytest.fixture(scope="module")
+def held(bundled_dir, tmp_path_factory):
+    proc = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_MAX_QUEUE": "4", "CLIP_IMAGE_MAX_BATCH": "1",
+                        "CLIP_IMAGE_MAX_WAIT_MS": "1", "CLIP_REQUEST_TIMEOUT_S": "120", **SPLIT},
+                       tmp_path_factory.mktemp("held")).wait_ready()
+    yield proc
+    proc.stop()
+
+
+def _wait(condition, what: str, server, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}\n{server.log()}"
+        time.sleep(0.05)
+
+
+def test_queue_capacity_is_one_for_all_front_ends(held):
+    """CLIP_MAX_QUEUE=4 with the encoder held: of one-image requests spread over both front-ends, exactly 4 are
+    admitted in all (per-front-end queues would admit up to 4 each)."""
+    fronts, _ = layout(held)
+    image = encode(shape_image("red", "circle"))
+    for _ in range(10):  # a round counts only when both front-ends took part in it
+        start = len(served(held, "/embed/image"))
+        held.hold()
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(fresh(
+            "POST", held.url + "/embed/image", files=[("file", ("x.png", image))]))) for _ in range(10)]
+        for t in threads:
+            t.start()
+        _wait(lambda: sum(1 for r in results if r.status_code == 503) + metric_value(
+            held.metrics(), "clip_queue_depth", modality="image") >= 10, "all 10 admitted or refused", held)
+        depth = metric_value(held.metrics(), "clip_queue_depth", modality="image")
+        held.release()
+        for t in threads:
+            t.join(120)
+        assert depth == 4, depth
+        codes = sorted(r.status_code for r in results)
+        assert codes == [200] * 4 + [503] * 6, codes
+        assert all(r.headers.get("Retry-After") for r in results if r.status_code == 503)
+        if {pid for _, pid in served(held, "/embed/image")[start:]} >= set(fronts):
+            return
+    pytest.fail(f"the kernel never spread a round over both front-ends {fronts}")
+
+
+def test_client_that_leaves_drops_its_queued_items(held):
+    image = encode(shape_image("blue", "square"))
+    dropped = metric_value(held.metrics(), "clip_dropped_total", modality="image")
+    entered = held.entered()
+    held.hold()
+    first = threading.Thread(target=fresh, args=("POST", held.url + "/embed/image"),
+                             kwargs={"files": [("file", ("a.png", image))]})
+    first.start()
+    held.wait_entered(entered + 1)  # its batch (of 1) is in the encoder; whatever comes next waits in the queue
+    request = httpx.Request("POST", held.url + "/embed/image",
+                            files=[("file", ("b.png", image)), ("file", ("c.png", image))])
+    raw = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    with socket.create_connection(("127.0.0.1", held.port)) as s:
+        s.sendall(f"POST /embed/image HTTP/1.1\r\n{head}\r\n".encode() + raw)
+        _wait(lambda: metric_value(held.metrics(), "clip_queue_depth", modality="image") == 3, "2 more queued", held)
+    # the connection is closed: the front-end cancels, the engine drops both items when the batcher reaches them
+    _wait(lambda: any(s == 499 for s, _ in served(held, "/embed/image")), "the 499 logged", held)
+    held.release()
+    first.join(60)
+    _wait(lambda: metric_value(held.metrics(), "clip_dropped_total", modality="image") == dropped + 2,
+          "2 items dropped", held)
+    assert held.entered() == entered + 1, "the dropped items never reached the encoder"
+
+
+def test_sigterm_drains_every_process_and_exits_0(bundled_dir, tmp_path):
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_DRAIN_S": "60", "CLIP_IMAGE_MAX_BATCH": "2",
+                          "CLIP_REQUEST_TIMEOUT_S": "60", **SPLIT}, tmp_path).wait_ready()
+    try:
+        fronts, engines = layout(server)
+        image = encode(shape_image("green", "star"))
+        results: list = []
+        server.hold()
+        threads = [threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/embed/image", files=[("file", ("x.png", image))]))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        _wait(lambda: metric_value(server.metrics(), "clip_queue_depth", modality="image") == 8, "8 admitted", server)
+        server.signal(signal.SIGTERM)
+        _wait(lambda: _readyz(server) != 200, "/readyz not 200 after SIGTERM", server)
+        server.release()
+        for t in threads:
+            t.join(120)
+        assert sorted(r.status_code for r in results) == [200] * 8, [r.text[:200] for r in results]
+        assert server.proc.wait(60) == 0, server.log()
+        for pid in fronts + engines:
+            assert not _alive(pid), pid
+    finally:
+        server.stop()
+
+
+def test_engine_crash_fails_in_flight_work_and_exits_non_zero(bundled_dir, tmp_path):
+    import os
+
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), **SPLIT}, tmp_path).wait_ready()
+    try:
+        _, engines = layout(server)
+        image = encode(shape_image("red", "circle"))
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        t = threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/embed/image", files=[("file", ("x.png", image))])))
+        t.start()
+        server.wait_entered(entered + 1)
+        os.kill(engines[0], signal.SIGKILL)
+        t.join(60)
+        assert results and results[0].status_code == 503, results and results[0].text
+        assert results[0].json()["error"]["type"] == "backend_error"
+        assert _readyz(server) in (503, None)  # from here on never ready again: 503, or no server at all
+        assert server.proc.wait(60) == 1, server.log()
+        assert "exited with -9" in server.log()
+    finally:
+        server.stop()
+
+
+def _readyz(server) -> int | None:
+    try:
+        return httpx.get(server.url + "/readyz", timeout=10).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def test_two_engines_share_the_work_and_every_label_set(bundled_dir, tmp_path):
+    """CLIP_DEVICES=cpu,cpu: two engine processes. With the encoders held, a second one-image request goes to the
+    engine that is not busy (both encoders are entered at once: one engine, one encoder call at a time, could not);
+    a PUT label set is computed and kept by both (two cached classifiers). One front-end, so that it knows exactly
+    what it has sent where (two would each see the other's work only as of the last heartbeat)."""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_DEVICES": "cpu,cpu", "CLIP_IMAGE_MAX_BATCH": "1",
+                          **SPLIT, "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
+    try:
+        _, engines = layout(server)
+        assert len(engines) == 2
+        put = fresh("PUT", server.url + "/labelsets/both", json={"labels": ["red circle", "blue square"]})
+        assert put.status_code == 200, put.text
+        assert metric_value(server.metrics(), "clip_cache_entries", cache="labelset") == 2
+        image = encode(shape_image("red", "circle"))
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/classify", files=[("file", ("x.png", image))], data={"labelset": "both"})))
+            for _ in range(2)]
+        for t in threads:
+            t.start()
+            server.wait_entered(entered + 1)  # the first is in an encoder before the second is sent
+        server.wait_entered(entered + 2)
+        server.release()
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+        assert all(r.json()["results"][0][0]["label"] == "red circle" for r in results)
+    finally:
+        server.stop()
+
+
+def test_no_process_outlives_a_killed_supervisor(bundled_dir, tmp_path):
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), **SPLIT}, tmp_path / "server.log").wait_ready()
+    try:
+        fronts, engines = layout(server)
+        server.proc.kill()  # SIGKILL: no handler runs in the supervisor
+        server.proc.wait(30)
+        _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
+    finally:
+        server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def test_the_front_ends_deadline_is_the_engines(bundled_dir, tmp_path):
+    """CLIP_REQUEST_TIMEOUT_S=2: a front-end takes the request's deadline, the engine enforces that one. With the
+    encoder held past it, the one-image request queued behind the held batch is never encoded: 503
+    deadline_exceeded, counted once."""
+    timeout_s = 2.0
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_REQUEST_TIMEOUT_S": str(timeout_s),
+                          "CLIP_IMAGE_MAX_BATCH": "1", "CLIP_IMAGE_MAX_WAIT_MS": "1", **SPLIT}, tmp_path).wait_ready()
+    try:
+        image = encode(shape_image("red", "circle"))
+        entered = server.entered()
+        server.hold()
+        results: dict = {}
+
+        def send(name: str) -> None:
+            results[name] = fresh("POST", server.url + "/embed/image", files=[("file", ("x.png", image))])
+
+        first = threading.Thread(target=send, args=("first",))
+        first.start()
+        server.wait_entered(entered + 1)
+        sent = time.monotonic()
+        second = threading.Thread(target=send, args=("second",))
+        second.start()
+        _wait(lambda: metric_value(server.metrics(), "clip_queue_depth", modality="image") == 2, "second queued",
+              server)
+        _wait(lambda: time.monotonic() > sent + timeout_s + 0.5, "its deadline passed", server)  # the condition itself
+        server.release()
+        first.join(60)
+        second.join(60)
+        assert results["second"].status_code == 503, results["second"].text
+        assert results["second"].json()["error"]["type"] == "deadline_exceeded"
+        assert server.entered() == entered + 1, "the expired item was never encoded"
+        assert metric_value(server.metrics(), "clip_rejected_total", reason="deadline") == 1
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def onnx_export_dir(bundled, bundled_dir, tmp_path_factory) -> Path:
+    """The bundled model's fp32 ONNX export (as tests/export's fixture makes it)."""
+    from export.onnx_export import OnnxOptions, export_onnx
+    from export.source import source_spec
+
+    out = tmp_path_factory.mktemp("split-onnx")
+    export_onnx(bundled, source_spec(str(bundled_dir)), out, OnnxOptions())
+    return out
+
+
+def test_an_onnx_engine_behind_lean_front_ends(onnx_export_dir, server, tmp_path):
+    """CLIP_BACKEND=onnx: the front-end tokenises with the export's own vocabulary file, named by the engine (a
+    tokenizer rebuilt wrongly would change the ids, and the embeddings); its texts embed as the torch model's do,
+    and only the engine maps ONNX Runtime."""
+    split = ServerProcess({"CLIP_BACKEND": "onnx", "CLIP_EXPORT_DIR": str(onnx_export_dir), **SPLIT,
+                           "CLIP_WORKERS": "1"}, tmp_path / "server.log").wait_ready()
+    try:
+        fronts, engines = layout(split)
+        texts = {"texts": ["a red circle", "a photo of a blue square.", "Ünïcödé &amp; ascii"]}
+        a = httpx.post(split.url + "/embed/text", json=texts, timeout=60)
+        b = httpx.post(server.url + "/embed/text", json=texts, timeout=60)
+        assert a.status_code == b.status_code == 200, (a.text, b.text)
+        np.testing.assert_allclose(np.array(a.json()["embeddings"]), np.array(b.json()["embeddings"]), atol=1e-4)
+        assert "onnxruntime" not in Path(f"/proc/{fronts[0]}/maps").read_text()
+        assert "onnxruntime" in Path(f"/proc/{engines[0]}/maps").read_text()
+    finally:
+        split.stop()
+
+
+def test_errors_are_the_same_as_in_one_process(split, server):
+    """Errors raised in the engine process cross as their class and place: same status, same body."""
+    good, bad = encode(shape_image("red", "circle")), b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    data_uri = "data:image/png;base64," + __import__("base64").b64encode(bad).decode()
+    cases = [("/embed/image", {"files": [("file", ("a.png", good)), ("file", ("b.png", bad))]}),
+             ("/classify", {"files": [("file", ("a.png", good))], "data": {"labelset": "no-such-set"}}),
+             ("/v1/embeddings", {"json": {"model": "clip", "input": ["a red circle", data_uri]}}),
+             ("/classify", {"json": {"image": "x", "labels": ["a"] * 2}})]
+    for path, kw in cases:
+        a, b = httpx.post(split.url + path, timeout=60, **kw), httpx.post(server.url + path, timeout=60, **kw)
+        assert (a.status_code, a.json()) == (b.status_code, b.json()), path
+        assert 400 <= a.status_code < 500, a.text
