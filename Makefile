@@ -13,12 +13,13 @@ BUNDLED    := models/checkpoints/shapes-rn-s
 EXPORT_DIR := exports/shapes-rn-s$(if $(PRECISION),-$(PRECISION))
 EXPORT_ENV := $(if $(PRECISION),CLIP_BACKEND=onnx CLIP_DEVICE=cpu CLIP_PRECISION=$(PRECISION) CLIP_EXPORT_DIR=$(EXPORT_DIR))
 
-.PHONY: serve test test-fast bench train eval export system-deps clean help
+.PHONY: serve test test-fast mutation bench train eval export system-deps clean help
 
 help:
 	@echo "make serve   - install (first time) and serve the bundled model on http://$(HOST):$(PORT)"
 	@echo "               (PRECISION=int8: export it to int8 ONNX once, then serve that with ONNX Runtime)"
 	@echo "make test    - install (first time) and run the whole test suite"
+	@echo "make mutation - mutation check of the security- and reliability-critical modules (1-2 h; docs/mutation.md)"
 	@echo "make bench   - run the benchmark suite (writes docs/benchmarks/)"
 	@echo "make train   - retrain the bundled model (about 30 min on 2 CPU cores)"
 	@echo "make eval    - zero-shot evaluation of the bundled model (PRECISION=int8: and of its int8 export)"
@@ -54,6 +55,17 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Mutation check (docs/mutation.md): mutmut mutates the modules listed in pyproject.toml's [tool.mutmut] one change
+# at a time and runs their in-process tests against each mutant. Not part of `make test` or CI: 1-2 hours on
+# 2 cores. Prints the counts, then every mutant no test killed.
+MUTATION_CHILDREN ?= 2
+mutation: $(STAMP)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN)
+	$(VENV)/bin/mutmut export-cicd-stats
+	@cat mutants/mutmut-cicd-stats.json; echo
+	$(VENV)/bin/mutmut results
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from service.errors import ApiError, BadInput, InvalidField, PayloadTooLarge, UnsupportedMedia
 from service.urls import ByteBudget
 
-_DATA_URI_HEAD = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[^;,]*)*)(;base64)?$")
+_DATA_URI_HEAD = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[^;,]*)*)(;base64)?$", re.I)
 _ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.isspace() (and re's \s) accepts in ASCII
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # how a lone surrogate can hide in UTF-8 JSON: a \ud800-\udfff escape, or its 3 raw bytes (json.loads decodes bytes
@@ -51,7 +51,7 @@ def is_path(s: str) -> bool:
 def decode_image_string(s: str) -> bytes:
     """base64 or data: URI -> bytes. Non-image data URIs are 415; bad base64 is 400."""
     s = s.strip()
-    if s.startswith("data:"):
+    if s[:5].lower() == "data:":  # a URI's scheme is case-insensitive (RFC 3986), as is_url and /v1's is_image read it
         head, comma, s = s.partition(",")  # the regex sees the short head only, never a 20 MB payload
         m = _DATA_URI_HEAD.match(head)
         if not m or not comma:
@@ -217,7 +217,7 @@ async def read_multipart(request: Request, max_files: int, max_fields: int) -> P
     except (ApiError, ClientDisconnect):  # BodyLimit's 413 while the body streams in, or the client left: as is
         raise
     except Exception as exc:  # python-multipart raises several types for malformed bodies
-        msg = str(exc)
+        msg = str(getattr(exc, "detail", exc))  # Starlette wraps them in a 400 HTTPException: its detail, not "400: "
         if "Too many" in msg:
             raise PayloadTooLarge(f"too many parts in the form: {msg}")
         raise BadInput(f"malformed multipart body: {msg}")

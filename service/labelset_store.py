@@ -25,7 +25,7 @@ from service.limits import check_count
 from service.settings import Settings
 from service.templates import check_prompt_count, resolve_templates
 
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the whole name (fullmatch): "$" would let a final "\n" through
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def clean_labels(labels: list[str], max_labels: int) -> tuple[str, ...]:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidField("name: 1-64 characters from letters, digits, '_', '.', '-'", field="name")
     return name
 

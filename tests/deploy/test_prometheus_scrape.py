@@ -112,17 +112,23 @@ def test_series_for_the_other_views(prometheus, traffic):
 
 
 def test_every_dashboard_query_runs(prometheus, traffic):
-    time.sleep(2)  # rate() needs two samples after the traffic
-    results = {}
-    for expr in dashboard_exprs():
-        concrete = (expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
-                    .replace("$modality", ".*"))
-        assert "$" not in concrete, f"unhandled Grafana variable in {expr}"
-        results[expr] = query(prometheus, concrete)
-    rate = [e for e in results if e.startswith("sum by (endpoint, status) (rate(clip_requests_total")]
-    assert any(s["metric"].get("endpoint") == "/embed/text" for e in rate for s in results[e])
-    p99 = [e for e in results if e.startswith("histogram_quantile(0.99") and "clip_request_duration" in e]
-    assert any(s["metric"].get("endpoint") == "/embed/text" for e in p99 for s in results[e])
+    def run_all() -> dict | None:
+        """Every query runs (query() fails at once on an error); None until rate() and the p99 have the traffic,
+        which takes two scrapes after it."""
+        results = {}
+        for expr in dashboard_exprs():
+            concrete = (expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+                        .replace("$modality", ".*"))
+            assert "$" not in concrete, f"unhandled Grafana variable in {expr}"
+            results[expr] = query(prometheus, concrete)
+        rate = [e for e in results if e.startswith("sum by (endpoint, status) (rate(clip_requests_total")]
+        p99 = [e for e in results if e.startswith("histogram_quantile(0.99") and "clip_request_duration" in e]
+        assert rate and p99, "the dashboard lost its request-rate or p99 panel"
+        seen = [any(s["metric"].get("endpoint") == "/embed/text" for e in exprs for s in results[e])
+                for exprs in (rate, p99)]
+        return results if all(seen) else None
+
+    wait_for("the request rate and p99 of /embed/text in the dashboard's queries", run_all)
 
 
 def test_alert_rules_evaluate_cleanly(prometheus, traffic):

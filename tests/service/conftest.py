@@ -43,12 +43,15 @@ def shape_image(colour: str, shape: str, seed: int = 0) -> Image.Image:
 
 
 API_KEY = "test-key-123"
+CORS_ORIGIN = "https://app.example.com"
 
 
 @pytest.fixture(scope="session")
 def keyed_server(bundled_dir, tmp_path_factory):
-    """A second real server that requires `Authorization: Bearer test-key-123`."""
-    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_API_KEY": API_KEY},
+    """A second real server that requires `Authorization: Bearer test-key-123`, allows CORS from CORS_ORIGIN and
+    caps bodies at 100,000 bytes (tests/service/test_auth_cors.py reads a 413 from it)."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_API_KEY": API_KEY, "CLIP_CORS_ORIGINS": CORS_ORIGIN,
+                          "CLIP_MAX_BODY_BYTES": "100000"},
                          tmp_path_factory.mktemp("keyed") / "server.log").wait_ready()
     yield proc
     proc.stop()

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import io
 import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from models.preprocess import PreprocessConfig
 from service.app import create_app
@@ -75,3 +79,15 @@ def named_app(settings: Settings) -> tuple[FastAPI, list[NamedBackend]]:
         return backends[-1]
 
     return create_app(settings, backend_factory=factory), backends
+
+
+@contextmanager
+def ready_client(settings: Settings) -> Iterator[tuple[TestClient, NamedBackend]]:
+    """A TestClient of named_app(settings) once /readyz answers 200 (the fake backend loads in the app's thread)."""
+    app, backends = named_app(settings)
+    with TestClient(app) as client:
+        limit = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < limit, "the fake backend never became ready"
+            time.sleep(0.01)
+        yield client, backends[0]

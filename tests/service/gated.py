@@ -2,8 +2,9 @@
 
 Two gates, files in a directory the test owns, make start-up and inference wait for the test instead of for
 the clock: loading does not finish until `open_load()`, and while `hold()` is on, every encoder call that
-starts waits until `release()`. Each call writes a line to `entered` as it starts, so the test can wait until
-a batch is inside the encoder (`wait_entered`) instead of sleeping. Everything else is the real server.
+starts waits until `release()`, except the first n calls after `allow(n)` (warm-up included), which pass. Each
+call writes a line to `entered` as it starts, so the test can wait until a batch is inside the encoder
+(`wait_entered`) instead of sleeping. Everything else is the real server.
 
 Run as `python -m tests.service.gated` (GatedServer does); GATE_DIR names the directory.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from bench.server import BenchServer
 
 GATE_ENV = "GATE_DIR"
 POLL_S = 0.01
+_lock = threading.Lock()
 
 
 def _wait_while(condition, timeout: float = 600.0) -> None:
@@ -26,6 +29,12 @@ def _wait_while(condition, timeout: float = 600.0) -> None:
     until = time.monotonic() + timeout
     while condition() and time.monotonic() < until:
         time.sleep(POLL_S)
+
+
+def _allowed(gate: Path) -> int:
+    """How many encoder calls pass while held (allow(n)); 0 unless the test said."""
+    path = gate / "allowed"
+    return int(path.read_text()) if path.exists() else 0
 
 
 class GatedFactory:
@@ -44,9 +53,11 @@ def gated_factory(gate: Path):
 
     class HeldBackend(TorchBackend):
         def _enter(self, modality: str) -> None:
-            with open(gate / "entered", "a") as f:
-                f.write(modality + "\n")
-            _wait_while(lambda: (gate / "hold").exists())
+            with _lock:  # one encoder thread by default; the lock keeps call numbers right with more
+                with open(gate / "entered", "a") as f:
+                    f.write(modality + "\n")
+                number = len((gate / "entered").read_text().splitlines())
+            _wait_while(lambda: (gate / "hold").exists() and number > _allowed(gate))
 
         def encode_image(self, pixels):
             self._enter("image")
@@ -88,6 +99,12 @@ class GatedServer(BenchServer):
 
     def release(self) -> None:
         (self.gate / "hold").unlink(missing_ok=True)
+
+    def allow(self, calls: int) -> None:
+        """While held, let encoder calls through until `calls` have started in all (warm-up included)."""
+        tmp = self.gate / "allowed.tmp"
+        tmp.write_text(str(calls))
+        tmp.replace(self.gate / "allowed")  # atomic: the server never reads a half-written number
 
     def entered(self) -> int:
         """Encoder calls started so far (warm-up included)."""

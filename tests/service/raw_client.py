@@ -14,9 +14,9 @@ class SlowClient(threading.Thread):
     """One raw connection: sends `first`, then `trickle` one byte at a time every 0.25 s, and records what the
     server sent back and when it closed the connection."""
 
-    def __init__(self, port: int, first: bytes = b"", trickle: bytes = b""):
+    def __init__(self, port: int, first: bytes = b"", trickle: bytes = b"", give_up_s: float = GIVE_UP_S):
         super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=GIVE_UP_S)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=give_up_s)
         self.first, self.trickle = first, trickle
         self.received = b""
         self.sent = 0  # bytes of `trickle` sent so far

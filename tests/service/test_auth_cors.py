@@ -8,20 +8,16 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.server import ServerProcess
+from tests.service.conftest import API_KEY as KEY
+from tests.service.conftest import CORS_ORIGIN as ORIGIN
 
-KEY = "s3cret-key-for-tests"
-ORIGIN = "https://app.example.com"
 OPEN = {"/healthz", "/readyz", "/metrics"}
 
 
 @pytest.fixture(scope="module")
-def secured(bundled_dir, tmp_path_factory):
-    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_API_KEY": KEY, "CLIP_CORS_ORIGINS": ORIGIN,
-                          "CLIP_MAX_BODY_BYTES": "100000", "CLIP_IMAGE_MAX_BATCH": "4"},
-                         tmp_path_factory.mktemp("secured") / "server.log").wait_ready()
-    yield proc
-    proc.stop()
+def secured(keyed_server):
+    """The shared keyed server: CLIP_API_KEY, CLIP_CORS_ORIGINS and a 100,000-byte body cap."""
+    return keyed_server
 
 
 def _operations(url: str) -> list[tuple[str, str]]:

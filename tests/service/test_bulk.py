@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.service.conftest import shape_image
+from tests.service.gated import GatedServer
 from tests.service.server import ROOT
-from tests.service.test_client_failover import served
 
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
@@ -103,24 +103,37 @@ def npy_rows(out: Path) -> dict[str, np.ndarray]:
     return {r["source"]: matrix[int(r["row"])] for r in index}
 
 
-def test_ctrl_c_writes_what_was_computed_and_the_rerun_finishes(server, folder, tmp_path):
+def test_ctrl_c_writes_what_was_computed_and_the_rerun_finishes(bundled_dir, folder, tmp_path):
+    """The server lets three encoder calls through and holds the fourth (tests/service/gated.py), so the run is
+    surely mid-way when Ctrl-C comes, however fast the machine runs its 60 requests."""
     out = tmp_path / "v.parquet"
-    args = [sys.executable, "-m", "service.cli", "embed", "--quiet", str(folder), "--server", server.url, "--out",
+    args = [sys.executable, "-m", "service.cli", "embed", "--quiet", str(folder), "--server", "", "--out",
             str(out), "--group-size", "1000", "--batch-size", "2", "--concurrency", "1"]
-    before = served(server)
-    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while served(server) < before + 3:  # a few of its 60 requests answered
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err, err
-    kept = pq.read_table(out).num_rows
-    assert 0 < kept < 120, "rows computed before Ctrl-C were written although no group of 1000 was full"
-    rerun = embed(str(folder), "--server", server.url, "--out", str(out))
-    assert rerun.returncode == 0 and f"{kept} already done" in rerun.stderr
-    assert pq.read_table(out).num_rows == 120
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir)}, tmp_path / "gated").wait_ready()
+    try:
+        args[args.index("--server") + 1] = server.url
+        first = server.entered()
+        server.hold()
+        server.allow(first + 3)
+        # SIGINT as in a terminal: a shell running the tests in the background (nohup, `make test &`, some CI
+        # runners) ignores it, and a child would inherit that and never see the Ctrl-C
+        proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while server.entered() < first + 4:  # three requests answered, the fourth held in the encoder
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "interrupted" in err, err
+        kept = pq.read_table(out).num_rows
+        assert 0 < kept < 120, "rows computed before Ctrl-C were written although no group of 1000 was full"
+        server.release()
+        rerun = embed(str(folder), "--server", server.url, "--out", str(out))
+        assert rerun.returncode == 0 and f"{kept} already done" in rerun.stderr
+        assert pq.read_table(out).num_rows == 120
+    finally:
+        server.stop()
 
 
 def test_unreadable_and_corrupt_files_are_recorded_and_the_run_goes_on(server, folder, tmp_path):

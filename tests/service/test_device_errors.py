@@ -73,3 +73,7 @@ def test_broken_device_errors_are_fatal(exc):
 @pytest.mark.parametrize("exc", ORDINARY, ids=lambda e: str(e).split("Status Message: ")[-1][:50])
 def test_ordinary_errors_are_neither(exc):
     assert not is_oom(exc) and not is_fatal(exc)
+
+
+def test_torchs_out_of_memory_type_is_out_of_memory_whatever_its_message():
+    assert is_oom(OutOfMemoryError("allocation failed on device 0")) and not is_oom(RuntimeError("allocation failed"))

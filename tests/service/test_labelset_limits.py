@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import time
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from service.errors import PayloadTooLarge
 from service.labelset_store import LabelSetStore, StoredLabelSet
 from service.settings import Settings
-from tests.service.fake_backend import COLOURS, named_app, png
+from tests.service.fake_backend import COLOURS, png, ready_client
 from tests.service.server import ServerProcess
 
 
@@ -134,12 +132,7 @@ def test_concurrent_puts_of_new_names_store_at_most_the_limit(small_store_server
 @pytest.fixture
 def default_client():
     """An app with the default settings: CLIP_MAX_LABELSETS=64, CLIP_MAX_TEMPLATES=100."""
-    app, _ = named_app(Settings())
-    with TestClient(app) as client:
-        limit = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < limit, "the fake backend never became ready"
-            time.sleep(0.02)
+    with ready_client(Settings()) as (client, _):
         yield client
 
 
@@ -177,11 +170,7 @@ def test_templates_at_the_cap_are_accepted_and_over_it_refused(default_client, r
 @pytest.mark.parametrize("route", ["/classify", "/labelsets/builtin"])
 def test_built_in_template_sets_count_against_the_cap(route):
     """CLIP_MAX_TEMPLATES=7: `simple` (open_clip's 7) fits, `openai_imagenet` (the paper's 80) does not."""
-    app, _ = named_app(Settings(max_templates=7))
-    with TestClient(app) as c:
-        while c.get("/readyz").status_code != 200:
-            time.sleep(0.02)
-
+    with ready_client(Settings(max_templates=7)) as (c, _):
         def send(templates: str):
             body = {"labels": ["a", "b"], "templates": templates}
             if route == "/classify":

@@ -60,7 +60,8 @@ def test_items_past_their_deadline_in_the_queue_are_never_encoded(modality):
             return metric_value(metrics(url), "clip_queue_depth", modality=modality)
 
         held = Call(url, modality, "hold")  # takes the encoder and keeps it
-        assert backend.holding.wait(60), "the first batch never reached the encoder"
+        wait_until(lambda: backend.holding.is_set() or held.response is not None, "the first batch is encoding")
+        assert held.response is None, f"answered before it reached the encoder: {held.response.text[:200]}"
         late = Call(url, modality, "late")  # queued behind it
         wait_until(lambda: depth() == 2 or late.response is not None, "the late item is queued")
         assert late.response is None, f"answered before it was queued: {late.response.text[:200]}"

@@ -106,7 +106,9 @@ def test_tokenizer_input_is_bounded_but_ordinary_text_is_untouched(text, expecte
 def test_stored_label_sets_are_bounded_by_bytes():
     app = create_app(Settings(labelset_cache_mb=0.01), backend_factory=FakeBackend)  # 10,485 bytes of label text
     with TestClient(app) as c:
+        deadline = time.monotonic() + 30
         while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
             time.sleep(0.05)
         assert c.put("/labelsets/a", json={"labels": ["x" * 4000, "y"]}).status_code == 200
         assert c.put("/labelsets/a", json={"labels": ["x" * 6000, "y"]}).status_code == 200  # replacing: own bytes

@@ -13,15 +13,18 @@ import time
 
 import pytest
 
+from service.__main__ import EXIT_MARGIN_S
 from tests.service.https_server import ImageHost
 from tests.service.server import ROOT, ServerProcess
 from tests.service.raw_client import SlowClient
 
 DRAIN_S = 3.0
-# Measured: 4.7 s (the drain, 1.5 s to close the connections left and cancel their tasks, then the app's
-# shutdown). Before the fix: the drain, uvicorn's own CLIP_DRAIN_S + 5 s graceful timeout, a 500 for each
-# unanswered request, then the interpreter's teardown: 12.5 s.
-EXIT_WITHIN_S = DRAIN_S + 5
+# README: the process exits within CLIP_DRAIN_S + 10 s whatever clients do. Measured: 4.7 s (the drain, 1.5 s to
+# close the connections left and cancel their tasks, then the app's shutdown); the rest of the margin is for a
+# loaded machine. That the ordinary path ended it, not the last-resort timer at the end of the margin, the log
+# says. Before the fix: the drain, uvicorn's own CLIP_DRAIN_S + 5 s graceful timeout, a 500 for each unanswered
+# request (asserted below), then the interpreter's teardown: 12.5 s.
+EXIT_WITHIN_S = DRAIN_S + EXIT_MARGIN_S
 
 
 class Held:
@@ -85,6 +88,7 @@ def test_exit_within_the_drain_and_margin_whatever_clients_do(bundled_dir, tmp_p
         inflight = re.search(r"finishing (\d+) in-flight request", log)
         assert inflight and int(inflight.group(1)) >= 2, "the premise: both requests were in flight at SIGTERM"
         assert exit_s < EXIT_WITHIN_S, f"exited {exit_s:.1f} s after SIGTERM\n{log}"
+        assert "exiting now" not in log, f"the last-resort timer ended the process, not the shutdown\n{log}"
         for name, c in clients.items():
             assert c.closed_after is not None, f"{name}: still open"
             assert b" 500 " not in c.received, f"{name} was answered 500: {c.received[:200]!r}"

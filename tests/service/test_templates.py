@@ -1,10 +1,14 @@
-"""README: `openai_imagenet` is "the paper's 80 ImageNet templates, as shipped by open_clip"."""
+"""README: `openai_imagenet` is "the paper's 80 ImageNet templates, as shipped by open_clip". And how templates a
+client sends are checked: a string or a list, each with its "{}", within CLIP_MAX_TEMPLATES, and labels x
+templates within CLIP_MAX_PROMPTS; each refusal says what to change."""
 
 from __future__ import annotations
 
+import pytest
 from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from service.templates import BUILT_IN, DEFAULT_TEMPLATES, resolve_templates
+from service.errors import InvalidField, PayloadTooLarge
+from service.templates import BUILT_IN, DEFAULT_TEMPLATES, check_prompt_count, resolve_templates
 
 # The 80 templates of Radford et al. (2021), in the order of openai/CLIP's notebook
 # notebooks/Prompt_Engineering_for_ImageNet.ipynb: a reference that does not come from open_clip.
@@ -45,3 +49,33 @@ def test_the_other_built_in_sets():
     assert list(resolve_templates("simple", max_templates=100)) == [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]
     assert resolve_templates(None, max_templates=100) == DEFAULT_TEMPLATES == ("a photo of a {}.",)
     assert set(BUILT_IN) == {"openai_imagenet", "simple", "default"}
+
+
+def test_a_template_string_is_one_template():
+    assert resolve_templates("a drawing of a {}", max_templates=1) == ("a drawing of a {}",)
+    assert resolve_templates(["a {}", "the {}"], max_templates=2) == ("a {}", "the {}")
+
+
+@pytest.mark.parametrize("templates,message", [
+    ("imagenet", "templates: unknown built-in set 'imagenet'; use one of ['default', 'openai_imagenet', 'simple'] "
+                 "or a list of strings containing '{}'"),
+    ([], "templates: give at least one template, or omit the field for the default"),
+    (["a {}", "no placeholder " * 10, "also none"],
+     f"templates: each must contain '{{}}' where the label goes; bad: {('no placeholder ' * 10)[:80]!r}"),
+    (["{} a", "{} b", "{} c", "{} d"], "templates: 4 given, at most 3 allowed (CLIP_MAX_TEMPLATES)"),
+    ("openai_imagenet", "templates: the built-in set 'openai_imagenet' has 80 templates, at most 3 allowed "
+                        "(CLIP_MAX_TEMPLATES)"),
+])
+def test_refused_templates_say_what_to_change(templates, message):
+    assert resolve_templates(["{} a", "{} b", "{} c"], max_templates=3)  # the cap itself is allowed
+    with pytest.raises(InvalidField) as err:
+        resolve_templates(templates, max_templates=3)
+    assert err.value.message == message
+
+
+def test_labels_times_templates_up_to_the_prompt_cap():
+    check_prompt_count(10, 10, 100)
+    with pytest.raises(PayloadTooLarge) as err:
+        check_prompt_count(101, 10, 1000)
+    assert err.value.message == ("101 labels x 10 templates = 1,010 prompts; the limit is 1,000 per request and per "
+                                 "label set (CLIP_MAX_PROMPTS); use fewer labels or templates")

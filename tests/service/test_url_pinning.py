@@ -81,7 +81,8 @@ def test_the_next_checked_address_is_tried_when_one_is_unreachable(host):
 
 def test_unreachable_everywhere_is_a_fetch_failure_naming_no_address(host):
     resolver, inner = Resolver(answer(PUBLIC, PUBLIC_2)), RecordingNetwork()
-    with pytest.raises(UrlFetchFailed, match="could not fetch") as failed:
+    with pytest.raises(UrlFetchFailed) as failed:
         run_fetch(fetcher(host), "https://img.example.com/cat.jpg", resolver, inner)
+    assert failed.value.message == "could not fetch: ConnectError"  # the error's kind, never its text
     assert inner.connects == [PUBLIC, PUBLIC_2]
     assert PUBLIC not in str(failed.value) and PUBLIC_2 not in str(failed.value)

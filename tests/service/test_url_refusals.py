@@ -75,7 +75,8 @@ def test_waiting_for_a_fetch_slot_counts_against_the_deadline(host, gate):
 
     result, waited = asyncio.run(scenario())
     assert isinstance(result, Overloaded), f"got {result!r:.80} after {waited:.1f}s: the slot wait had no deadline"
-    assert "CLIP_URL_TIMEOUT_S" in result.message and result.retry_after
+    assert result.message == (f"all {MAX_CONCURRENT_FETCHES} URL fetch slots stayed busy for 0.5 s "
+                              f"(CLIP_URL_TIMEOUT_S); retry later") and result.retry_after == 1
     assert waited < 10, waited  # its own deadline (0.5 s), not the holders' (20 s)
 
 

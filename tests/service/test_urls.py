@@ -6,19 +6,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import json
 
 import httpx
 import numpy as np
 import pytest
 
 from service.errors import PayloadTooLarge, UrlFetchFailed, UrlRefused
-from service.urls import UrlFetcher, address_problem, host_allowed
+from service.urls import MAX_REDIRECTS, ByteBudget, UrlFetcher, address_problem, host_allowed
 from tests.service.conftest import encode, shape_image
 from tests.service.https_server import ImageHost, chunked_body, slow_body
 from tests.service.server import ServerProcess
 
 PNG = encode(shape_image("red", "circle"))
 MAX_BYTES = 100_000
+
+
+def echo_headers(handler) -> None:
+    """A route whose body is the request's headers, as JSON."""
+    body = json.dumps({k.lower(): v for k, v in handler.headers.items()}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +41,13 @@ def host(tmp_path_factory):
         "/to-http": (302, {"Location": "http://localhost/red.png"}, b""),
         "/to-other-host": (302, {"Location": "https://evil.example/red.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
+        "/no-location": (302, {}, b""),
+        "/echo-headers": echo_headers,
+        "/chain/0": (302, {"Location": "/red.png"}, b""),  # /chain/n: n + 1 redirects to the image
+        **{f"/chain/{n}": (302, {"Location": f"/chain/{n - 1}"}, b"") for n in range(1, MAX_REDIRECTS + 1)},
         "/big": (200, {}, b"\0" * (MAX_BYTES + 1)),
+        "/exact": (200, {}, b"\0" * MAX_BYTES),
+        "/exact-chunked": chunked_body(MAX_BYTES),
         "/big-chunked": chunked_body(MAX_BYTES * 3),
         "/slow": slow_body(0.05),
         "/gone": (404, {}, b"no"),
@@ -66,12 +82,65 @@ def test_public_addresses_pass_and_the_test_switch_opens_loopback_only():
         assert address_problem(ipaddress.ip_address(address), allow_loopback=True), address
 
 
+@pytest.mark.parametrize("address,problem", [
+    ("169.254.169.254", "a cloud metadata address"), ("fd00:ec2::254", "a cloud metadata address"),
+    ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"), ("fe80::1", "a link-local address"),
+    ("224.0.0.1", "a multicast address"), ("0.0.0.0", "an unspecified address"), ("240.0.0.1", "a reserved address"),
+    ("10.1.2.3", "a private address"), ("100.64.0.1", "a non-public address"),
+    # IPv6 carrying an IPv4 address: mapped, 6to4 and Teredo (whose client address is stored inverted)
+    ("::ffff:10.0.0.1", "an IPv6 address wrapping 10.0.0.1 (a private address)"),
+    ("2002:0a00:0001::1", "an IPv6 address wrapping 10.0.0.1 (a private address)"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "an IPv6 address wrapping 10.0.0.1 (a private address)"),
+    ("::ffff:8.8.8.8", None), ("2002:0808:0808::1", None),  # wrapping a public address: public
+])
+def test_each_address_class_is_named(address, problem):
+    assert address_problem(ipaddress.ip_address(address)) == problem
+
+
+def test_no_allow_list_is_a_configuration_error():
+    with pytest.raises(ValueError) as err:
+        UrlFetcher([])
+    assert str(err.value) == "URL fetching needs an allow-list of hosts (CLIP_URL_ALLOWED_HOSTS)"
+
+
+def test_the_loopback_test_switch_reaches_ip_literals():
+    url = "https://127.0.0.1:8443/x.png"
+    assert str(UrlFetcher(["127.0.0.1"], allow_loopback_for_tests=True).check_url(url)) == url
+    with pytest.raises(UrlRefused, match="loopback"):
+        UrlFetcher(["127.0.0.1"]).check_url(url)
+
+
+def test_the_loopback_test_switch_reaches_wrapped_addresses_too():
+    assert address_problem(ipaddress.ip_address("::ffff:127.0.0.1"), allow_loopback=True) is None
+    assert address_problem(ipaddress.ip_address("::ffff:10.0.0.1"), allow_loopback=True) is not None
+
+
 def test_host_allow_list():
     assert host_allowed("img.example.com", ["img.example.com"])
     assert host_allowed("IMG.example.com.", ["img.example.com"])
+    assert host_allowed("img.example.com", [" IMG.example.com. "])  # entries are read as loosely as hosts
+    assert host_allowed("a.example.com", ["*.example.com."]) and not host_allowed("img.example.com", [".example.com"])
     assert host_allowed("a.b.example.com", ["*.example.com"]) and not host_allowed("example.com", ["*.example.com"])
     assert not host_allowed("evilexample.com", ["*.example.com"]) and not host_allowed("x.com", ["img.example.com"])
     assert host_allowed("anything.org", ["*"])
+    # '*.example.com' needs a name before the dot: one letter is enough, the bare dot is not
+    assert host_allowed("a.example.com", ["*.example.com"]) and not host_allowed(".example.com", ["*.example.com"])
+
+
+@pytest.mark.parametrize("url,message", [
+    ("https://[::1/x", "not a valid URL: Invalid port: ':1'"),
+    ("HTTP://img.example.com/x", "only https URLs are fetched, not http:"),
+    ("//img.example.com/x", "only https URLs are fetched, not scheme-less:"),
+    ("https://u:p@img.example.com/x", "URLs with credentials (user:password@) are not fetched"),
+    ("https:///x", "URL has no host"),
+    ("https://evil.example/x", "host 'evil.example' is not in CLIP_URL_ALLOWED_HOSTS"),
+    ("https://[::1]/x", "::1 is a loopback address; only public addresses are fetched"),
+    ("https://10.0.0.1/x", "10.0.0.1 is a private address; only public addresses are fetched"),
+])
+def test_each_refusal_says_what_is_wrong(url, message):
+    with pytest.raises(UrlRefused) as refused:
+        UrlFetcher(["img.example.com", "::1", "10.0.0.1"]).check_url(url)
+    assert refused.value.message == message
 
 
 @pytest.mark.parametrize("url,words", [
@@ -93,6 +162,18 @@ def test_allowed_host_is_fetched_also_through_a_redirect(host):
     assert fetch(fetcher(host), host.url("/hop")) == PNG
 
 
+def test_the_image_host_is_asked_for_an_image_by_clip_serve(host):
+    sent = json.loads(fetch(fetcher(host), host.url("/echo-headers")))
+    assert (sent["host"], sent["accept"], sent["user-agent"]) == (f"localhost:{host.port}", "image/*", "clip-serve")
+
+
+def test_redirects_are_followed_up_to_the_limit(host):
+    assert fetch(fetcher(host), host.url(f"/chain/{MAX_REDIRECTS - 1}")) == PNG  # MAX_REDIRECTS hops
+    with pytest.raises(UrlFetchFailed) as failed:
+        fetch(fetcher(host), host.url(f"/chain/{MAX_REDIRECTS}"))
+    assert failed.value.message == f"more than {MAX_REDIRECTS} redirects"
+
+
 def test_loopback_is_refused_without_the_test_switch(host):
     with pytest.raises(UrlRefused, match="does not resolve to a public address") as refused:
         fetch(fetcher(host, allow_loopback_for_tests=False), host.url("/red.png"))
@@ -105,6 +186,7 @@ def test_loopback_is_refused_without_the_test_switch(host):
     ("/to-http", UrlRefused, "only https"),
     ("/to-other-host", UrlRefused, "not in CLIP_URL_ALLOWED_HOSTS"),
     ("/loop", UrlFetchFailed, "redirects"),
+    ("/no-location", UrlFetchFailed, "HTTP 302 redirect without a Location"),
     ("/big", PayloadTooLarge, "CLIP_URL_MAX_BYTES"),
     ("/big-chunked", PayloadTooLarge, "CLIP_URL_MAX_BYTES"),
     ("/slow", UrlFetchFailed, "CLIP_URL_TIMEOUT_S"),
@@ -113,6 +195,30 @@ def test_loopback_is_refused_without_the_test_switch(host):
 def test_every_hop_and_body_is_checked(host, path, error, words):
     with pytest.raises(error, match=words):
         fetch(fetcher(host), host.url(path))
+
+
+def test_an_image_of_exactly_the_cap_is_fetched_and_one_byte_more_is_not(host):
+    assert fetch(fetcher(host), host.url("/exact")) == b"\0" * MAX_BYTES
+    assert fetch(fetcher(host), host.url("/exact-chunked")) == b"\0" * MAX_BYTES
+    with pytest.raises(PayloadTooLarge) as declared:  # refused from its Content-Length, before the body
+        fetch(fetcher(host), host.url("/big"))
+    assert declared.value.message == "the image is 100,001 bytes; the limit is 100,000 (CLIP_URL_MAX_BYTES)"
+    with pytest.raises(PayloadTooLarge) as streamed:  # no Content-Length: counted as it streams
+        fetch(fetcher(host), host.url("/big-chunked"))
+    assert streamed.value.message == "the image is over 100,000 bytes (CLIP_URL_MAX_BYTES)"
+
+
+def test_a_requests_budget_can_be_spent_to_the_last_byte():
+    budget = ByteBudget(10)
+    assert budget.take(4) and budget.take(6) and not budget.take(1)
+
+
+def test_the_network_never_opens_unix_sockets():
+    network = UrlFetcher(["img.example.com"]).network
+    with pytest.raises(UrlRefused) as err:
+        asyncio.run(network.connect_unix_socket("/run/docker.sock"))
+    assert err.value.message == "unix sockets are never fetched"
+    asyncio.run(network.sleep(0.001))  # httpcore's pauses go to the real backend
 
 
 def test_an_untrusted_certificate_is_refused(host):
