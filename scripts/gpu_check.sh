@@ -24,7 +24,7 @@ WORK=$(mktemp -d)   # exports and the random ViT-B-32 checkpoint (600 MB): scrat
 trap 'rm -rf "$WORK"' EXIT
 TEST_BUDGET=240
 BENCH_BUDGET=240
-GPU_TESTS=(tests/gpu/test_export_paths.py tests/gpu/test_nvjpeg.py)
+GPU_TESTS=(tests/gpu/test_export_paths.py tests/gpu/test_nvjpeg.py tests/gpu/test_device_pixels.py)
 
 echo "== environment ($PY)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3
