@@ -30,7 +30,8 @@ def knee(items_per_s: dict[int, float], share: float = KNEE_SHARE) -> int:
     return min(n for n, rate in items_per_s.items() if rate >= share * best)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -58,7 +59,7 @@ def host_id(device: str) -> str:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         cores = os.cpu_count() or 1
-    host = f"{_cpu_model()} x{cores}"
+    host = f"{cpu_model()} x{cores}"
     return f"{host}; {_gpu_model()}" if device == "cuda" else host
 
 

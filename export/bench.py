@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export.batch_knee import cpu_model
 from export.errors import ExportError
 from export.manifest import Manifest, SourceSpec, load_tokenizer, read_manifest
 from export.runtime import Towers, load_encoders
@@ -183,7 +184,7 @@ def format_table(rows: list[BenchRow]) -> str:
 
 def machine() -> dict[str, str | int]:
     """Where the numbers were measured."""
-    info: dict[str, str | int] = {"cpu": _cpu_model(), "cores": cpu_count(), "torch": torch.__version__,
+    info: dict[str, str | int] = {"cpu": cpu_model(), "cores": cpu_count(), "torch": torch.__version__,
                                   "platform": platform.platform()}
     try:
         import onnxruntime
@@ -192,16 +193,6 @@ def machine() -> dict[str, str | int]:
     except ImportError:
         pass
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rows_to_json(rows: list[BenchRow], manifest: Manifest, device: str, threads: int) -> dict:
