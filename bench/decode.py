@@ -70,18 +70,13 @@ def measure(models: Sequence[BenchModel], seconds: float = 3.0, width: int = 192
 
 # --- decode_limit: the most images/s this host can decode + resize for the model, on all cores -------------------
 def to_uint8(data: bytes, pre, max_pixels: int = 40_000_000) -> np.ndarray:
-    """JPEG bytes -> uint8 [H, W, 3] at the model's input size: the server's decode (reduced), resize and crop, without
-    the float conversion and normalisation (which issue 16 moves to the engine). models.preprocess.eval_pixels' steps
-    up to its uint8 array; when the front end's own uint8 function lands (issue 16), measure that instead."""
-    from models.preprocess import _pil_filter, _resized_size, center_crop_or_pad
+    """JPEG bytes -> uint8 [H, W, 3] at the model's input size: what a front-end process does to an image (the
+    server's reduced decode, then models.preprocess.eval_uint8's resize and crop), without the normalisation the
+    engine does."""
+    from models.preprocess import eval_uint8
     from service.images import decode
 
-    img = decode(data, max_pixels, min(pre.size))
-    size = _resized_size(img.size, pre)
-    if size != img.size:
-        img = img.resize(size, _pil_filter(pre))
-    fill = pre.fill_color if pre.resize_mode == "longest" else 0
-    return center_crop_or_pad(np.asarray(img), pre.size, fill)  # [H, W, 3] uint8
+    return eval_uint8(decode(data, max_pixels, min(pre.size)), pre)
 
 
 def _count_decodes(data: bytes, pre, seconds: float) -> tuple[int, float, float]:
