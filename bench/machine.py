@@ -8,26 +8,10 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from export.batch_knee import cores, cpu_model  # noqa: F401 - one reading of the CPU for knees and reports
+
 PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "open_clip_torch", "fastapi", "uvicorn", "httpx", "pillow",
             "numpy", "orjson")
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cores() -> int:
-    """Cores this process may use (its affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 def memory_gib() -> float | None:

@@ -41,6 +41,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cores() -> int:
+    """Cores this process may use (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 def _gpu_model() -> str:
     """The first GPU's name from nvidia-smi (no CUDA library loaded), or "" when there is none to ask."""
     if not shutil.which("nvidia-smi"):
@@ -55,11 +63,7 @@ def _gpu_model() -> str:
 
 def host_id(device: str) -> str:
     """What a knee depends on besides the model: the CPU (model, cores this process may use) and, on CUDA, the GPU."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cores = os.cpu_count() or 1
-    host = f"{cpu_model()} x{cores}"
+    host = f"{cpu_model()} x{cores()}"
     return f"{host}; {_gpu_model()}" if device == "cuda" else host
 
 
