@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from export.manifest import Manifest
 
@@ -86,23 +87,37 @@ def recorded_knees(manifest: Manifest, device: str) -> dict[str, int]:
 KNEES_CACHE = Path("cache") / "batch_knees.json"  # under an export directory, beside verified.json
 
 
-def cached_knees(export_dir: Path | str, device: str) -> dict[str, int]:
+def cached_knees(export_dir: Path | str, device: str, budget_s: float = float("inf")) -> dict[str, int]:
     """tower -> max batch an earlier start's warm-up probe measured for `device` on this host; {} when none did.
 
     The probe delays readiness by up to CLIP_BATCH_PROBE_S; remembering its knees means a restart on the same host
-    (the usual case: a container restarted, a pod rescheduled on the same machine type) is ready without it."""
+    (the usual case: a container restarted, a pod rescheduled on the same machine type) is ready without it. A knee
+    from a probe that its budget cut short is used too, unless this start has a larger budget (`budget_s`) than that
+    probe had: then it measures again, further."""
     try:
         record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device) or {}
     except (OSError, ValueError, AttributeError):
         return {}
     if record.get("host") != host_id(device):
         return {}
-    return {t: int(record[t]) for t in ("image", "text") if isinstance(record.get(t), int) and record[t] > 0}
+    cut_short = record.get("partial") or {}  # tower -> the budget its probe ran out of
+    return {t: int(record[t]) for t in ("image", "text") if isinstance(record.get(t), int) and record[t] > 0
+            and not (isinstance(cut_short, dict) and float(cut_short.get(t, budget_s)) < budget_s)}
 
 
-def cache_knees(export_dir: Path | str, device: str, knees: dict[str, int]) -> None:
-    """Remember a complete probe's knees for this host; a read-only export directory just means the next start
-    probes again."""
+def cached_partial(export_dir: Path | str, device: str) -> set[str]:
+    """The towers whose remembered knee came from a probe that its time budget cut short."""
+    try:
+        record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device) or {}
+        return set(record.get("partial") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+
+
+def cache_knees(export_dir: Path | str, device: str, knees: dict[str, int],
+                partial: Optional[dict[str, float]] = None) -> None:
+    """Remember a probe's knees for this host (`partial`: tower -> budget, for probes that budget cut short); a
+    read-only export directory just means the next start probes again."""
     from export.cache_files import write_atomic
 
     path = Path(export_dir) / KNEES_CACHE
@@ -111,8 +126,11 @@ def cache_knees(export_dir: Path | str, device: str, knees: dict[str, int]) -> N
         old = old if isinstance(old, dict) else {}
     except (OSError, ValueError):
         old = {}
+    mine = old.get(device) if isinstance(old.get(device), dict) and old[device].get("host") == host_id(device) else {}
+    kept_partial = {t: b for t, b in (mine.get("partial") or {}).items() if t not in knees}
+    record = {**mine, "host": host_id(device), **knees, "partial": {**kept_partial, **(partial or {})}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({**old, device: {"host": host_id(device), **knees}}, indent=1).encode())
+        write_atomic(path, json.dumps({**old, device: record}, indent=1).encode())
     except OSError as exc:
         log.info("batch knees not remembered in %s: %s", path, exc)

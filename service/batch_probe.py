@@ -98,7 +98,8 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
     for modality, cap in getattr(backend, "recorded_max_batch", {}).items():
         if modality in limits:
             source = getattr(backend, "recorded_source", "manifest")  # or "cache": an earlier start's probe
-            curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source=source)
+            complete = modality not in getattr(backend, "recorded_partial", set())
+            curves[modality] = BatchCurve(modality, cap=min(cap, limits[modality]), source=source, complete=complete)
             log.info("%s max batch %d: the knee recorded for this host (%s: %d), within %d",
                      modality, curves[modality].cap, source, cap, limits[modality])
     todo = [m for m in limits if m not in curves]
@@ -112,13 +113,22 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
                  modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),
                  "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,
                  100 * KNEE_SHARE)
-    _remember(backend, {m: c for m, c in curves.items() if m in todo})
+    _remember(backend, {m: c for m, c in curves.items() if m in todo}, budget_s)
     return curves
 
 
-def _remember(backend, measured: dict[str, BatchCurve]) -> None:
-    """Keep the knees of complete curves in an export's cache, so a restart on this host skips the probe."""
-    knees = {m: c.cap for m, c in measured.items() if c.complete and c.cap}
+def unwarmed(engine, curves: dict[str, BatchCurve]) -> tuple[int, int]:
+    """The image and text batch sizes warm-up still has to run: each tower's max batch, or 0 where the probe already
+    ran the encoder at that size (warming it again would only add its time to the start)."""
+    return tuple(0 if batcher.max_batch in curves.get(m, BatchCurve(m)).items_per_s else batcher.max_batch
+                 for m, batcher in (("image", engine.images), ("text", engine.texts)))  # type: ignore[return-value]
+
+
+def _remember(backend, measured: dict[str, BatchCurve], budget_s: float) -> None:
+    """Keep the knees in an export's cache, so a restart on this host skips the probe; a curve the budget cut short
+    is kept with that budget (a later start with a larger CLIP_BATCH_PROBE_S measures again)."""
+    knees = {m: c.cap for m, c in measured.items() if c.cap}
+    partial = {m: budget_s for m, c in measured.items() if c.cap and not c.complete}
     export_dir = getattr(backend, "export_dir", None)
     if knees and export_dir is not None:
-        cache_knees(export_dir, backend.device, knees)
+        cache_knees(export_dir, backend.device, knees, partial)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from service.backends import Backend, load_backend
-from service.batch_probe import probe_backend
+from service.batch_probe import probe_backend, unwarmed
 from service.engine import Engine, unset_limits
 from service.errors import NotReady
 from service.metrics import Metrics
@@ -48,8 +48,7 @@ class Lifecycle:
                                                 unset_limits(self.settings, backend), self.settings.batch_probe_s)
             engine = Engine(self.settings, backend, self.metrics, self.inference_pool, on_fatal=self.mark_fatal,
                             curves=curves)
-            await loop.run_in_executor(self.inference_pool, backend.warmup, engine.images.max_batch,
-                                       engine.texts.max_batch)
+            await loop.run_in_executor(self.inference_pool, backend.warmup, *unwarmed(engine, curves))
         except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with its cause
             self.fatal = f"model failed to load or warm up: {type(exc).__name__}: {exc}"
             log.error(self.fatal)

@@ -66,6 +66,7 @@ class Backend(ABC):
     # time the encoders at warm-up to choose max batch sizes (service/batch_probe.py); test doubles leave it off
     measure_batches: bool = False
     recorded_max_batch: dict[str, int] = {}  # tower -> max batch an export recorded for this host (no probe then)
+    recorded_partial: set[str] = set()  # towers whose recorded max batch is from a probe its time budget cut short
 
     @property
     def max_batch(self) -> int | None:
@@ -95,10 +96,13 @@ class Backend(ABC):
         return Activation(self.logit_scale, self.logit_bias)
 
     def warmup(self, image_batch: int, text_batch: int) -> None:
-        """Run both encoders once at the largest batch sizes, so the first request pays nothing extra."""
+        """Run both encoders once at the largest batch sizes, so the first request pays nothing extra; a size of 0
+        skips that tower (the batch probe already ran it at that size)."""
         h, w = self.preprocess.size
-        self.encode_image(np.zeros((image_batch, 3, h, w), dtype=np.float32))
-        self.encode_text(self.tokenize(["warm up"] * text_batch))
+        if image_batch:
+            self.encode_image(np.zeros((image_batch, 3, h, w), dtype=np.float32))
+        if text_batch:
+            self.encode_text(self.tokenize(["warm up"] * text_batch))
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_id, "fingerprint": self.fingerprint, "dimensions": self.embed_dim,

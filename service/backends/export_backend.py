@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from export.batch_knee import cached_knees, recorded_knees
+from export.batch_knee import cached_knees, cached_partial, recorded_knees
 from service.backends.base import Backend
 from service.settings import Settings
 
@@ -44,7 +44,9 @@ class ExportBackend(Backend):
         self.recorded_max_batch = recorded_knees(m, self.device)
         self.recorded_source = "manifest"
         if not self.recorded_max_batch:
-            self.recorded_max_batch, self.recorded_source = cached_knees(settings.export_dir, self.device), "cache"
+            self.recorded_max_batch = cached_knees(settings.export_dir, self.device, settings.batch_probe_s)
+            self.recorded_source = "cache"
+            self.recorded_partial = cached_partial(settings.export_dir, self.device) & set(self.recorded_max_batch)
         log.info("export backend %s on %s: providers %s", self.name, self.device, self.encoders.providers)
 
 

@@ -140,3 +140,43 @@ def test_the_budget_covers_both_towers_together():
     curves = probe_backend(backend, {"image": 32, "text": 64}, budget_s=3.0, timer=clock)
     assert set(curves) == {"image", "text"} and not any(c.complete for c in curves.values())
     assert clock.now <= 3.0 + 1e-9  # readiness waits for the whole probe: the budget bounds it, not each tower
+
+
+def test_a_probe_its_budget_cut_short_is_remembered_until_a_larger_budget(tmp_path):
+    """A start whose probe ran out of CLIP_BATCH_PROBE_S still served with the knee it found: the next start on this
+    host uses it (no probe, and no second wait for readiness); a start given more time measures further."""
+    from export.batch_knee import cached_knees, cached_partial
+
+    clock = Clock(lambda n, _: 0.1 * n)
+    backend = SimpleNamespace(preprocess=SimpleNamespace(size=(8, 8)), encode_image=clock.encode,
+                              encode_text=clock.encode, tokenize=lambda texts: np.zeros((len(texts), 4)),
+                              export_dir=tmp_path, device="cpu")
+    curves = probe_backend(backend, {"image": 32, "text": 64}, budget_s=3.0, timer=clock)
+    assert not any(c.complete for c in curves.values())
+    caps = {m: c.cap for m, c in curves.items()}
+    assert cached_knees(tmp_path, "cpu", budget_s=3.0) == caps
+    assert cached_partial(tmp_path, "cpu") == {"image", "text"}
+    assert cached_knees(tmp_path, "cpu", budget_s=30.0) == {}  # more time now: measure again
+
+    remembered = SimpleNamespace(**{**vars(backend), "recorded_max_batch": caps, "recorded_source": "cache",
+                                    "recorded_partial": {"image", "text"}})
+    calls = len(clock.calls)
+    again = probe_backend(remembered, {"image": 32, "text": 64}, budget_s=3.0, timer=clock)
+    assert len(clock.calls) == calls  # no encoder call
+    assert {m: (c.cap, c.source, c.complete) for m, c in again.items()} == {
+        m: (cap, "cache", False) for m, cap in caps.items()}
+
+    fast = Clock(lambda n, _: 0.001)  # a complete probe of one tower replaces that tower's partial record
+    backend_fast = SimpleNamespace(**{**vars(backend), "encode_text": fast.encode})
+    probe_backend(backend_fast, {"text": 64}, budget_s=30.0, timer=fast)
+    assert cached_partial(tmp_path, "cpu") == {"image"}
+    assert cached_knees(tmp_path, "cpu", budget_s=30.0) == {"text": 64}
+
+
+def test_warm_up_skips_a_size_the_probe_already_ran():
+    from service.batch_probe import BatchCurve, unwarmed
+
+    engine = SimpleNamespace(images=SimpleNamespace(max_batch=8), texts=SimpleNamespace(max_batch=64))
+    curves = {"image": BatchCurve("image", items_per_s={1: 1.0, 2: 2.0, 4: 3.0, 8: 3.1})}
+    assert unwarmed(engine, curves) == (0, 64)  # the text tower was not probed (set explicitly, or recorded)
+    assert unwarmed(engine, {}) == (8, 64)
