@@ -58,7 +58,7 @@ def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[
     """Time `encode(make(n))` (one encoder call on a batch of n, its input made beforehand) for n in
     sizes_up_to(limit), smallest first, and take the knee. A size whose estimated cost (from the last size's time per
     item) would overrun `budget_s` is not run: the curve is then incomplete, and the cap the knee of the sizes that
-    were, or `limit` where the last of them was still the best."""
+    were (so the probe has run the encoder at the cap, and warm-up need not)."""
     curve = BatchCurve(modality)
     start = timer()
     per_item = 0.0
@@ -75,10 +75,16 @@ def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[
                 break
         curve.items_per_s[n] = rate
         per_item = 1 / rate
+    # cut short while still gaining, the knee is the largest size measured, not the limit: a size's first call costs
+    # ORT about twice a steady one (ViT-B-32, CPU), so serving an unmeasured size means warming it up too, which the
+    # budget was meant to bound; and nothing measured says the larger batch's latency buys anything
     curve.cap = knee(curve.items_per_s)
-    if not curve.complete and curve.cap == max(curve.items_per_s):
-        curve.cap = limit  # still gaining when the budget ran out: nothing measured says a smaller batch is enough
     return curve
+
+
+def still_rising(curve: BatchCurve) -> bool:
+    """The budget stopped the probe while the largest size measured was still the fastest."""
+    return not curve.complete and bool(curve.items_per_s) and curve.cap == max(curve.items_per_s)
 
 
 def _fastest(encode: Callable[[np.ndarray], object], x: np.ndarray, calls: int, timer: Timer) -> float:
@@ -113,6 +119,10 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
                  modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),
                  "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,
                  100 * KNEE_SHARE)
+        if still_rising(curve):
+            log.warning("%s encoder: CLIP_BATCH_PROBE_S=%g ran out while batch %d was still the fastest; serving at max "
+                        "batch %d. A larger CLIP_BATCH_PROBE_S, or `python -m export bench <export dir> --backends onnx "
+                        "--record` on this host, measures the larger sizes", modality, budget_s, curve.cap, curve.cap)
     _remember(backend, {m: c for m, c in curves.items() if m in todo}, budget_s)
     return curves
 
