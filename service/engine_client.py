@@ -26,6 +26,7 @@ import zmq
 
 from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer
+from service import tracing
 from service.backends.base import Backend
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
@@ -181,7 +182,7 @@ class EngineLink:
         else:
             waiter.set_result(early)
         try:
-            self.sock.send(pack({**header, "id": rid}, arrays))  # type: ignore[union-attr]
+            self.sock.send(pack({**header, "id": rid, **_trace_fields()}, arrays))  # type: ignore[union-attr]
         except BackendFailure:
             self._pending.pop(rid, None)
             raise
@@ -193,6 +194,13 @@ class EngineLink:
             raise
         raise_error(reply)
         return reply, out
+
+
+def _trace_fields() -> dict[str, str]:
+    """The request span's W3C traceparent, for the engine's spans of this call (its queue_wait and inference) to sit
+    in the request's trace; nothing when tracing is off or no request span is current (heartbeats)."""
+    parent = tracing.traceparent()
+    return {"traceparent": parent} if parent else {}
 
 
 class EnginePool:
