@@ -28,6 +28,7 @@ from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer
 from service import tracing
 from service.backends.base import Backend
+from service.batch_probe import BatchCurve
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
 from service.images import ImagePreprocessor
@@ -280,6 +281,7 @@ class RemoteEngine(Engine):
         self.preprocessor = ImagePreprocessor(self.backend.preprocess, settings.max_image_pixels,
                                               settings.reduced_jpeg_decode, "cpu", as_uint8=True)
         self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
+        self.curves = {m: BatchCurve.from_dict(m, c) for m, c in info.get("measured", {}).items()}  # for /info
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine

@@ -235,6 +235,7 @@ def engine_info(eng: Engine) -> dict[str, Any]:
                                                      "context_length": exact.context_length,
                                                      "clean_budget": exact.clean_budget},
             "image_max_batch": eng.images.max_batch, "text_max_batch": eng.texts.max_batch,
+            "measured": {m: c.to_dict() for m, c in eng.curves.items()},  # the warm-up's batch curves, for /info
             # every other plain attribute, so that one read by Engine's shared steps (scores) reaches front-ends too
             "attributes": {k: v for k, v in vars(b).items() if isinstance(v, (bool, int, float, str))}}
 
