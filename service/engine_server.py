@@ -6,6 +6,8 @@ Each request from a front-end runs as one task here, keyed by (front-end, reques
 in two steps, so that a full queue still answers before any decoding: `reserve` takes room for n images (or
 refuses: 503 / 413), the front-end decodes, then `pixels` brings uint8 [n, H, W, 3], normalised here as a batch
 (models.preprocess.normalise; on the GPU for CUDA backends, service/device_pixels.py) right before the encoder.
+A call may carry its request span's W3C `traceparent` (service/tracing.py): the spans this process makes for it
+(queue_wait, inference) are then children of that span, exported by this process's own tracer.
 """
 
 from __future__ import annotations
