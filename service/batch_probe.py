@@ -43,6 +43,12 @@ class BatchCurve:
         return {"max_batch": self.cap, "source": self.source, "complete": self.complete,
                 "items_per_s": {str(n): round(r, 1) for n, r in self.items_per_s.items()}}
 
+    @classmethod
+    def from_dict(cls, modality: str, d: dict) -> "BatchCurve":
+        """A curve as `to_dict` wrote it (an engine process's, read by a front-end for /info)."""
+        return cls(modality, {int(n): r for n, r in d["items_per_s"].items()}, d["complete"], d["max_batch"],
+                   d["source"])
+
 
 def sizes_up_to(limit: int) -> list[int]:
     """1, 2, 4, ... below `limit`, then `limit` itself."""

@@ -26,7 +26,9 @@ import zmq
 
 from models.preprocess import PreprocessConfig
 from models.tokenizer import ClipTokenizer
+from service import tracing
 from service.backends.base import Backend
+from service.batch_probe import BatchCurve
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
 from service.images import ImagePreprocessor
@@ -181,7 +183,7 @@ class EngineLink:
         else:
             waiter.set_result(early)
         try:
-            self.sock.send(pack({**header, "id": rid}, arrays))  # type: ignore[union-attr]
+            self.sock.send(pack({**header, "id": rid, **_trace_fields()}, arrays))  # type: ignore[union-attr]
         except BackendFailure:
             self._pending.pop(rid, None)
             raise
@@ -193,6 +195,13 @@ class EngineLink:
             raise
         raise_error(reply)
         return reply, out
+
+
+def _trace_fields() -> dict[str, str]:
+    """The request span's W3C traceparent, for the engine's spans of this call (its queue_wait and inference) to sit
+    in the request's trace; nothing when tracing is off or no request span is current (heartbeats)."""
+    parent = tracing.traceparent()
+    return {"traceparent": parent} if parent else {}
 
 
 class EnginePool:
@@ -272,6 +281,7 @@ class RemoteEngine(Engine):
         self.preprocessor = ImagePreprocessor(self.backend.preprocess, settings.max_image_pixels,
                                               settings.reduced_jpeg_decode, "cpu", as_uint8=True)
         self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
+        self.curves = {m: BatchCurve.from_dict(m, c) for m, c in info.get("measured", {}).items()}  # for /info
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine

@@ -6,6 +6,8 @@ Each request from a front-end runs as one task here, keyed by (front-end, reques
 in two steps, so that a full queue still answers before any decoding: `reserve` takes room for n images (or
 refuses: 503 / 413), the front-end decodes, then `pixels` brings uint8 [n, H, W, 3], normalised here as a batch
 (models.preprocess.normalise; on the GPU for CUDA backends, service/device_pixels.py) right before the encoder.
+A call may carry its request span's W3C `traceparent` (service/tracing.py): the spans this process makes for it
+(queue_wait, inference) are then children of that span, exported by this process's own tracer.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import Any, Callable, Optional
 
 import numpy as np
 import zmq
 
 from models.preprocess import normalise
+from service import tracing
 from service.backends.base import exact_tokenizer
 from service.engine import Engine
 from service.errors import InvalidField
@@ -111,7 +115,9 @@ class EngineServer:
 
     async def _answer(self, ident: bytes, rid: int, op: str, header: dict[str, Any], arrays: list) -> None:
         try:
-            fields, out = await getattr(self, "op_" + op)(ident, rid, header, arrays)
+            # current while the request runs here, so its spans (queue_wait, inference) join the front-end's trace
+            with tracing.attached(tracing.context_from(header.get("traceparent"))):
+                fields, out = await getattr(self, "op_" + op)(ident, rid, header, arrays)
             await self._send(ident, {"id": rid, **fields}, out)
         except asyncio.CancelledError:  # the front-end's client left: nobody reads an answer
             raise
@@ -231,6 +237,7 @@ def engine_info(eng: Engine) -> dict[str, Any]:
                                                      "context_length": exact.context_length,
                                                      "clean_budget": exact.clean_budget},
             "image_max_batch": eng.images.max_batch, "text_max_batch": eng.texts.max_batch,
+            "measured": {m: c.to_dict() for m, c in eng.curves.items()},  # the warm-up's batch curves, for /info
             # every other plain attribute, so that one read by Engine's shared steps (scores) reaches front-ends too
             "attributes": {k: v for k, v in vars(b).items() if isinstance(v, (bool, int, float, str))}}
 
@@ -250,8 +257,22 @@ def run_engine(settings_data: dict[str, Any], device: str, address: str, index: 
     settings = Settings(**{**settings_data, "device": device, "devices": []})
     configure_logging(settings.log_level)
     logging.getLogger("service").info("engine %d on %s: pid %d, %s", index, device, os.getpid(), address)
+    start_tracing(settings, index)
     asyncio.run(_engine_main(settings, address, backend_factory))
+    tracing.shutdown()  # export the spans still buffered
     os._exit(0)  # skip the interpreter's teardown (torch unload), as service/__main__.py does
+
+
+def start_tracing(settings: Settings, index: int) -> None:
+    """Tracing as the front-ends have it (same settings and environment): this process exports its own spans,
+    children of the request spans whose traceparent comes with each call. Exits 2 where it cannot start (the
+    front-ends stop the same way, and the supervisor stops the server)."""
+    try:
+        tracing.setup(settings)
+    except tracing.TracingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        os._exit(2)
+    log.info("engine %d tracing: %s", index, tracing.describe())
 
 
 async def _engine_main(settings: Settings, address: str, backend_factory: Callable[[Settings], Any]) -> None:

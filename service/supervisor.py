@@ -103,7 +103,9 @@ class Supervisor:
     def start(self) -> None:
         from service.engine_server import run_engine
 
-        data = self.settings.model_dump()
+        # only what was set: a child's Settings(**data) then tells set from default as this one does (a batch size
+        # left unset is measured at warm-up, service/engine.py max_batch); the rest are defaults there too
+        data = self.settings.model_dump(exclude_unset=True)
         sock = bind(self.settings.host, self.settings.port)
         self.engines = [self.ctx.Process(target=run_engine, args=(data, dev, addr, i, self.backend_factory),
                                         name=f"clip-engine-{i}")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from service.batch_probe import knee, measure, probe_backend, sizes_up_to
+from service.batch_probe import BatchCurve, knee, measure, probe_backend, sizes_up_to
 from service.engine import max_batch, unset_limits
 from service.settings import Settings
 
@@ -50,6 +50,17 @@ def test_measured_curve_follows_the_encoder_and_picks_its_knee():
     assert list(curve.items_per_s) == [1, 2, 4, 8, 16, 32] and curve.complete
     assert curve.items_per_s[1] == pytest.approx(500.0) and curve.items_per_s[8] == pytest.approx(8 / 0.009)
     assert curve.cap == 8
+
+
+def test_a_curve_crosses_to_a_front_end_unchanged():
+    """An engine process sends its curves as to_dict() (service/engine_server.py); a front-end's /info shows them."""
+    clock = Clock(lambda n, _: 0.001 + 0.001 * n)
+    curve = measure("text", make, clock.encode, 8, budget_s=0.05, timer=clock)
+    assert not curve.complete and curve.items_per_s  # an incomplete one, to carry every field
+    sent = curve.to_dict()
+    back = BatchCurve.from_dict("text", sent)
+    assert back.to_dict() == sent and back.cap == curve.cap and back.modality == "text"
+    assert BatchCurve.from_dict("image", BatchCurve("image", cap=4, source="cache").to_dict()).source == "cache"
 
 
 def test_a_fixed_cost_per_call_makes_the_largest_batch_the_knee():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -380,6 +381,56 @@ def test_an_onnx_engine_behind_lean_front_ends(onnx_export_dir, server, tmp_path
         assert "onnxruntime" in Path(f"/proc/{engines[0]}/maps").read_text()
     finally:
         split.stop()
+
+
+def export_copy(onnx_export_dir: Path, to: Path, knees: dict[str, int] | None = None) -> Path:
+    """A copy of the export of its own, whose cache holds `knees` for this host (None: no knees, a probe at warm-up)."""
+    from export.batch_knee import KNEES_CACHE, cache_knees
+
+    shutil.copytree(onnx_export_dir, to)
+    (to / KNEES_CACHE).unlink(missing_ok=True)  # what another test's server remembered
+    if knees:
+        cache_knees(to, "cpu", knees)
+    return to
+
+
+def test_info_is_the_same_as_in_one_process(onnx_export_dir, tmp_path):
+    """/info of a split server is one process's, batching.measured included (the knees, from the engine's status),
+    for the same export: here knees remembered for this host, so neither server's measurement is noise."""
+    export = export_copy(onnx_export_dir, tmp_path / "export", {"image": 4, "text": 8})
+    env = {"CLIP_BACKEND": "onnx", "CLIP_EXPORT_DIR": str(export)}
+    one = ServerProcess(env, tmp_path / "one.log")
+    two = ServerProcess({**env, **SPLIT, "CLIP_WORKERS": "1"}, tmp_path / "split.log")
+    try:
+        infos = [httpx.get(s.wait_ready().url + "/info", timeout=30).json() for s in (one, two)]
+    finally:
+        one.stop()
+        two.stop()
+    measured = infos[0]["batching"]["measured"]
+    assert {m: (c["max_batch"], c["source"]) for m, c in measured.items()} == {"image": (4, "cache"),
+                                                                                "text": (8, "cache")}
+    assert infos[1] == infos[0]
+
+
+def test_info_shows_the_engines_warm_up_measurement(onnx_export_dir, tmp_path):
+    """No knee known: the engine process times its towers at warm-up, and /info shows that curve, as the engine
+    logged it."""
+    export = export_copy(onnx_export_dir, tmp_path / "export")
+    server = ServerProcess({"CLIP_BACKEND": "onnx", "CLIP_EXPORT_DIR": str(export), **SPLIT, "CLIP_WORKERS": "1"},
+                           tmp_path / "server.log").wait_ready()
+    try:
+        batching = httpx.get(server.url + "/info", timeout=30).json()["batching"]
+        log = server.log()
+    finally:
+        server.stop()
+    logged = {m: ({int(n): r for n, r in re.findall(r"(\d+): ([\d.]+)", rates)}, int(cap)) for m, rates, cap in
+              re.findall(r"(\w+) encoder items/s by batch size: (.*?) -> max batch (\d+)", log)}
+    assert set(logged) == {"image", "text"}, log
+    shown = {m: ({int(n): f"{r:.1f}" for n, r in c["items_per_s"].items()}, c["max_batch"])
+             for m, c in batching["measured"].items()}
+    assert shown == logged
+    assert all(c["source"] == "warm-up" and c["items_per_s"] for c in batching["measured"].values())
+    assert (batching["image_max_batch"], batching["text_max_batch"]) == (logged["image"][1], logged["text"][1])
 
 
 def test_errors_are_the_same_as_in_one_process(split, server):

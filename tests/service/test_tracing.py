@@ -168,6 +168,60 @@ def test_probes_are_not_traced(traced, receiver):
     assert not [s for s in receiver.snapshot() if s.trace_id == trace_id]
 
 
+def parent_chain_reaches(spans: list[Span], span: Span, ancestor: Span) -> bool:
+    """Whether `ancestor` is `span`'s parent, or its parent's, and so on, among the spans of its trace."""
+    by_id = {s.span_id: s for s in spans if s.trace_id == span.trace_id}
+    seen = set()
+    while span.parent_id and span.parent_id not in seen:
+        if span.parent_id == ancestor.span_id:
+            return True
+        seen.add(span.parent_id)
+        span = by_id.get(span.parent_id)
+        if span is None:
+            return False
+    return False
+
+
+def test_split_mode_traces_the_engine_process_under_the_request(bundled_dir, receiver, tmp_path):
+    """CLIP_WORKERS=1: the front-end sends the request span's traceparent with each call, and the engine process
+    exports its queue_wait and inference spans (its own OTLP exporter, same settings) in the request's trace."""
+    proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_WORKERS": "1", "CLIP_PREPROCESS_WORKERS": "2",
+                          "CLIP_DRAIN_S": "1", "CLIP_OTEL": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                          "OTEL_BSP_SCHEDULE_DELAY": "50"}, tmp_path / "server.log").wait_ready()
+    try:
+        embed, embed_trace, _ = traceparent()
+        classify, classify_trace, _ = traceparent()
+        files = [("file", ("a.png", png("red"))), ("file", ("b.png", png("blue")))]
+        assert httpx.post(proc.url + "/embed/image", files=files, headers={"traceparent": embed},
+                          timeout=60).status_code == 200
+        r = httpx.post(proc.url + "/classify", files=files, headers={"traceparent": classify}, timeout=60,
+                       data={"labels": ["split red circle", "split blue square"]})  # not cached: texts encoded
+        assert r.status_code == 200, r.text
+
+        def engine_spans(trace_id: str, modalities: set[str]):
+            def ready(spans):
+                req = request_span(spans, trace_id)
+                done = [s for s in spans if s.trace_id == trace_id and s.name in ("queue_wait", "inference")]
+                got = {(s.name, s.attributes["clip.modality"]) for s in done}
+                want = {(n, m) for n in ("queue_wait", "inference") for m in modalities}
+                return (req, done) if req and want <= got else None
+            return receiver.wait_for(ready)
+
+        for trace_id, modalities in ((embed_trace, {"image"}), (classify_trace, {"image", "text"})):
+            req, done = engine_spans(trace_id, modalities)
+            spans = receiver.snapshot()
+            for s in done:
+                assert parent_chain_reaches(spans, s, req), f"{s.name} ({s.attributes}) not under {req.name}"
+                assert s.service == "clip-serve"
+            image_wait = next(s for s in done if s.name == "queue_wait" and s.attributes["clip.modality"] == "image")
+            assert image_wait.attributes["clip.queue.items"] == 2
+            inference = [s for s in done if s.name == "inference"]
+            assert all((trace_id, req.span_id) in s.links for s in inference), "linked to the request it served"
+            assert sorted(s.attributes["clip.image.index"] for s in trace_of(spans, req)["decode"]) == [0, 1]
+    finally:
+        assert proc.stop() == 0
+
+
 def test_spans_still_buffered_at_shutdown_are_exported(bundled_dir, tmp_path):
     receiver = OtlpReceiver()
     try:
