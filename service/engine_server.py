@@ -26,7 +26,7 @@ from models.preprocess import normalise
 from service import tracing
 from service.backends.base import exact_tokenizer
 from service.engine import Engine
-from service.errors import InvalidField
+from service.errors import DeadlineExceeded, InvalidField
 from service.ipc import LoopSocket, error_fields, pack, unpack
 from service.labelset_store import LabelSet, LabelSetStore, LocalLabelSets
 from service.lifecycle import Lifecycle
@@ -67,6 +67,12 @@ def install_pixel_encoder(engine: Engine) -> None:
     if on_device:  # its two slots (buffer + stream each) let two batches run at once; other runtimes keep one
         two_in_flight(engine)
 
+
+# The front-end decodes a reserved request's images up to its deadline, then sends their pixels or cancels, and
+# counts the images its deadline refused (clip_rejected_total{reason="deadline"}), as one process does. The engine
+# waits this much past the deadline before it gives the room back on its own (a front-end gone silent), and counts
+# nothing then: counting here too counted every such image twice.
+PIXELS_GRACE_S = 5.0
 
 class EngineServer:
     """Answers the front-ends' requests with one Engine (loaded and warmed up by a Lifecycle)."""
@@ -149,9 +155,10 @@ class EngineServer:
             try:
                 await self._send(ident, {"id": rid, "reserved": True})
                 try:
-                    pixels = await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+                    pixels = await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()) + PIXELS_GRACE_S)
                 except asyncio.TimeoutError:
-                    raise eng._expire(int(h["n"]), f"{h['n']} images were not decoded") from None
+                    raise DeadlineExceeded(f"{h['n']} images were not decoded before the request's deadline",
+                                           retry_after=1) from None
             finally:
                 self.waiters.pop(key, None)
             if pixels.shape[0] != room.n:

@@ -175,6 +175,13 @@ class Supervisor:
 
 def run_supervisor(settings: Settings, backend_factory: Callable) -> int:
     """Run the server's processes until SIGTERM/SIGINT (exit 0 after draining) or one of them exits (exit 1)."""
+    from service import tracing
+
+    try:
+        tracing.require(settings)  # before any process starts: a missing extra is one error, not one per process
+    except tracing.TracingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sup = Supervisor(settings, backend_factory)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sup.stop_requested.set())

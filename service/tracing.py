@@ -90,13 +90,11 @@ def setup(settings: "Settings") -> bool:
     global _tracer, _provider, _described
     if _tracer is not None or not wanted(settings):
         return _tracer is not None
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
-        raise TracingUnavailable(f"tracing is on ({_why()}) but the OpenTelemetry SDK is not installed: "
-                                 f"{EXTRA_HINT}, or unset those variables ({exc})") from exc
+    require(settings)
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):  # OTEL_SERVICE_NAME unset
         resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
@@ -107,6 +105,19 @@ def setup(settings: "Settings") -> bool:
     _provider, _tracer = provider, provider.get_tracer("clip-serve")
     _described = f"on ({', '.join(names)}; service {resource.attributes.get('service.name')})"
     return True
+
+
+def require(settings: "Settings") -> None:
+    """Raise TracingUnavailable, with the remedy, when the configuration asks for traces and the SDK is missing.
+    The supervisor asks before it starts any process (service/supervisor.py), so one message says it, once."""
+    if not wanted(settings):
+        return
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+        import opentelemetry.sdk.trace.export  # noqa: F401
+    except ImportError as exc:
+        raise TracingUnavailable(f"tracing is on ({_why()}) but the OpenTelemetry SDK is not installed: "
+                                 f"{EXTRA_HINT}, or unset those variables ({exc})") from exc
 
 
 def _exporter_names() -> list[str]:

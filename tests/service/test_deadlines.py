@@ -25,11 +25,14 @@ TEMPLATES = [f"{{}}, variant {j}" for j in range(100)]
 PROMPTS = len(LABELS) * len(TEMPLATES)  # 100,000: over 5 s even at 20,000 prompts/s, however fast the host
 
 
-@pytest.fixture(scope="module")
-def strict_server(bundled_dir, tmp_path_factory):
-    """One preprocessing thread, so decodes run one after another and their count is easy to reason about."""
+@pytest.fixture(scope="module", params=["0", "1"], ids=["one-process", "split"])
+def strict_server(request, bundled_dir, tmp_path_factory):
+    """One preprocessing thread, so decodes run one after another and their count is easy to reason about. Also
+    split (CLIP_WORKERS=1): the front-end decodes against the deadline and the engine holds the room meanwhile, and
+    each refused image must be counted once, not by both."""
     proc = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
-                          "CLIP_PREPROCESS_WORKERS": "1", "CLIP_MAX_PROMPTS": str(PROMPTS)},
+                          "CLIP_PREPROCESS_WORKERS": "1", "CLIP_MAX_PROMPTS": str(PROMPTS),
+                          "CLIP_WORKERS": request.param},
                          tmp_path_factory.mktemp("deadlines") / "server.log").wait_ready()
     yield proc
     proc.stop()

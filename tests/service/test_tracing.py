@@ -316,8 +316,11 @@ WITHOUT_SDK = ("import sys, runpy; sys.modules['opentelemetry.sdk'] = None; "  #
                "runpy.run_module('service', run_name='__main__', alter_sys=True)")
 
 
-def test_tracing_without_the_packages_fails_at_start_up_naming_the_extra(bundled_dir):
-    env = {**without_otel_env(), "CLIP_MODEL": str(bundled_dir), "CLIP_OTEL": "true", "CLIP_PORT": "1"}
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_tracing_without_the_packages_fails_at_start_up_naming_the_extra(bundled_dir, workers):
+    """Split (CLIP_WORKERS=1) too: the supervisor says it before starting any process (each would fail alike)."""
+    env = {**without_otel_env(), "CLIP_MODEL": str(bundled_dir), "CLIP_OTEL": "true", "CLIP_PORT": "1",
+           "CLIP_WORKERS": workers}
     out = subprocess.run([sys.executable, "-c", WITHOUT_SDK], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
