@@ -264,18 +264,24 @@ class RemoteEngine(Engine):
     tokenising run here, in this process's thread pool; the rest are calls through the pool."""
 
     def __init__(self, settings: Settings, info: dict[str, Any], pool: EnginePool, metrics: Metrics):
-        # Engine.__init__ would build batchers and caches: those live in the engine process
-        self.settings, self.metrics, self.pool = settings, metrics, pool
-        self.backend = BackendInfo.from_info(info)  # type: ignore[assignment]
-        workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
-        self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
-        self.preprocessor = ImagePreprocessor(self.backend.preprocess, settings.max_image_pixels,
-                                              settings.reduced_jpeg_decode, "cpu", as_uint8=True)
-        self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
+        self.pool, self._info = pool, info
+        # Engine's own constructor, so that every attribute it sets is here too; only its queue step
+        # (_build_queues: batchers and caches, which live in the engine process) and its image step are this class's
+        super().__init__(settings, BackendInfo.from_info(info), metrics, inference_pool=None)  # type: ignore
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine
             self.tokenizer = ClipTokenizer(tok["context_length"], tok["bpe_path"], tok["clean_budget"])
+
+    def _image_preprocessor(self) -> ImagePreprocessor:
+        """Decode + resize to uint8 [H, W, 3] on the CPU: the engine normalises (service/engine_server.py)."""
+        return ImagePreprocessor(self.backend.preprocess, self.settings.max_image_pixels,
+                                 self.settings.reduced_jpeg_decode, "cpu", as_uint8=True)
+
+    def _build_queues(self, inference_pool: Optional[ThreadPoolExecutor], on_fatal: Any) -> None:
+        """No batchers or caches here: only the engine's batch sizes, which /info and draining read."""
+        info = self._info
+        self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
 
     def start(self) -> None:
         pass

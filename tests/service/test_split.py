@@ -394,3 +394,29 @@ def test_errors_are_the_same_as_in_one_process(split, server):
         a, b = httpx.post(split.url + path, timeout=60, **kw), httpx.post(server.url + path, timeout=60, **kw)
         assert (a.status_code, a.json()) == (b.status_code, b.json()), path
         assert 400 <= a.status_code < 500, a.text
+
+
+def test_a_front_ends_engine_has_every_attribute_an_engine_has():
+    """RemoteEngine runs Engine's own constructor: an attribute Engine sets (read by its shared request steps or by
+    /info) is there in a front-end too. Only the batchers' caches stay in the engine process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.engine import Engine
+    from service.engine_client import RemoteEngine
+    from service.engine_server import engine_info
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from tests.service.fake_backend import NamedBackend
+
+    settings = Settings()
+    with ThreadPoolExecutor(1) as inference:
+        local = Engine(settings, NamedBackend(settings), Metrics(), inference)
+        remote = RemoteEngine(settings, engine_info(local), pool=None, metrics=Metrics())  # type: ignore[arg-type]
+        try:
+            missing = set(vars(local)) - set(vars(remote)) - {"text_cache", "labelset_cache"}
+            assert not missing, f"a front-end's engine lacks {sorted(missing)}"
+            assert (remote.images.max_batch, remote.texts.max_batch) == (local.images.max_batch,
+                                                                           local.texts.max_batch)
+        finally:
+            for eng in (local, remote):
+                eng.preprocess_pool.shutdown(wait=False)
