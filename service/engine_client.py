@@ -119,6 +119,8 @@ class EngineLink:
 
     def _received(self, frames: list) -> None:
         header, arrays = unpack(frames)
+        if "load" in header:  # the engine's queue as of this reply: picks between heartbeats read it fresh
+            self.status["load"] = header["load"]
         rid = header.get("id", 0)
         waiter = self._pending.pop(rid, None)
         if waiter is None:
@@ -164,7 +166,8 @@ class EngineLink:
 
     @property
     def load(self) -> int:
-        """Items queued in the engine (as of the last heartbeat) plus those this front-end has in flight there."""
+        """Items queued in the engine (as of its latest reply to this front-end) plus those this front-end has in
+        flight there."""
         return int(self.status.get("load", 0)) + self.outstanding
 
     async def call(self, header: dict[str, Any], arrays: Sequence[np.ndarray] = (),
@@ -228,8 +231,9 @@ class EnginePool:
         return "ready"
 
     def pick(self) -> EngineLink:
-        """The live engine with the least work queued; ties taken in turn, so that front-ends whose view of the
-        engines' queues is a heartbeat old still spread their work."""
+        """The live engine with the least work queued, as of its latest reply (every reply carries its load); ties
+        taken in turn, so that front-ends, which see each other's work only through those replies, still spread
+        theirs."""
         live = [link for link in self.links if link.dead is None]
         if not live:
             raise BackendFailure(f"{self.reason()}; retry on another replica", retry_after=5)

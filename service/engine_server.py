@@ -90,6 +90,9 @@ class EngineServer:
 
     async def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
         assert self.sock is not None
+        # every reply carries the queue load as it is now, so a front-end's least-loaded pick reads it as of its
+        # latest reply from here, not only as of the last heartbeat (service/engine_client.py EnginePool.pick)
+        header = {**header, "load": self.load()}
         self.sock.send([ident, *pack(header, arrays)])  # a ROUTER drops what a gone front-end cannot take
 
     def _dispatch(self, ident: bytes, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -123,11 +126,15 @@ class EngineServer:
     # --- state ----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         lc, eng = self.lifecycle, self.lifecycle.engine
-        out: dict[str, Any] = {"ready": lc.is_ready(), "reason": lc.readiness_reason(),
-                               "load": (eng.images.depth + eng.texts.depth) if eng else 0}
+        out: dict[str, Any] = {"ready": lc.is_ready(), "reason": lc.readiness_reason(), "load": self.load()}
         if eng is not None and lc.is_ready():
             out["info"] = engine_info(eng)
         return out
+
+    def load(self) -> int:
+        """Items queued or being encoded here, images and texts."""
+        eng = self.lifecycle.engine
+        return (eng.images.depth + eng.texts.depth) if eng else 0
 
     def _engine(self) -> Engine:
         return self.lifecycle.require_engine()

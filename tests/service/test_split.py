@@ -420,3 +420,35 @@ def test_a_front_ends_engine_has_every_attribute_an_engine_has():
         finally:
             for eng in (local, remote):
                 eng.preprocess_pool.shutdown(wait=False)
+
+
+def test_the_least_loaded_pick_reads_the_load_of_every_reply():
+    """An engine's queue load comes back with every reply, not only with the heartbeat: an engine's reply to a call
+    says how many items it has queued, and after one from engine 0 saying 5, every pick is engine 1 (a pick on
+    heartbeat loads, both 0, would alternate)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from service.engine_client import EnginePool
+    from service.engine_server import EngineServer
+    from service.ipc import pack, unpack
+    from service.settings import Settings
+
+    busy = SimpleNamespace(engine=SimpleNamespace(images=SimpleNamespace(depth=3), texts=SimpleNamespace(depth=2)))
+    engine = EngineServer(Settings(), "ipc:///nonexistent", busy)  # type: ignore[arg-type]
+    sent: list = []
+    engine.sock = SimpleNamespace(send=sent.append)  # type: ignore[assignment]
+    asyncio.run(engine._send(b"front-end", {"id": 1, "n": 4}))
+    engine.ctx.term()
+    reply, _ = unpack(sent[0][1:])
+    assert reply == {"id": 1, "n": 4, "load": 5}
+
+    pool = EnginePool(["ipc:///nonexistent-0", "ipc:///nonexistent-1"])
+    try:
+        for link in pool.links:
+            link.status = {"ready": True, "load": 0}  # as the last heartbeat said
+        pool.links[0]._received(pack(reply))  # a reply to some call, between heartbeats
+        assert pool.links[0].load == 5
+        assert [pool.pick().index for _ in range(4)] == [1, 1, 1, 1]
+    finally:
+        pool.ctx.term()
