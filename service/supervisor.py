@@ -8,9 +8,10 @@ HTTP front-end processes.
                                 (service/engine_server.py), a ZeroMQ ROUTER on ipc://<temp dir>/engine-<i>.sock
 
 Never half-alive: if any process exits on its own, the front-ends are told (/readyz 503, calls to a dead engine fail
-with 503), stopped, and the supervisor exits 1 so the orchestrator restarts the server. SIGTERM (or SIGINT) drains:
-front-ends stop accepting and finish their requests within CLIP_DRAIN_S, then the engines finish what is queued,
-then exit 0.
+with 503), stopped, and the supervisor exits 1 so the orchestrator restarts the server. An engine that stops
+answering without exiting is killed after CLIP_ENGINE_HANG_S (service/hang_watch.py), and the same follows.
+SIGTERM (or SIGINT) drains: front-ends stop accepting and finish their requests within CLIP_DRAIN_S, then the
+engines finish what is queued, then exit 0.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.hang_watch import HangWatch
 
 log = logging.getLogger("service.supervisor")
 
@@ -120,10 +124,24 @@ class Supervisor:
                  self.metrics_dir)
 
     def watch(self) -> int:
-        """Until SIGTERM/SIGINT (drain, 0) or a process exiting on its own (stop everything, 1)."""
+        """Until SIGTERM/SIGINT (drain, 0) or a process exiting on its own (stop everything, 1). An engine silent
+        for longer than CLIP_ENGINE_HANG_S is killed here, and so exits: a hung engine stops the server as a crashed
+        one does (service/hang_watch.py says why the supervisor watches, not the front-ends)."""
+        from service.hang_watch import HangWatch
+
         procs = self.engines + self.frontends
+        hangs = HangWatch(self.addresses, self.settings.engine_hang_s) if self.settings.engine_hang_s else None
+        try:
+            return self._watch(procs, hangs)
+        finally:
+            if hangs is not None:
+                hangs.close()
+
+    def _watch(self, procs: list, hangs: Optional["HangWatch"]) -> int:
         while not self.stop_requested.is_set():
             multiprocessing.connection.wait([p.sentinel for p in procs], timeout=0.2)
+            for i, silent_s in hangs.silent() if hangs is not None else ():
+                self._kill_hung(i, silent_s)
             gone = [p for p in procs if not p.is_alive()]
             if gone and not self.stop_requested.is_set():
                 p = gone[0]
@@ -136,6 +154,14 @@ class Supervisor:
         log.info("stopping: draining %d front-end(s) within %gs", len(self.frontends), self.settings.drain_s)
         self._stop(drain_s=self.settings.drain_s)
         return 0
+
+    def _kill_hung(self, index: int, silent_s: float) -> None:
+        p = self.engines[index]
+        if p.is_alive():
+            log.error("engine %d (%s, pid %d) has not answered for %.1fs (CLIP_ENGINE_HANG_S=%g); killing it, so "
+                      "the server stops and exits 1", index, p.name, p.pid, silent_s, self.settings.engine_hang_s)
+            p.kill()  # SIGKILL: a stopped or deadlocked process takes no SIGTERM
+            p.join(5)
 
     def _stop(self, drain_s: float) -> None:
         from service.__main__ import EXIT_MARGIN_S

@@ -258,6 +258,69 @@ def test_engine_crash_fails_in_flight_work_and_exits_non_zero(bundled_dir, tmp_p
         server.stop()
 
 
+def test_a_hung_engine_is_killed_and_the_server_exits_non_zero(bundled_dir, tmp_path):
+    """An engine that stops answering (SIGSTOP) without exiting: the front-end's /readyz goes 503 (its heartbeat
+    times out), and after CLIP_ENGINE_HANG_S the supervisor kills the engine and the server exits 1, as for a crash;
+    never a server that is alive and not ready forever."""
+    import os
+
+    hang_s = 12.0  # above the front-ends' 5 s heartbeat timeout, so /readyz is 503 for a while before the exit
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_ENGINE_HANG_S": str(hang_s), **SPLIT,
+                            "CLIP_WORKERS": "1"}, tmp_path / "server.log").wait_ready()
+    _, engines = layout(server)
+    try:
+        _wait(lambda: _logged(server, "engine 0 answers the supervisor's pings"), "the supervisor's watch on", server)
+        os.kill(engines[0], signal.SIGSTOP)
+        stopped = time.monotonic()
+        _wait(lambda: _readyz(server) == 503 or server.proc.poll() is not None, "/readyz 503", server)
+        assert server.proc.poll() is None, f"exited before /readyz was seen 503\n{server.log()}"
+        assert server.proc.wait(hang_s + 60) == 1, server.log()
+        silent_s = time.monotonic() - stopped
+        assert silent_s > hang_s - 2, f"killed after {silent_s:.1f}s, before CLIP_ENGINE_HANG_S={hang_s:g}"
+        assert _logged(server, f"engine 0 (clip-engine-0, pid {engines[0]}) has not answered for"), server.log()
+        assert _logged(server, "exited with -9"), server.log()
+        assert not _alive(engines[0])
+    finally:
+        if _alive(engines[0]):
+            os.kill(engines[0], signal.SIGCONT)  # so a failed test's server can still stop
+        server.stop()
+
+
+def test_a_slow_load_and_a_long_encode_are_not_hangs(bundled_dir, tmp_path):
+    """The engine answers pings while its model loads and while a batch encodes (both in its inference thread):
+    with CLIP_ENGINE_HANG_S=2, a load held for 4 bounds and an encode held for 4 bounds leave the server up."""
+    hang_s = 2.0
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_ENGINE_HANG_S": str(hang_s), **SPLIT,
+                          "CLIP_WORKERS": "1"}, tmp_path, loaded=False)
+    try:
+        _wait(lambda: _logged(server, "engine 0 answers the supervisor's pings"), "the supervisor's watch on", server)
+        since = time.monotonic()
+        _wait(lambda: time.monotonic() > since + 4 * hang_s, "4 bounds of loading", server)  # the condition itself
+        assert server.proc.poll() is None and not _logged(server, "has not answered"), server.log()
+        server.open_load()
+        server.wait_ready()
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        t = threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/embed/image", files=[("file", ("x.png", encode(shape_image("red", "circle"))))])))
+        t.start()
+        server.wait_entered(entered + 1)
+        since = time.monotonic()
+        _wait(lambda: time.monotonic() > since + 4 * hang_s, "4 bounds of encoding", server)
+        server.release()
+        t.join(60)
+        assert results and results[0].status_code == 200, results and results[0].text
+        assert server.proc.poll() is None and not _logged(server, "has not answered"), server.log()
+    finally:
+        server.stop()
+
+
+def _logged(server, text: str) -> bool:
+    """Whether the server's whole log (server.log() is its tail) holds `text`."""
+    return text in Path(server.log_path).read_text(errors="replace")
+
+
 def _readyz(server) -> int | None:
     try:
         return httpx.get(server.url + "/readyz", timeout=10).status_code
