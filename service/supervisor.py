@@ -40,6 +40,14 @@ log = logging.getLogger("service.supervisor")
 # front-ends are stopped this much before the end of CLIP_DRAIN_S + EXIT_MARGIN_S, so the whole server is still gone
 # within that bound (the Kubernetes grace period is derived from it, docs/deploy.md).
 ENGINE_STOP_S = 2.0
+TEMP_PREFIX = "clip-serve-"  # the temp dir of one server's sockets and metrics files
+# What every process the supervisor starts receives when the supervisor dies, even by SIGKILL (Linux's parent-death
+# signal), and turns into one SIGTERM of its own (drain_once): it drains as when the supervisor stops it. Not SIGTERM
+# itself: the kernel signals once per supervisor thread that goes (ZeroMQ's, service/hang_watch.py, besides the main
+# one), and a second SIGTERM would stop a front-end without draining; and an engine must know the supervisor is gone,
+# to remove the temp dir no one else will (looking at its parent cannot tell: at the first signal the supervisor's
+# other threads are still its parent).
+PARENT_DIED = signal.SIGUSR2
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -54,20 +62,55 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def as_child() -> None:
-    """First step of every process the supervisor starts. Its own process group: a terminal's Ctrl-C reaches only the
-    supervisor, which drains the others in order (a front-end that got SIGINT and then SIGTERM would stop without
-    draining). And SIGTERM when the supervisor dies, even by SIGKILL (Linux), so no process outlives it."""
+    """First step of every process the supervisor starts (with its PARENT_DIED handler set already). Its own process
+    group: a terminal's Ctrl-C reaches only the supervisor, which drains the others in order (a front-end that got
+    SIGINT and then SIGTERM would stop without draining). And PARENT_DIED when the supervisor dies, even by SIGKILL
+    (Linux), so no process outlives it."""
     os.setpgrp()
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, PARENT_DIED)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the supervisor's own exit path still stops its children
         pass
+    if orphaned():  # the supervisor died before the line above: no signal will come, and nobody wants this process
+        os._exit(1)
+
+
+_parent_gone = threading.Event()
+
+
+def drain_once(signum: int, frame: Any) -> None:
+    """A child's PARENT_DIED handler: drain as when the supervisor stops it (one SIGTERM), once."""
+    signal.signal(PARENT_DIED, signal.SIG_IGN)
+    _parent_gone.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def parent_gone() -> bool:
+    """Whether this process was told that the supervisor died (PARENT_DIED)."""
+    return _parent_gone.is_set()
+
+
+def orphaned() -> bool:
+    """Whether the supervisor that started this process has died (this process was re-parented)."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and os.getppid() != parent.pid
+
+
+def remove_temp_dir(address: str) -> None:
+    """An engine's last step when its supervisor was killed (SIGKILL runs no cleanup there): remove the
+    supervisor's temp dir of sockets and metrics files, named by the engine's address ipc://<dir>/engine-<i>.sock.
+    Front-ends still draining keep writing to their open metrics files; nothing else needs the dir any more."""
+    path = address.removeprefix("ipc://")
+    temp = os.path.dirname(path)
+    if path != address and os.path.basename(temp).startswith(TEMP_PREFIX):
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def run_frontend(settings_data: dict[str, Any], sock: socket.socket, engines: list[str], index: int) -> None:
     """A front-end process's entry point (multiprocessing, spawn): the app with remote engines on `sock`."""
+    signal.signal(PARENT_DIED, drain_once)
     as_child()
     from service.__main__ import configure_logging, serve
     from service.app import create_app
@@ -92,7 +135,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, backend_factory: Callable):
         self.settings, self.backend_factory = settings, backend_factory
-        self.tmp = tempfile.mkdtemp(prefix="clip-serve-")
+        self.tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         self.metrics_dir = os.path.join(self.tmp, "metrics")
         os.mkdir(self.metrics_dir)
         # before any process starts: prometheus_client picks its multiprocess mode when a process imports it

@@ -372,6 +372,77 @@ def test_no_process_outlives_a_killed_supervisor(bundled_dir, tmp_path):
         server.stop()
 
 
+def test_a_killed_supervisor_leaves_its_port_free_and_no_temp_dir(bundled_dir, tmp_path):
+    """SIGKILL the supervisor: its children go (their parent-death signal), the port is free for the restarted
+    server, and the temp dir of sockets and metrics files (which the supervisor can no longer remove) is removed by
+    the engine as it exits."""
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), **SPLIT}, tmp_path / "server.log").wait_ready()
+    try:
+        fronts, engines = layout(server)
+        temp = Path(re.search(r"metrics in (\S+)", Path(server.log_path).read_text()).group(1)).parent
+        assert temp.is_dir()
+        server.proc.kill()
+        server.proc.wait(30)
+        _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+        _wait(lambda: not temp.exists(), f"{temp} removed", server)
+    finally:
+        server.stop()
+
+
+def test_the_children_of_a_killed_supervisor_drain_as_on_sigterm(bundled_dir, tmp_path):
+    """SIGKILL the supervisor with a request in the (held) encoder: the front-end and the engine drain as when the
+    supervisor stops them, so the request is still answered, and then they exit. (The kernel signals a child once per
+    supervisor thread that goes; a front-end that took each as a SIGTERM would stop at the second without draining.)"""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_REQUEST_TIMEOUT_S": "60", **SPLIT,
+                          "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
+    try:
+        fronts, engines = layout(server)
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        t = threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/embed/image", files=[("file", ("x.png", encode(shape_image("red", "circle"))))])))
+        t.start()
+        server.wait_entered(entered + 1)
+        server.proc.kill()
+        server.proc.wait(30)
+        _wait(lambda: Path(server.log_path).read_text(errors="replace").count("draining: refusing new work") == 2,
+              "the front-end and the engine draining", server)
+        since = time.monotonic()  # held past the 1.5 s that a front-end stopped without draining gives its requests
+        _wait(lambda: time.monotonic() > since + 4, "4 s of draining", server)  # the condition itself
+        server.release()
+        t.join(60)
+        assert results and results[0].status_code == 200, results and results[0].text
+        _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
+    finally:
+        server.stop()
+
+
+def test_a_front_end_drains_once_however_often_the_supervisors_death_is_signalled():
+    """The kernel sends the parent-death signal once per supervisor thread that goes (ZeroMQ's threads besides the
+    main one): a front-end turns the first into one SIGTERM (a drain) and ignores the rest (a second SIGTERM would
+    stop it without draining). Run in this process, with its signal handlers restored afterwards."""
+    import os
+
+    from service.supervisor import PARENT_DIED, drain_once
+
+    terms: list[int] = []
+    old = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGTERM, lambda *_: terms.append(1)),
+                                                                  (PARENT_DIED, drain_once))}
+    try:
+        for sent in (1, 2, 3):
+            os.kill(os.getpid(), PARENT_DIED)
+            until = time.monotonic() + 0.5
+            while len(terms) < sent and time.monotonic() < until:  # handlers run between bytecodes: at once
+                time.sleep(0.01)
+        assert terms == [1], f"{len(terms)} SIGTERMs for 3 parent-death signals"
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _alive(pid: int) -> bool:
     try:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text()
