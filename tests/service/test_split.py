@@ -332,7 +332,9 @@ def test_two_engines_share_the_work_and_every_label_set(bundled_dir, tmp_path):
     """CLIP_DEVICES=cpu,cpu: two engine processes. With the encoders held, a second one-image request goes to the
     engine that is not busy (both encoders are entered at once: one engine, one encoder call at a time, could not);
     a PUT label set is computed and kept by both (two cached classifiers). One front-end, so that it knows exactly
-    what it has sent where (two would each see the other's work only as of the last heartbeat)."""
+    what it has sent where (two would each see the other's work only as of their latest reply from each engine).
+    Which engine is picked is not left to timing: every engine reply carries its queue load, so the second pick sees
+    engine A busy (its reserve reply, and this front-end's item outstanding there) and B idle (its label-set reply)."""
     server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_DEVICES": "cpu,cpu", "CLIP_IMAGE_MAX_BATCH": "1",
                           **SPLIT, "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
     try:
