@@ -267,8 +267,9 @@ def test_a_hung_engine_is_killed_and_the_server_exits_non_zero(bundled_dir, tmp_
     hang_s = 12.0  # above the front-ends' 5 s heartbeat timeout, so /readyz is 503 for a while before the exit
     server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_ENGINE_HANG_S": str(hang_s), **SPLIT,
                             "CLIP_WORKERS": "1"}, tmp_path / "server.log").wait_ready()
-    _, engines = layout(server)
+    engines: list[int] = []
     try:
+        _, engines = layout(server)
         _wait(lambda: _logged(server, "engine 0 answers the supervisor's pings"), "the supervisor's watch on", server)
         os.kill(engines[0], signal.SIGSTOP)
         stopped = time.monotonic()
@@ -281,7 +282,7 @@ def test_a_hung_engine_is_killed_and_the_server_exits_non_zero(bundled_dir, tmp_
         assert _logged(server, "exited with -9"), server.log()
         assert not _alive(engines[0])
     finally:
-        if _alive(engines[0]):
+        if engines and _alive(engines[0]):
             os.kill(engines[0], signal.SIGCONT)  # so a failed test's server can still stop
         server.stop()
 
