@@ -54,10 +54,6 @@ def unset_limits(settings: Settings, backend: Backend) -> dict[str, int]:
 class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
-    # the batch curves measured at warm-up, per tower (service/batch_probe.py); none unless __init__ was given some,
-    # so an engine built another way (a subclass that skips __init__) still answers /info. Read, never mutated
-    curves: dict[str, BatchCurve] = {}
-
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
                  on_fatal: Optional[Callable[[BaseException], None]] = None,
                  curves: Optional[dict[str, BatchCurve]] = None):
@@ -65,9 +61,21 @@ class Engine:
         self.curves = curves or {}  # measured at warm-up, per tower whose max batch was left unset
         workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
         self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
-        self.preprocessor = ImagePreprocessor(
-            backend.preprocess, settings.max_image_pixels, settings.reduced_jpeg_decode, settings.jpeg_decode,
-            on_jpeg_fallback=lambda reason: metrics.jpeg_fallbacks.labels(reason).inc())
+        self.preprocessor = self._image_preprocessor()
+        self._build_queues(inference_pool, on_fatal)
+
+    def _image_preprocessor(self) -> ImagePreprocessor:
+        """One image's decode + resize + normalise, as this engine's image batcher takes it."""
+        metrics = self.metrics
+        return ImagePreprocessor(
+            self.backend.preprocess, self.settings.max_image_pixels, self.settings.reduced_jpeg_decode,
+            self.settings.jpeg_decode, on_jpeg_fallback=lambda reason: metrics.jpeg_fallbacks.labels(reason).inc())
+
+    def _build_queues(self, inference_pool: ThreadPoolExecutor,
+                      on_fatal: Optional[Callable[[BaseException], None]]) -> None:
+        """The batchers and caches: the part of an engine that a front-end process (RemoteEngine) leaves to the
+        engine process. Everything else is built in __init__ for both."""
+        settings, backend, metrics = self.settings, self.backend, self.metrics
         image_max, text_max = (max_batch(settings, backend, m, self.curves[m].cap if m in self.curves else None)
                                for m in ("image", "text"))
         common = dict(metrics=metrics, max_queue=settings.max_queue, on_fatal=on_fatal)

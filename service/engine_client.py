@@ -121,6 +121,8 @@ class EngineLink:
 
     def _received(self, frames: list) -> None:
         header, arrays = unpack(frames)
+        if "load" in header:  # the engine's queue as of this reply: picks between heartbeats read it fresh
+            self.status["load"] = header["load"]
         rid = header.get("id", 0)
         waiter = self._pending.pop(rid, None)
         if waiter is None:
@@ -166,7 +168,8 @@ class EngineLink:
 
     @property
     def load(self) -> int:
-        """Items queued in the engine (as of the last heartbeat) plus those this front-end has in flight there."""
+        """Items queued in the engine (as of its latest reply to this front-end) plus those this front-end has in
+        flight there."""
         return int(self.status.get("load", 0)) + self.outstanding
 
     async def call(self, header: dict[str, Any], arrays: Sequence[np.ndarray] = (),
@@ -237,8 +240,9 @@ class EnginePool:
         return "ready"
 
     def pick(self) -> EngineLink:
-        """The live engine with the least work queued; ties taken in turn, so that front-ends whose view of the
-        engines' queues is a heartbeat old still spread their work."""
+        """The live engine with the least work queued, as of its latest reply (every reply carries its load); ties
+        taken in turn, so that front-ends, which see each other's work only through those replies, still spread
+        theirs."""
         live = [link for link in self.links if link.dead is None]
         if not live:
             raise BackendFailure(f"{self.reason()}; retry on another replica", retry_after=5)
@@ -273,19 +277,26 @@ class RemoteEngine(Engine):
     tokenising run here, in this process's thread pool; the rest are calls through the pool."""
 
     def __init__(self, settings: Settings, info: dict[str, Any], pool: EnginePool, metrics: Metrics):
-        # Engine.__init__ would build batchers and caches: those live in the engine process
-        self.settings, self.metrics, self.pool = settings, metrics, pool
-        self.backend = BackendInfo.from_info(info)  # type: ignore[assignment]
-        workers = settings.preprocess_workers or max(2, os.cpu_count() or 2)
-        self.preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
-        self.preprocessor = ImagePreprocessor(self.backend.preprocess, settings.max_image_pixels,
-                                              settings.reduced_jpeg_decode, "cpu", as_uint8=True)
-        self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
-        self.curves = {m: BatchCurve.from_dict(m, c) for m, c in info.get("measured", {}).items()}  # for /info
+        self.pool, self._info = pool, info
+        # Engine's own constructor, so that every attribute it sets is here too; only its queue step
+        # (_build_queues: batchers and caches, which live in the engine process) and its image step are this class's
+        curves = {m: BatchCurve.from_dict(m, c) for m, c in info.get("measured", {}).items()}  # for /info
+        super().__init__(settings, BackendInfo.from_info(info), metrics, inference_pool=None,  # type: ignore
+                         curves=curves)
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine
             self.tokenizer = ClipTokenizer(tok["context_length"], tok["bpe_path"], tok["clean_budget"])
+
+    def _image_preprocessor(self) -> ImagePreprocessor:
+        """Decode + resize to uint8 [H, W, 3] on the CPU: the engine normalises (service/engine_server.py)."""
+        return ImagePreprocessor(self.backend.preprocess, self.settings.max_image_pixels,
+                                 self.settings.reduced_jpeg_decode, "cpu", as_uint8=True)
+
+    def _build_queues(self, inference_pool: Optional[ThreadPoolExecutor], on_fatal: Any) -> None:
+        """No batchers or caches here: only the engine's batch sizes, which /info and draining read."""
+        info = self._info
+        self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
 
     def start(self) -> None:
         pass

@@ -100,6 +100,9 @@ class EngineServer:
 
     async def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
         assert self.sock is not None
+        # every reply carries the queue load as it is now, so a front-end's least-loaded pick reads it as of its
+        # latest reply from here, not only as of the last heartbeat (service/engine_client.py EnginePool.pick)
+        header = {**header, "load": self.load()}
         self.sock.send([ident, *pack(header, arrays)])  # a ROUTER drops what a gone front-end cannot take
 
     def _dispatch(self, ident: bytes, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -117,7 +120,14 @@ class EngineServer:
         else:
             task = asyncio.ensure_future(self._answer(ident, key[1], op, header, arrays))
             self.tasks[key] = task
-            task.add_done_callback(lambda _: self.tasks.pop(key, None))
+            # a drain waits for the answer too, not only for the queue: a batch's items leave the queue before the
+            # task that waits for them sends its answer (which a front-end draining at the same time waits for)
+            self.lifecycle.inflight_requests += 1
+            task.add_done_callback(lambda _: self._done(key))
+
+    def _done(self, key: Key) -> None:
+        self.tasks.pop(key, None)
+        self.lifecycle.inflight_requests -= 1
 
     async def _answer(self, ident: bytes, rid: int, op: str, header: dict[str, Any], arrays: list) -> None:
         try:
@@ -135,11 +145,15 @@ class EngineServer:
     # --- state ----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         lc, eng = self.lifecycle, self.lifecycle.engine
-        out: dict[str, Any] = {"ready": lc.is_ready(), "reason": lc.readiness_reason(),
-                               "load": (eng.images.depth + eng.texts.depth) if eng else 0}
+        out: dict[str, Any] = {"ready": lc.is_ready(), "reason": lc.readiness_reason(), "load": self.load()}
         if eng is not None and lc.is_ready():
             out["info"] = engine_info(eng)
         return out
+
+    def load(self) -> int:
+        """Items queued or being encoded here, images and texts."""
+        eng = self.lifecycle.engine
+        return (eng.images.depth + eng.texts.depth) if eng else 0
 
     def _engine(self) -> Engine:
         return self.lifecycle.require_engine()
@@ -253,8 +267,15 @@ def run_engine(settings_data: dict[str, Any], device: str, address: str, index: 
                backend_factory: Callable[[Settings], Any]) -> None:
     """The engine process's entry point (multiprocessing, spawn): load the model for `device`, answer on `address`
     until SIGTERM, then finish the queued work (CLIP_DRAIN_S) and exit 0."""
-    from service.supervisor import as_child
+    from service.supervisor import PARENT_DIED, as_child, drain_once, parent_gone, remove_temp_dir
 
+    def stop_before_serving(signum: int, frame: Any) -> None:  # nothing to drain yet; the loop's handler comes next
+        if parent_gone():
+            remove_temp_dir(address)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop_before_serving)
+    signal.signal(PARENT_DIED, drain_once)
     as_child()
     if device.startswith("cuda:"):  # this process sees only its own GPU, as "cuda"
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -267,6 +288,9 @@ def run_engine(settings_data: dict[str, Any], device: str, address: str, index: 
     start_tracing(settings, index)
     asyncio.run(_engine_main(settings, address, backend_factory))
     tracing.shutdown()  # export the spans still buffered
+    if parent_gone():
+        log.warning("engine %d: the supervisor is gone (killed); removing its temp dir of sockets and metrics", index)
+        remove_temp_dir(address)
     os._exit(0)  # skip the interpreter's teardown (torch unload), as service/__main__.py does
 
 

@@ -8,9 +8,10 @@ HTTP front-end processes.
                                 (service/engine_server.py), a ZeroMQ ROUTER on ipc://<temp dir>/engine-<i>.sock
 
 Never half-alive: if any process exits on its own, the front-ends are told (/readyz 503, calls to a dead engine fail
-with 503), stopped, and the supervisor exits 1 so the orchestrator restarts the server. SIGTERM (or SIGINT) drains:
-front-ends stop accepting and finish their requests within CLIP_DRAIN_S, then the engines finish what is queued,
-then exit 0.
+with 503), stopped, and the supervisor exits 1 so the orchestrator restarts the server. An engine that stops
+answering without exiting is killed after CLIP_ENGINE_HANG_S (service/hang_watch.py), and the same follows.
+SIGTERM (or SIGINT) drains: front-ends stop accepting and finish their requests within CLIP_DRAIN_S, then the
+engines finish what is queued, then exit 0.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.hang_watch import HangWatch
 
 log = logging.getLogger("service.supervisor")
 
@@ -36,6 +40,14 @@ log = logging.getLogger("service.supervisor")
 # front-ends are stopped this much before the end of CLIP_DRAIN_S + EXIT_MARGIN_S, so the whole server is still gone
 # within that bound (the Kubernetes grace period is derived from it, docs/deploy.md).
 ENGINE_STOP_S = 2.0
+TEMP_PREFIX = "clip-serve-"  # the temp dir of one server's sockets and metrics files
+# What every process the supervisor starts receives when the supervisor dies, even by SIGKILL (Linux's parent-death
+# signal), and turns into one SIGTERM of its own (drain_once): it drains as when the supervisor stops it. Not SIGTERM
+# itself: the kernel signals once per supervisor thread that goes (ZeroMQ's, service/hang_watch.py, besides the main
+# one), and a second SIGTERM would stop a front-end without draining; and an engine must know the supervisor is gone,
+# to remove the temp dir no one else will (looking at its parent cannot tell: at the first signal the supervisor's
+# other threads are still its parent).
+PARENT_DIED = signal.SIGUSR2
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -50,20 +62,55 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def as_child() -> None:
-    """First step of every process the supervisor starts. Its own process group: a terminal's Ctrl-C reaches only the
-    supervisor, which drains the others in order (a front-end that got SIGINT and then SIGTERM would stop without
-    draining). And SIGTERM when the supervisor dies, even by SIGKILL (Linux), so no process outlives it."""
+    """First step of every process the supervisor starts (with its PARENT_DIED handler set already). Its own process
+    group: a terminal's Ctrl-C reaches only the supervisor, which drains the others in order (a front-end that got
+    SIGINT and then SIGTERM would stop without draining). And PARENT_DIED when the supervisor dies, even by SIGKILL
+    (Linux), so no process outlives it."""
     os.setpgrp()
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, PARENT_DIED)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the supervisor's own exit path still stops its children
         pass
+    if orphaned():  # the supervisor died before the line above: no signal will come, and nobody wants this process
+        os._exit(1)
+
+
+_parent_gone = threading.Event()
+
+
+def drain_once(signum: int, frame: Any) -> None:
+    """A child's PARENT_DIED handler: drain as when the supervisor stops it (one SIGTERM), once."""
+    signal.signal(PARENT_DIED, signal.SIG_IGN)
+    _parent_gone.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def parent_gone() -> bool:
+    """Whether this process was told that the supervisor died (PARENT_DIED)."""
+    return _parent_gone.is_set()
+
+
+def orphaned() -> bool:
+    """Whether the supervisor that started this process has died (this process was re-parented)."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and os.getppid() != parent.pid
+
+
+def remove_temp_dir(address: str) -> None:
+    """An engine's last step when its supervisor was killed (SIGKILL runs no cleanup there): remove the
+    supervisor's temp dir of sockets and metrics files, named by the engine's address ipc://<dir>/engine-<i>.sock.
+    Front-ends still draining keep writing to their open metrics files; nothing else needs the dir any more."""
+    path = address.removeprefix("ipc://")
+    temp = os.path.dirname(path)
+    if path != address and os.path.basename(temp).startswith(TEMP_PREFIX):
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def run_frontend(settings_data: dict[str, Any], sock: socket.socket, engines: list[str], index: int) -> None:
     """A front-end process's entry point (multiprocessing, spawn): the app with remote engines on `sock`."""
+    signal.signal(PARENT_DIED, drain_once)
     as_child()
     from service.__main__ import configure_logging, serve
     from service.app import create_app
@@ -88,7 +135,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, backend_factory: Callable):
         self.settings, self.backend_factory = settings, backend_factory
-        self.tmp = tempfile.mkdtemp(prefix="clip-serve-")
+        self.tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         self.metrics_dir = os.path.join(self.tmp, "metrics")
         os.mkdir(self.metrics_dir)
         # before any process starts: prometheus_client picks its multiprocess mode when a process imports it
@@ -122,10 +169,24 @@ class Supervisor:
                  self.metrics_dir)
 
     def watch(self) -> int:
-        """Until SIGTERM/SIGINT (drain, 0) or a process exiting on its own (stop everything, 1)."""
+        """Until SIGTERM/SIGINT (drain, 0) or a process exiting on its own (stop everything, 1). An engine silent
+        for longer than CLIP_ENGINE_HANG_S is killed here, and so exits: a hung engine stops the server as a crashed
+        one does (service/hang_watch.py says why the supervisor watches, not the front-ends)."""
+        from service.hang_watch import HangWatch
+
         procs = self.engines + self.frontends
+        hangs = HangWatch(self.addresses, self.settings.engine_hang_s) if self.settings.engine_hang_s else None
+        try:
+            return self._watch(procs, hangs)
+        finally:
+            if hangs is not None:
+                hangs.close()
+
+    def _watch(self, procs: list, hangs: Optional["HangWatch"]) -> int:
         while not self.stop_requested.is_set():
             multiprocessing.connection.wait([p.sentinel for p in procs], timeout=0.2)
+            for i, silent_s in hangs.silent() if hangs is not None else ():
+                self._kill_hung(i, silent_s)
             gone = [p for p in procs if not p.is_alive()]
             if gone and not self.stop_requested.is_set():
                 p = gone[0]
@@ -138,6 +199,14 @@ class Supervisor:
         log.info("stopping: draining %d front-end(s) within %gs", len(self.frontends), self.settings.drain_s)
         self._stop(drain_s=self.settings.drain_s)
         return 0
+
+    def _kill_hung(self, index: int, silent_s: float) -> None:
+        p = self.engines[index]
+        if p.is_alive():
+            log.error("engine %d (%s, pid %d) has not answered for %.1fs (CLIP_ENGINE_HANG_S=%g); killing it, so "
+                      "the server stops and exits 1", index, p.name, p.pid, silent_s, self.settings.engine_hang_s)
+            p.kill()  # SIGKILL: a stopped or deadlocked process takes no SIGTERM
+            p.join(5)
 
     def _stop(self, drain_s: float) -> None:
         from service.__main__ import EXIT_MARGIN_S

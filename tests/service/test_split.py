@@ -259,6 +259,70 @@ def test_engine_crash_fails_in_flight_work_and_exits_non_zero(bundled_dir, tmp_p
         server.stop()
 
 
+def test_a_hung_engine_is_killed_and_the_server_exits_non_zero(bundled_dir, tmp_path):
+    """An engine that stops answering (SIGSTOP) without exiting: the front-end's /readyz goes 503 (its heartbeat
+    times out), and after CLIP_ENGINE_HANG_S the supervisor kills the engine and the server exits 1, as for a crash;
+    never a server that is alive and not ready forever."""
+    import os
+
+    hang_s = 12.0  # above the front-ends' 5 s heartbeat timeout, so /readyz is 503 for a while before the exit
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), "CLIP_ENGINE_HANG_S": str(hang_s), **SPLIT,
+                            "CLIP_WORKERS": "1"}, tmp_path / "server.log").wait_ready()
+    engines: list[int] = []
+    try:
+        _, engines = layout(server)
+        _wait(lambda: _logged(server, "engine 0 answers the supervisor's pings"), "the supervisor's watch on", server)
+        os.kill(engines[0], signal.SIGSTOP)
+        stopped = time.monotonic()
+        _wait(lambda: _readyz(server) == 503 or server.proc.poll() is not None, "/readyz 503", server)
+        assert server.proc.poll() is None, f"exited before /readyz was seen 503\n{server.log()}"
+        assert server.proc.wait(hang_s + 60) == 1, server.log()
+        silent_s = time.monotonic() - stopped
+        assert silent_s > hang_s - 2, f"killed after {silent_s:.1f}s, before CLIP_ENGINE_HANG_S={hang_s:g}"
+        assert _logged(server, f"engine 0 (clip-engine-0, pid {engines[0]}) has not answered for"), server.log()
+        assert _logged(server, "exited with -9"), server.log()
+        assert not _alive(engines[0])
+    finally:
+        if engines and _alive(engines[0]):
+            os.kill(engines[0], signal.SIGCONT)  # so a failed test's server can still stop
+        server.stop()
+
+
+def test_a_slow_load_and_a_long_encode_are_not_hangs(bundled_dir, tmp_path):
+    """The engine answers pings while its model loads and while a batch encodes (both in its inference thread):
+    with CLIP_ENGINE_HANG_S=2, a load held for 4 bounds and an encode held for 4 bounds leave the server up."""
+    hang_s = 2.0
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_ENGINE_HANG_S": str(hang_s), **SPLIT,
+                          "CLIP_WORKERS": "1"}, tmp_path, loaded=False)
+    try:
+        _wait(lambda: _logged(server, "engine 0 answers the supervisor's pings"), "the supervisor's watch on", server)
+        since = time.monotonic()
+        _wait(lambda: time.monotonic() > since + 4 * hang_s, "4 bounds of loading", server)  # the condition itself
+        assert server.proc.poll() is None and not _logged(server, "has not answered"), server.log()
+        server.open_load()
+        server.wait_ready()
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        t = threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/embed/image", files=[("file", ("x.png", encode(shape_image("red", "circle"))))])))
+        t.start()
+        server.wait_entered(entered + 1)
+        since = time.monotonic()
+        _wait(lambda: time.monotonic() > since + 4 * hang_s, "4 bounds of encoding", server)
+        server.release()
+        t.join(60)
+        assert results and results[0].status_code == 200, results and results[0].text
+        assert server.proc.poll() is None and not _logged(server, "has not answered"), server.log()
+    finally:
+        server.stop()
+
+
+def _logged(server, text: str) -> bool:
+    """Whether the server's whole log (server.log() is its tail) holds `text`."""
+    return text in Path(server.log_path).read_text(errors="replace")
+
+
 def _readyz(server) -> int | None:
     try:
         return httpx.get(server.url + "/readyz", timeout=10).status_code
@@ -270,7 +334,9 @@ def test_two_engines_share_the_work_and_every_label_set(bundled_dir, tmp_path):
     """CLIP_DEVICES=cpu,cpu: two engine processes. With the encoders held, a second one-image request goes to the
     engine that is not busy (both encoders are entered at once: one engine, one encoder call at a time, could not);
     a PUT label set is computed and kept by both (two cached classifiers). One front-end, so that it knows exactly
-    what it has sent where (two would each see the other's work only as of the last heartbeat)."""
+    what it has sent where (two would each see the other's work only as of their latest reply from each engine).
+    Which engine is picked is not left to timing: every engine reply carries its queue load, so the second pick sees
+    engine A busy (its reserve reply, and this front-end's item outstanding there) and B idle (its label-set reply)."""
     server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_DEVICES": "cpu,cpu", "CLIP_IMAGE_MAX_BATCH": "1",
                           **SPLIT, "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
     try:
@@ -308,6 +374,77 @@ def test_no_process_outlives_a_killed_supervisor(bundled_dir, tmp_path):
         _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
     finally:
         server.stop()
+
+
+def test_a_killed_supervisor_leaves_its_port_free_and_no_temp_dir(bundled_dir, tmp_path):
+    """SIGKILL the supervisor: its children go (their parent-death signal), the port is free for the restarted
+    server, and the temp dir of sockets and metrics files (which the supervisor can no longer remove) is removed by
+    the engine as it exits."""
+    server = ServerProcess({"CLIP_MODEL": str(bundled_dir), **SPLIT}, tmp_path / "server.log").wait_ready()
+    try:
+        fronts, engines = layout(server)
+        temp = Path(re.search(r"metrics in (\S+)", Path(server.log_path).read_text()).group(1)).parent
+        assert temp.is_dir()
+        server.proc.kill()
+        server.proc.wait(30)
+        _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+        _wait(lambda: not temp.exists(), f"{temp} removed", server)
+    finally:
+        server.stop()
+
+
+def test_the_children_of_a_killed_supervisor_drain_as_on_sigterm(bundled_dir, tmp_path):
+    """SIGKILL the supervisor with a request in the (held) encoder: the front-end and the engine drain as when the
+    supervisor stops them, so the request is still answered, and then they exit. (The kernel signals a child once per
+    supervisor thread that goes; a front-end that took each as a SIGTERM would stop at the second without draining.)"""
+    server = GatedServer({"CLIP_MODEL": str(bundled_dir), "CLIP_REQUEST_TIMEOUT_S": "60", **SPLIT,
+                          "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
+    try:
+        fronts, engines = layout(server)
+        entered = server.entered()
+        server.hold()
+        results: list = []
+        t = threading.Thread(target=lambda: results.append(fresh(
+            "POST", server.url + "/embed/image", files=[("file", ("x.png", encode(shape_image("red", "circle"))))])))
+        t.start()
+        server.wait_entered(entered + 1)
+        server.proc.kill()
+        server.proc.wait(30)
+        _wait(lambda: Path(server.log_path).read_text(errors="replace").count("draining: refusing new work") == 2,
+              "the front-end and the engine draining", server)
+        since = time.monotonic()  # held past the 1.5 s that a front-end stopped without draining gives its requests
+        _wait(lambda: time.monotonic() > since + 4, "4 s of draining", server)  # the condition itself
+        server.release()
+        t.join(60)
+        assert results and results[0].status_code == 200, results and results[0].text
+        _wait(lambda: not any(_alive(pid) for pid in fronts + engines), "every child gone", server)
+    finally:
+        server.stop()
+
+
+def test_a_front_end_drains_once_however_often_the_supervisors_death_is_signalled():
+    """The kernel sends the parent-death signal once per supervisor thread that goes (ZeroMQ's threads besides the
+    main one): a front-end turns the first into one SIGTERM (a drain) and ignores the rest (a second SIGTERM would
+    stop it without draining). Run in this process, with its signal handlers restored afterwards."""
+    import os
+
+    from service.supervisor import PARENT_DIED, drain_once
+
+    terms: list[int] = []
+    old = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGTERM, lambda *_: terms.append(1)),
+                                                                  (PARENT_DIED, drain_once))}
+    try:
+        for sent in (1, 2, 3):
+            os.kill(os.getpid(), PARENT_DIED)
+            until = time.monotonic() + 0.5
+            while len(terms) < sent and time.monotonic() < until:  # handlers run between bytecodes: at once
+                time.sleep(0.01)
+        assert terms == [1], f"{len(terms)} SIGTERMs for 3 parent-death signals"
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _alive(pid: int) -> bool:
@@ -445,3 +582,61 @@ def test_errors_are_the_same_as_in_one_process(split, server):
         a, b = httpx.post(split.url + path, timeout=60, **kw), httpx.post(server.url + path, timeout=60, **kw)
         assert (a.status_code, a.json()) == (b.status_code, b.json()), path
         assert 400 <= a.status_code < 500, a.text
+
+
+def test_a_front_ends_engine_has_every_attribute_an_engine_has():
+    """RemoteEngine runs Engine's own constructor: an attribute Engine sets (read by its shared request steps or by
+    /info) is there in a front-end too. Only the batchers' caches stay in the engine process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.engine import Engine
+    from service.engine_client import RemoteEngine
+    from service.engine_server import engine_info
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from tests.service.fake_backend import NamedBackend
+
+    settings = Settings()
+    with ThreadPoolExecutor(1) as inference:
+        local = Engine(settings, NamedBackend(settings), Metrics(), inference)
+        remote = RemoteEngine(settings, engine_info(local), pool=None, metrics=Metrics())  # type: ignore[arg-type]
+        try:
+            missing = set(vars(local)) - set(vars(remote)) - {"text_cache", "labelset_cache"}
+            assert not missing, f"a front-end's engine lacks {sorted(missing)}"
+            assert (remote.images.max_batch, remote.texts.max_batch) == (local.images.max_batch,
+                                                                           local.texts.max_batch)
+        finally:
+            for eng in (local, remote):
+                eng.preprocess_pool.shutdown(wait=False)
+
+
+def test_the_least_loaded_pick_reads_the_load_of_every_reply():
+    """An engine's queue load comes back with every reply, not only with the heartbeat: an engine's reply to a call
+    says how many items it has queued, and after one from engine 0 saying 5, every pick is engine 1 (a pick on
+    heartbeat loads, both 0, would alternate)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from service.engine_client import EnginePool
+    from service.engine_server import EngineServer
+    from service.ipc import pack, unpack
+    from service.settings import Settings
+
+    busy = SimpleNamespace(engine=SimpleNamespace(images=SimpleNamespace(depth=3), texts=SimpleNamespace(depth=2)))
+    engine = EngineServer(Settings(), "ipc:///nonexistent", busy)  # type: ignore[arg-type]
+    sent: list = []
+    engine.sock = SimpleNamespace(send=sent.append)  # type: ignore[assignment]
+    asyncio.run(engine._send(b"front-end", {"id": 1, "n": 4}))
+    engine.ctx.term()
+    reply, _ = unpack(sent[0][1:])
+    assert reply == {"id": 1, "n": 4, "load": 5}
+
+    pool = EnginePool(["ipc:///nonexistent-0", "ipc:///nonexistent-1"])
+    try:
+        for link in pool.links:
+            link.status = {"ready": True, "load": 0}  # as the last heartbeat said
+        pool.links[0]._received(pack(reply))  # a reply to some call, between heartbeats
+        assert pool.links[0].load == 5
+        assert [pool.pick().index for _ in range(4)] == [1, 1, 1, 1]
+    finally:
+        pool.ctx.term()
