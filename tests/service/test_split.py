@@ -241,13 +241,7 @@ def test_engine_crash_fails_in_flight_work_and_exits_non_zero(bundled_dir, tmp_p
     try:
         _, engines = layout(server)
         image = encode(shape_image("red", "circle"))
-        entered = server.entered()
-        server.hold()
-        results: list = []
-        t = threading.Thread(target=lambda: results.append(fresh(
-            "POST", server.url + "/embed/image", files=[("file", ("x.png", image))])))
-        t.start()
-        server.wait_entered(entered + 1)
+        t, results = held_request(server, image)
         os.kill(engines[0], signal.SIGKILL)
         t.join(60)
         assert results and results[0].status_code == 503, results and results[0].text
@@ -301,13 +295,7 @@ def test_a_slow_load_and_a_long_encode_are_not_hangs(bundled_dir, tmp_path):
         assert server.proc.poll() is None and not _logged(server, "has not answered"), server.log()
         server.open_load()
         server.wait_ready()
-        entered = server.entered()
-        server.hold()
-        results: list = []
-        t = threading.Thread(target=lambda: results.append(fresh(
-            "POST", server.url + "/embed/image", files=[("file", ("x.png", encode(shape_image("red", "circle"))))])))
-        t.start()
-        server.wait_entered(entered + 1)
+        t, results = held_request(server, encode(shape_image("red", "circle")))
         since = time.monotonic()
         _wait(lambda: time.monotonic() > since + 4 * hang_s, "4 bounds of encoding", server)
         server.release()
@@ -321,6 +309,18 @@ def test_a_slow_load_and_a_long_encode_are_not_hangs(bundled_dir, tmp_path):
 def _logged(server, text: str) -> bool:
     """Whether the server's whole log (server.log() is its tail) holds `text`."""
     return text in Path(server.log_path).read_text(errors="replace")
+
+
+def held_request(server, image: bytes) -> tuple[threading.Thread, list]:
+    """One /embed/image sent from a thread and held in the encoder (server.hold()); its response lands in the list."""
+    entered = server.entered()
+    server.hold()
+    results: list = []
+    t = threading.Thread(target=lambda: results.append(fresh(
+        "POST", server.url + "/embed/image", files=[("file", ("x.png", image))])))
+    t.start()
+    server.wait_entered(entered + 1)
+    return t, results
 
 
 def _readyz(server) -> int | None:
@@ -403,13 +403,7 @@ def test_the_children_of_a_killed_supervisor_drain_as_on_sigterm(bundled_dir, tm
                           "CLIP_WORKERS": "1"}, tmp_path).wait_ready()
     try:
         fronts, engines = layout(server)
-        entered = server.entered()
-        server.hold()
-        results: list = []
-        t = threading.Thread(target=lambda: results.append(fresh(
-            "POST", server.url + "/embed/image", files=[("file", ("x.png", encode(shape_image("red", "circle"))))])))
-        t.start()
-        server.wait_entered(entered + 1)
+        t, results = held_request(server, encode(shape_image("red", "circle")))
         server.proc.kill()
         server.proc.wait(30)
         _wait(lambda: Path(server.log_path).read_text(errors="replace").count("draining: refusing new work") == 2,
