@@ -55,7 +55,8 @@ class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
     # the batch curves measured at warm-up, per tower (service/batch_probe.py); none unless __init__ was given some,
-    # so an engine built another way (a subclass that skips __init__) still answers /info. Read, never mutated
+    # so an engine built another way (a subclass that skips __init__) still answers /info. Never mutated in place: a
+    # curve finished after ready (service/batch_refine.py) replaces the whole dict
     curves: dict[str, BatchCurve] = {}
 
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
@@ -88,7 +89,12 @@ class Engine:
         self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
     def idle(self) -> bool:
+        """Nothing reserved, queued or encoding in either batcher."""
         return self.images.depth == 0 and self.texts.depth == 0
+
+    def activity(self) -> int:
+        """Items ever admitted to either batcher: unchanged across a span means no request reached the encoders."""
+        return self.images.taken + self.texts.taken
 
     def deadline(self) -> float:
         """Loop time by which a request's work must have started: CLIP_REQUEST_TIMEOUT_S from now. A request takes
