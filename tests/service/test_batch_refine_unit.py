@@ -15,7 +15,10 @@ from export.batch_knee import cache_knees, cached_knees, cached_partial, knee
 from service.batch_probe import CALLS, BatchCurve, measure
 from service.batch_refine import adopt, finish, finish_probes, unfinished
 from service.batcher import Batcher
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
+from service.settings import Settings
+from tests.service.fake_backend import NamedBackend
 
 
 def run(coro):
@@ -214,3 +217,39 @@ def test_an_encoder_error_keeps_the_cap(caplog):
     with caplog.at_level(logging.WARNING, logger="service.batch_refine"):
         run(finish_probes(engine, backend, {"image": 8}, inline, poll_s=0))
     assert engine.images.max_batch == 1 and engine.curves["image"] is curve and "boom" in caplog.text
+
+
+class MeasuredBackend(NamedBackend):
+    """The named stand-in, with its max batches left to measurement (as an export backend's are)."""
+
+    measure_batches = True
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:  # the probe's blank images would be named "hold"
+        return np.zeros((len(pixels), self.embed_dim), dtype=np.float32)
+
+
+@pytest.mark.parametrize("end", ["drain", "stop"])
+def test_drain_and_stop_end_a_probe_waiting_for_the_engine_to_be_idle(end):
+    """The probe finishing after ready stops at drain (a probe call would only delay the requests being finished)
+    and at stop, even while it waits for a busy engine."""
+
+    async def scenario():
+        lifecycle = Lifecycle(Settings(batch_probe_s=1e-6), Metrics(), MeasuredBackend)
+        lifecycle.start()
+        await lifecycle.wait_loaded()
+        engine = lifecycle.engine
+        assert engine is not None and all(unfinished(c) for c in engine.curves.values())  # cut short after batch 1
+        refining = lifecycle._refining
+        assert refining is not None and not refining.done()
+        with engine.images.reserve(1):  # a request in the batchers: the probe waits
+            if end == "drain":
+                lifecycle.begin_drain()
+                await asyncio.wait_for(asyncio.gather(refining, return_exceptions=True), 10)
+            else:
+                await asyncio.wait_for(lifecycle.stop(), 10)
+        assert refining.cancelled()
+        await lifecycle.stop()
+        return engine
+
+    engine = run(scenario())
+    assert (engine.images.max_batch, engine.texts.max_batch) == (1, 1)
