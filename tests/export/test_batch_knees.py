@@ -94,3 +94,30 @@ def test_a_probe_cut_short_is_finished_after_ready_while_requests_are_served(bun
         assert record[modality] == knee(rates) and modality not in record.get("partial", {}), record
         assert re.search(rf"{modality} encoder items/s by batch size: .* \(finished while idle after ready\) -> max "
                          rf"batch {knee(rates)}, was 1\b", log), log
+
+
+def test_a_split_servers_engine_finishes_a_probe_cut_short(bundled_export, copy_export, tmp_path):
+    """CLIP_WORKERS=2: the engine process finishes its probe after ready as one process does, and remembers the
+    knees complete. (A front-end's /info keeps the curves it read when it started.)"""
+    root = copy_export(bundled_export[0])
+    env = {"CLIP_BACKEND": "onnx", "CLIP_DEVICE": "cpu", "CLIP_EXPORT_DIR": str(root), "CLIP_BATCH_PROBE_S": "0.001",
+           "CLIP_WORKERS": "2", "CLIP_PREPROCESS_WORKERS": "2"}
+
+    def remembered() -> dict:
+        path = root / KNEES_CACHE
+        return json.loads(path.read_text())["cpu"] if path.exists() else {"partial": {"image": 0.001}}
+
+    statuses: list[int] = []
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        deadline = time.monotonic() + 300
+        while remembered().get("partial") or not {"image", "text"} <= set(remembered()):
+            assert time.monotonic() < deadline, remembered()
+            statuses.append(httpx.post(server.url + "/embed/image", files=[("file", ("a.png", png((0, 0, 9))))],
+                                       timeout=60).status_code)
+            time.sleep(0.05)  # the pace of the requests (idle time between them), not a wait for the probe
+    log = (tmp_path / "server.log").read_text()
+    assert statuses and set(statuses) == {200}
+    for modality in ("image", "text"):
+        found = re.search(rf"{modality} encoder items/s by batch size: .* \(finished while idle after ready\) -> max "
+                          rf"batch (\d+), was 1\b", log)
+        assert found and remembered()[modality] == int(found.group(1)), log
