@@ -4,8 +4,9 @@
 A constant tuned on one machine is wrong on the next: ONNX Runtime's ViT-B-32 image tower peaked at batch 8 on one
 2-core machine and kept gaining to 32 on another (22 / 27.6 / 30.0 / 31.0 img/s at 1 / 8 / 16 / 32). The knee, the
 smallest batch within KNEE_SHARE of the best throughput, keeps nearly all of the throughput at the lowest latency a
-batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S (both towers together); CLIP_{IMAGE,TEXT}_MAX_BATCH set
-explicitly win.
+batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S (both towers together); a curve that budget cut short while
+still rising is finished after ready, in the engine's idle time (service/batch_refine.py). CLIP_{IMAGE,TEXT}_MAX_BATCH
+set explicitly win.
 """
 
 from __future__ import annotations
