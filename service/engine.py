@@ -55,8 +55,7 @@ class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
     # the batch curves measured at warm-up, per tower (service/batch_probe.py); none unless __init__ was given some,
-    # so an engine built another way (a subclass that skips __init__) still answers /info. Never mutated in place: a
-    # curve finished after ready (service/batch_refine.py) replaces the whole dict
+    # so an engine built another way (a subclass that skips __init__) still answers /info. Read, never mutated
     curves: dict[str, BatchCurve] = {}
 
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
