@@ -4,8 +4,9 @@
 A constant tuned on one machine is wrong on the next: ONNX Runtime's ViT-B-32 image tower peaked at batch 8 on one
 2-core machine and kept gaining to 32 on another (22 / 27.6 / 30.0 / 31.0 img/s at 1 / 8 / 16 / 32). The knee, the
 smallest batch within KNEE_SHARE of the best throughput, keeps nearly all of the throughput at the lowest latency a
-batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S (both towers together); CLIP_{IMAGE,TEXT}_MAX_BATCH set
-explicitly win.
+batch costs. Measured at warm-up within CLIP_BATCH_PROBE_S (both towers together); a curve that budget cut short while
+still rising is finished after ready, in the engine's idle time (service/batch_refine.py). CLIP_{IMAGE,TEXT}_MAX_BATCH
+set explicitly win.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class BatchCurve:
     items_per_s: dict[int, float] = field(default_factory=dict)  # batch size -> best items/s measured
     complete: bool = True  # False when the time budget ran out before the largest size
     cap: Optional[int] = None
-    source: str = "warm-up"  # or "manifest": recorded for this host by `export bench --record` or an earlier probe
+    # "warm-up"; "manifest" or "cache": recorded for this host by `export bench --record` or an earlier probe; with
+    # "+idle" (service/batch_refine.py): finished while the server was idle after ready
+    source: str = "warm-up"
 
     def to_dict(self) -> dict:
         return {"max_batch": self.cap, "source": self.source, "complete": self.complete,
@@ -119,21 +122,28 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
                      modality, curves[modality].cap, source, cap, limits[modality])
     todo = [m for m in limits if m not in curves]
     per_tower = budget_s / max(1, len(todo))  # the budget is the whole probe's: it delays readiness
-    h, w = backend.preprocess.size
-    towers = {"image": (lambda n: np.zeros((n, 3, h, w), dtype=np.float32), backend.encode_image),  # [n, 3, H, W]
-              "text": (lambda n: backend.tokenize(["a photo of a red circle"] * n), backend.encode_text)}  # [n, L]
+    inputs = towers(backend)
     for modality in todo:
-        curve = curves[modality] = measure(modality, *towers[modality], limits[modality], per_tower, timer)
+        curve = curves[modality] = measure(modality, *inputs[modality], limits[modality], per_tower, timer)
         log.info("%s encoder items/s by batch size: %s%s -> max batch %d (the smallest within %.0f%% of the best)",
                  modality, ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()),
                  "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,
                  100 * KNEE_SHARE)
         if still_rising(curve):
             log.warning("%s encoder: CLIP_BATCH_PROBE_S=%g ran out while batch %d was still the fastest; serving at max "
-                        "batch %d. A larger CLIP_BATCH_PROBE_S, or `python -m export bench <export dir> --backends onnx "
-                        "--record` on this host, measures the larger sizes", modality, budget_s, curve.cap, curve.cap)
-    _remember(backend, {m: c for m, c in curves.items() if m in todo}, budget_s)
+                        "batch %d until the larger sizes are measured while the server is idle after ready "
+                        "(service/batch_refine.py). A larger CLIP_BATCH_PROBE_S, or `python -m export bench <export "
+                        "dir> --backends onnx --record` on this host, measures them before ready", modality, budget_s,
+                        curve.cap, curve.cap)
+    remember(backend, {m: c for m, c in curves.items() if m in todo}, budget_s)
     return curves
+
+
+def towers(backend) -> dict[str, tuple[Callable[[int], np.ndarray], Callable[[np.ndarray], object]]]:
+    """Per tower, a batch of n inputs (made beforehand, so only the encoder is timed) and the encoder to time."""
+    h, w = backend.preprocess.size
+    return {"image": (lambda n: np.zeros((n, 3, h, w), dtype=np.float32), backend.encode_image),  # [n, 3, H, W]
+            "text": (lambda n: backend.tokenize(["a photo of a red circle"] * n), backend.encode_text)}  # [n, L]
 
 
 def unwarmed(engine, curves: dict[str, BatchCurve]) -> tuple[int, int]:
@@ -143,7 +153,7 @@ def unwarmed(engine, curves: dict[str, BatchCurve]) -> tuple[int, int]:
                  for m, batcher in (("image", engine.images), ("text", engine.texts)))  # type: ignore[return-value]
 
 
-def _remember(backend, measured: dict[str, BatchCurve], budget_s: float) -> None:
+def remember(backend, measured: dict[str, BatchCurve], budget_s: float) -> None:
     """Keep the knees in an export's cache, so a restart on this host skips the probe; a curve the budget cut short
     is kept with that budget (a later start with a larger CLIP_BATCH_PROBE_S measures again)."""
     knees = {m: c.cap for m, c in measured.items() if c.cap}

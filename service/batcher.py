@@ -85,10 +85,12 @@ class Batcher:
     def __init__(self, modality: str, encode: Encode, executor: Executor, metrics: Metrics, *, max_batch: int,
                  max_wait_s: float, max_queue: int, on_fatal: Optional[Callable[[BaseException], None]] = None):
         self.modality, self.encode, self.executor, self.metrics = modality, encode, executor, metrics
+        # read afresh for each batch, so it may change while serving (service/batch_refine.py raises it)
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.on_fatal = on_fatal
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         self.depth = 0  # queued + in-flight items (what admission caps)
+        self.taken = 0  # items ever admitted: a change says work came, even work already done (batch_refine.py)
         self.closed = False
         # encoder calls at once: 1, except in a CUDA engine process (service/engine_server.py), where 2 let one
         # batch upload while the other computes; the executor must then have as many threads
@@ -144,6 +146,7 @@ class Batcher:
             raise Overloaded(f"{self.modality} queue is full ({self.depth}/{self.max_queue} items, "
                              f"CLIP_MAX_QUEUE); retry later", retry_after=1)
         self._set_depth(n)
+        self.taken += n
 
     async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         """Reserve room, queue items (all or none) and wait for their embeddings, in order."""

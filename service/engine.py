@@ -96,7 +96,12 @@ class Engine:
         self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
     def idle(self) -> bool:
+        """Nothing reserved, queued or encoding in either batcher."""
         return self.images.depth == 0 and self.texts.depth == 0
+
+    def activity(self) -> int:
+        """Items ever admitted to either batcher: unchanged across a span means no request reached the encoders."""
+        return self.images.taken + self.texts.taken
 
     def deadline(self) -> float:
         """Loop time by which a request's work must have started: CLIP_REQUEST_TIMEOUT_S from now. A request takes

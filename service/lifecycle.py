@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
+from service import batch_refine
 from service.backends import Backend, load_backend
 from service.batch_probe import probe_backend, unwarmed
 from service.engine import Engine, unset_limits
@@ -34,6 +35,7 @@ class Lifecycle:
         self.on_load_failure: Callable[[BaseException], None] = lambda exc: None  # __main__ exits the process
         self.on_loaded: Callable[[Engine], None] = lambda engine: None  # before ready (service/engine_server.py)
         self._task: Optional[asyncio.Task] = None
+        self._refining: Optional[asyncio.Task] = None  # a probe cut short, finished in idle time (batch_refine.py)
 
     # --- start-up -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -44,8 +46,9 @@ class Lifecycle:
         start = time.perf_counter()
         try:
             backend = await loop.run_in_executor(self.inference_pool, self.backend_factory, self.settings)
-            curves = await loop.run_in_executor(self.inference_pool, probe_backend, backend,
-                                                unset_limits(self.settings, backend), self.settings.batch_probe_s)
+            limits = unset_limits(self.settings, backend)
+            curves = await loop.run_in_executor(self.inference_pool, probe_backend, backend, limits,
+                                                self.settings.batch_probe_s)
             engine = Engine(self.settings, backend, self.metrics, self.inference_pool, on_fatal=self.mark_fatal,
                             curves=curves)
             await loop.run_in_executor(self.inference_pool, backend.warmup, *unwarmed(engine, curves))
@@ -62,6 +65,8 @@ class Lifecycle:
         self.metrics.model_info.labels(backend.model_id, backend.name, backend.device, backend.precision,
                                        backend.fingerprint).set(1)
         log.info("ready in %.1fs: %s", time.perf_counter() - start, backend.describe())
+        self._refining = batch_refine.start(engine, backend, limits,
+                                            lambda fn, *args: loop.run_in_executor(self.inference_pool, fn, *args))
 
     async def wait_loaded(self) -> None:
         if self._task:
@@ -92,12 +97,14 @@ class Lifecycle:
         self.fatal = f"backend failed: {type(exc).__name__}: {exc}"[:500]
         self.metrics.ready.set(0)
         log.error("fatal backend error; /readyz now 503: %s", self.fatal)
+        self._stop_refining()
 
     # --- shutdown -------------------------------------------------------------------------------------------
     def begin_drain(self) -> None:
         if not self.draining:
             self.draining = True
             self.metrics.ready.set(0)
+            self._stop_refining()  # a probe call now would only delay the requests being finished
             log.info("draining: refusing new work, finishing %d in-flight request(s)", self.inflight_requests)
 
     async def drained(self, timeout_s: float) -> bool:
@@ -110,11 +117,18 @@ class Lifecycle:
             await asyncio.sleep(0.02)
         return False
 
+    def _stop_refining(self) -> None:
+        if self._refining is not None:
+            self._refining.cancel()  # a probe call already on the inference thread finishes there, unawaited
+
     async def stop(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)
         if self._task and not self._task.done():
             self._task.cancel()
+        self._stop_refining()
+        if self._refining is not None:
+            await asyncio.gather(self._refining, return_exceptions=True)
         if self.engine:
             await self.engine.stop()
         self.inference_pool.shutdown(wait=False, cancel_futures=True)
