@@ -146,6 +146,22 @@ def towers(backend) -> dict[str, tuple[Callable[[int], np.ndarray], Callable[[np
             "text": (lambda n: backend.tokenize(["a photo of a red circle"] * n), backend.encode_text)}  # [n, L]
 
 
+def warm_plan(engine, curves: dict[str, BatchCurve], backend) -> tuple[tuple[int, int], dict[str, int]]:
+    """(image, text) sizes to warm up before ready, and tower -> size to warm up in idle time after it.
+
+    Export backends on a CPU leave their max batch to idle time: ONNX Runtime's first call at a new size costs about
+    twice a steady one (ViT-B-32 on 2 cores: batch 32, 5.2 s against 2.9), so warming a measured knee of 16-64 before
+    ready would add seconds to every start; before ready they only run a tower the probe never ran (its first call
+    sets the session up). GPUs keep the whole warm-up before ready: a batch there costs milliseconds, and a cold path
+    (a TensorRT profile, cuDNN's choice of kernels) is what warm-up is for. So does the torch backend on a CPU."""
+    sizes = unwarmed(engine, curves)
+    if not getattr(backend, "measure_batches", False) or backend.device != "cpu":
+        return sizes, {}
+    now = tuple(1 if n and not curves.get(m, BatchCurve(m)).items_per_s else 0 for m, n in zip(("image", "text"), sizes))
+    later = {m: n for m, n in zip(("image", "text"), sizes) if n > 1}
+    return now, later  # type: ignore[return-value]
+
+
 def unwarmed(engine, curves: dict[str, BatchCurve]) -> tuple[int, int]:
     """The image and text batch sizes warm-up still has to run: each tower's max batch, or 0 where the probe already
     ran the encoder at that size (warming it again would only add its time to the start)."""

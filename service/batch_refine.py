@@ -133,8 +133,33 @@ def adopt(engine: Any, backend: Any, curve: BatchCurve) -> None:
              ", ".join(f"{n}: {r:.1f}" for n, r in curve.items_per_s.items()), curve.cap, was, 100 * KNEE_SHARE)
 
 
-def start(engine: Any, backend: Any, limits: dict[str, int], run: Run) -> Optional[asyncio.Task]:
-    """The background task finishing the engine's unfinished curves, or None when every curve is finished."""
-    if not any(m in limits and unfinished(c) for m, c in engine.curves.items()):
+async def warm_when_idle(engine: Any, backend: Any, sizes: dict[str, int], run: Run, poll_s: float = POLL_S) -> None:
+    """One encoder call per tower at the batch size in `sizes` (its max batch, which start-up did not run), each
+    once the engine is idle: a batch that comes first pays its own first call instead, which is all warm-up saves."""
+    inputs = towers(backend)
+    for modality, n in sizes.items():
+        make, encode = inputs[modality]
+        x = make(n)
+        await _settle(engine, poll_s)
+        await run(encode, x)
+        log.info("%s encoder warmed up at max batch %d while idle after ready", modality, n)
+
+
+def start(engine: Any, backend: Any, limits: dict[str, int], run: Run,
+          warm: Optional[dict[str, int]] = None) -> Optional[asyncio.Task]:
+    """The background task that warms up the max batch sizes in `warm` (tower -> size) and finishes the engine's
+    unfinished curves (whose probe runs every size anyway), or None when there is nothing to do."""
+    refine = {m for m, c in engine.curves.items() if m in limits and unfinished(c)}
+    warm = {m: n for m, n in (warm or {}).items() if n and m not in refine}
+    if not refine and not warm:
         return None
-    return asyncio.get_running_loop().create_task(finish_probes(engine, backend, limits, run), name="batch-refine")
+
+    async def after_ready() -> None:
+        try:
+            await warm_when_idle(engine, backend, warm, run)
+        except Exception as exc:  # noqa: BLE001 - never takes the server down; a broken encoder shows in batches
+            log.warning("warming up after ready failed: %r", exc)
+        if refine:
+            await finish_probes(engine, backend, limits, run)
+
+    return asyncio.get_running_loop().create_task(after_ready(), name="batch-refine")

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from service import batch_refine
 from service.backends import Backend, load_backend
-from service.batch_probe import probe_backend, unwarmed
+from service.batch_probe import probe_backend, warm_plan
 from service.engine import Engine, unset_limits
 from service.errors import NotReady
 from service.metrics import Metrics
@@ -51,7 +51,8 @@ class Lifecycle:
                                                 self.settings.batch_probe_s)
             engine = Engine(self.settings, backend, self.metrics, self.inference_pool, on_fatal=self.mark_fatal,
                             curves=curves)
-            await loop.run_in_executor(self.inference_pool, backend.warmup, *unwarmed(engine, curves))
+            now, later = warm_plan(engine, curves, backend)
+            await loop.run_in_executor(self.inference_pool, backend.warmup, *now)
         except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with its cause
             self.fatal = f"model failed to load or warm up: {type(exc).__name__}: {exc}"
             log.error(self.fatal)
@@ -66,7 +67,8 @@ class Lifecycle:
                                        backend.fingerprint).set(1)
         log.info("ready in %.1fs: %s", time.perf_counter() - start, backend.describe())
         self._refining = batch_refine.start(engine, backend, limits,
-                                            lambda fn, *args: loop.run_in_executor(self.inference_pool, fn, *args))
+                                            lambda fn, *args: loop.run_in_executor(self.inference_pool, fn, *args),
+                                            warm=later)
 
     async def wait_loaded(self) -> None:
         if self._task:

@@ -253,3 +253,41 @@ def test_drain_and_stop_end_a_probe_waiting_for_the_engine_to_be_idle(end):
 
     engine = run(scenario())
     assert (engine.images.max_batch, engine.texts.max_batch) == (1, 1)
+
+
+def test_a_cpu_export_warms_its_max_batch_after_ready_and_a_gpu_before():
+    """ONNX Runtime's first call at a new size costs about two steady ones: warming a knee of 16-64 before ready
+    would add seconds to every start on a CPU. Before ready only a tower the probe never ran (its session's set-up);
+    the max batch once idle after ready. GPUs and the torch backend keep warming everything before ready."""
+    from service.batch_probe import warm_plan
+
+    engine = SimpleNamespace(images=SimpleNamespace(max_batch=16), texts=SimpleNamespace(max_batch=32))
+    cpu = SimpleNamespace(measure_batches=True, device="cpu")
+    probed = {"image": BatchCurve("image", {1: 5.0, 2: 9.0}, cap=2)}  # text: a remembered knee, never run
+    assert warm_plan(engine, probed, cpu) == ((0, 1), {"image": 16, "text": 32})
+    assert warm_plan(engine, probed, SimpleNamespace(measure_batches=True, device="cuda")) == ((16, 32), {})
+    assert warm_plan(engine, probed, SimpleNamespace(measure_batches=False, device="cpu")) == ((16, 32), {})
+    ran_cap = {"image": BatchCurve("image", {1: 5.0, 16: 9.0}, cap=16)}
+    assert warm_plan(engine, ran_cap, cpu) == ((0, 1), {"text": 32})  # the probe ran 16 already
+
+
+def test_warming_up_after_ready_waits_until_the_engine_is_idle():
+    from service.batch_refine import warm_when_idle
+
+    quiet = Quiet()
+    clock = Clock(lambda n: 0.1, quiet)
+    backend = SimpleNamespace(preprocess=SimpleNamespace(size=(8, 8)), encode_image=clock.encode,
+                              encode_text=clock.encode, tokenize=lambda texts: np.zeros((len(texts), 4)))
+    engine = SimpleNamespace(idle=quiet.idle, activity=quiet.activity)
+
+    async def scenario():
+        quiet.arrive()  # a request is in the batchers
+        task = asyncio.ensure_future(warm_when_idle(engine, backend, {"image": 16, "text": 32},
+                                                    run=lambda fn, *a: asyncio.sleep(0, fn(*a)), poll_s=0.001))
+        await asyncio.sleep(0.05)
+        assert clock.calls == []  # nothing while busy
+        quiet.depth = 0
+        await asyncio.wait_for(task, 5)
+
+    run(scenario())
+    assert clock.calls == [16, 32] and clock.busy_calls == 0
