@@ -266,10 +266,16 @@ class EnginePool:
 
 
 class _Depth:
-    """What /info and draining read of a batcher in a front-end: its batch size; nothing queued here."""
+    """What /info and draining read of a batcher in a front-end: the engine's batch size as of its last heartbeat (it
+    changes when the engine finishes a batch-size probe after ready); nothing queued here."""
 
-    def __init__(self, max_batch: int):
-        self.max_batch, self.depth = max_batch, 0
+    def __init__(self, pool: EnginePool, key: str, first: int):
+        self._pool, self._key, self._first, self.depth = pool, key, first, 0
+
+    @property
+    def max_batch(self) -> int:
+        info = self._pool.info()
+        return int(info[self._key]) if info else self._first
 
 
 class RemoteEngine(Engine):
@@ -280,9 +286,7 @@ class RemoteEngine(Engine):
         self.pool, self._info = pool, info
         # Engine's own constructor, so that every attribute it sets is here too; only its queue step
         # (_build_queues: batchers and caches, which live in the engine process) and its image step are this class's
-        curves = {m: BatchCurve.from_dict(m, c) for m, c in info.get("measured", {}).items()}  # for /info
-        super().__init__(settings, BackendInfo.from_info(info), metrics, inference_pool=None,  # type: ignore
-                         curves=curves)
+        super().__init__(settings, BackendInfo.from_info(info), metrics, inference_pool=None)  # type: ignore
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine
@@ -296,7 +300,18 @@ class RemoteEngine(Engine):
     def _build_queues(self, inference_pool: Optional[ThreadPoolExecutor], on_fatal: Any) -> None:
         """No batchers or caches here: only the engine's batch sizes, which /info and draining read."""
         info = self._info
-        self.images, self.texts = _Depth(info["image_max_batch"]), _Depth(info["text_max_batch"])  # type: ignore
+        self.images = _Depth(self.pool, "image_max_batch", info["image_max_batch"])  # type: ignore[assignment]
+        self.texts = _Depth(self.pool, "text_max_batch", info["text_max_batch"])  # type: ignore[assignment]
+
+    @property  # type: ignore[override]
+    def curves(self) -> dict[str, BatchCurve]:
+        """The engine's batch curves as of its last heartbeat, for /info (finished after ready, they change)."""
+        measured = (self.pool.info() or self._info).get("measured", {})
+        return {m: BatchCurve.from_dict(m, c) for m, c in measured.items()}
+
+    @curves.setter
+    def curves(self, value: dict[str, BatchCurve]) -> None:
+        pass  # Engine.__init__ sets its own; a front-end reads the engine process's
 
     def start(self) -> None:
         pass

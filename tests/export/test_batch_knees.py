@@ -98,7 +98,7 @@ def test_a_probe_cut_short_is_finished_after_ready_while_requests_are_served(bun
 
 def test_a_split_servers_engine_finishes_a_probe_cut_short(bundled_export, copy_export, tmp_path):
     """CLIP_WORKERS=2: the engine process finishes its probe after ready as one process does, and remembers the
-    knees complete. (A front-end's /info keeps the curves it read when it started.)"""
+    knees complete; every front-end's /info then shows the finished curves and the new caps."""
     root = copy_export(bundled_export[0])
     env = {"CLIP_BACKEND": "onnx", "CLIP_DEVICE": "cpu", "CLIP_EXPORT_DIR": str(root), "CLIP_BATCH_PROBE_S": "0.001",
            "CLIP_WORKERS": "2", "CLIP_PREPROCESS_WORKERS": "2"}
@@ -115,6 +115,17 @@ def test_a_split_servers_engine_finishes_a_probe_cut_short(bundled_export, copy_
             statuses.append(httpx.post(server.url + "/embed/image", files=[("file", ("a.png", png((0, 0, 9))))],
                                        timeout=60).status_code)
             time.sleep(0.05)  # the pace of the requests (idle time between them), not a wait for the probe
+        knees = remembered()
+        for _ in range(8):  # connections spread over both front-ends: each shows what the engine serves
+            while True:  # the next heartbeat (0.25 s) brings the engine's new state
+                batching = httpx.get(server.url + "/info", timeout=30).json()["batching"]
+                if all(batching["measured"][m]["complete"] for m in ("image", "text")):
+                    break
+                assert time.monotonic() < deadline, batching
+                time.sleep(0.05)
+            assert (batching["image_max_batch"], batching["text_max_batch"]) == (knees["image"], knees["text"])
+            assert {m: c["source"] for m, c in batching["measured"].items()} == {"image": "warm-up+idle",
+                                                                                 "text": "warm-up+idle"}
     log = (tmp_path / "server.log").read_text()
     assert statuses and set(statuses) == {200}
     for modality in ("image", "text"):
