@@ -13,8 +13,8 @@ import signal
 import socket
 import threading
 import time
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
