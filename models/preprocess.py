@@ -7,6 +7,7 @@ Imports neither torch nor open_clip: the server preprocesses with `eval_pixels` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,11 +93,28 @@ def eval_uint8(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
 
 def normalise(rgb: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
     """uint8 [B, H, W, 3] -> float32 [B, 3, H, W]: ToTensor's /255, then Normalize's subtract and divide, in
-    float32 (the one place this arithmetic is written; a device version must match it)."""
-    x = rgb.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)  # [B, 3, H, W], as ToTensor
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return (x - mean) / std  # as Normalize: subtract, then divide, in float32
+    float32 (the one place this arithmetic is written; a device version must match it).
+
+    A uint8 channel has 256 values, so the arithmetic is done once per value (`_channel_tables`) and each pixel
+    looks its value up: the same float32 operations on the same inputs, so the same bits, in one pass over the
+    batch instead of four (about 4x faster; it is most of an engine process's CPU per image on the CPU)."""
+    tables = _channel_tables(tuple(pre.mean), tuple(pre.std))  # [3, 256]
+    planes = rgb.transpose(0, 3, 1, 2)  # [B, 3, H, W] view, no copy
+    out = np.empty(planes.shape, dtype=np.float32)
+    for c in range(3):
+        out[:, c] = tables[c][planes[:, c]]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [3, 256]: channel c's normalised value of each uint8 value, as ToTensor then Normalize compute it."""
+    x = np.arange(256, dtype=np.uint8).astype(np.float32)[None, :] / np.float32(255)  # [1, 256], as ToTensor
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1)
+    tables = (x - m) / s  # as Normalize: subtract, then divide, in float32
+    tables.setflags(write=False)
+    return tables
 
 
 def _pil_filter(pre: PreprocessConfig) -> Image.Resampling:

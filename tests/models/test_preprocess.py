@@ -69,6 +69,21 @@ def test_uint8_then_normalise_as_a_batch_is_the_float_path_bit_for_bit(name):
         assert np.array_equal(batch[i], by_hand) and np.array_equal(batch[i], eval_pixels(img, pre)), (name, i)
 
 
+@pytest.mark.parametrize("mean, std", [(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD), ((0.5, 0.25, 0.0), (0.5, 0.1, 2.0))])
+def test_normalise_is_the_float32_arithmetic_for_every_uint8_value(mean, std):
+    """normalise looks each pixel up in per-channel tables: every value 0-255 of every channel gives the bits of
+    ToTensor then Normalize in float32, whatever the config's mean and std; an empty batch is an empty batch."""
+    pre = PreprocessConfig(size=(16, 16), mean=mean, std=std)
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = np.stack([values, values[::-1], values.T], axis=-1)[None]  # [1, 16, 16, 3]: each channel all 256 values
+    by_hand = (rgb.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+               - np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    out = normalise(rgb, pre)
+    assert out.dtype == np.float32 and out.shape == (1, 3, 16, 16)
+    assert np.array_equal(out, by_hand)
+    assert normalise(np.zeros((0, 16, 16, 3), np.uint8), pre).shape == (0, 3, 16, 16)
+
+
 def test_the_copied_constants_are_open_clips():
     from open_clip.constants import OPENAI_DATASET_MEAN as MEAN, OPENAI_DATASET_STD as STD
 
