@@ -212,7 +212,10 @@ class Batcher:
                 live.append(item)
         return live
 
-    def _encode_timed(self, batch: np.ndarray, waits: list[Optional[tracing.QueueWait]]) -> np.ndarray:
+    def _encode_timed(self, payloads: list[np.ndarray], waits: list[Optional[tracing.QueueWait]]) -> np.ndarray:
+        """In the inference thread: stack the items into one batch (a copy of every item: off the event loop), time
+        the encoder on it and count the batch."""
+        batch = np.stack(payloads)
         start = time.perf_counter()
         with tracing.inference(self.modality, len(batch), waits):  # links to each request served
             out = self.encode(batch)
@@ -224,7 +227,7 @@ class Batcher:
         """Encode items; on failure isolate the culprit (halve on OOM, else one by one)."""
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self.executor, self._encode_timed, np.stack([i.payload for i in items]),
+            out = await loop.run_in_executor(self.executor, self._encode_timed, [i.payload for i in items],
                                              [i.trace for i in items])
         except Exception as exc:  # noqa: BLE001 - any encoder failure is isolated, counted and reported
             await self._isolate(items, exc)

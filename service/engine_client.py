@@ -323,14 +323,20 @@ class RemoteEngine(Engine):
         return True  # queued work is the engine's; a front-end drains its requests (Lifecycle.inflight_requests)
 
     async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
-        """Room reserved in an engine's queue first (503 at once when full), then decoded here to uint8, then
-        embedded there."""
+        """Decoded here to uint8 and embedded in the least-loaded engine. While that engine's queue is at most half
+        full (as of its latest reply, plus what this front-end has in flight there), in one trip: decode, then
+        `embed` (the engine takes the room on arrival, or answers 503 / 413). Fuller than that, room is reserved
+        first (`reserve`, 503 at once when full), so a full queue answers before any decoding; then `pixels`."""
         deadline = self.deadline() if deadline is None else deadline
         async with self.pool.charged(len(images)) as link:
+            if link.load <= self.settings.max_queue // 2:  # link.load counts these images already
+                pixels = await self.preprocess_images(images, deadline)  # uint8 [H, W, 3] each
+                _, out = await link.call({"op": "embed", "deadline": deadline}, [np.stack(pixels)])
+                return out[0]
             rid = link.new_id()
             await link.call({"op": "reserve", "n": len(images), "deadline": deadline}, rid=rid)
             try:
-                pixels = await self.preprocess_images(images, deadline)  # uint8 [H, W, 3] each
+                pixels = await self.preprocess_images(images, deadline)
             except BaseException:
                 link.cancel(rid)  # give the room back
                 raise

@@ -3,9 +3,10 @@ label sets and the queue capacity, and answers the front-end processes over a Ze
 
 Each request from a front-end runs as one task here, keyed by (front-end, request id); a `cancel` from the front-end
 (its client left) cancels that task, so its queued items are dropped by the batcher as in one process. Images come
-in two steps, so that a full queue still answers before any decoding: `reserve` takes room for n images (or
-refuses: 503 / 413), the front-end decodes, then `pixels` brings uint8 [n, H, W, 3], normalised here as a batch
-(models.preprocess.normalise; on the GPU for CUDA backends, service/device_pixels.py) right before the encoder.
+decoded, as uint8 [n, H, W, 3], normalised here as a batch (models.preprocess.normalise; on the GPU for CUDA
+backends, service/device_pixels.py) right before the encoder: in one trip (`embed`: room taken on arrival, or 503 /
+413) while the front-end sees this queue at most half full, else in two steps, so that a full queue still answers
+before any decoding: `reserve` takes room for n images (or refuses), the front-end decodes, then `pixels`.
 A call may carry its request span's W3C `traceparent` (service/tracing.py): the spans this process makes for it
 (queue_wait, inference) are then children of that span, exported by this process's own tracer.
 """
@@ -178,6 +179,14 @@ class EngineServer:
             if pixels.shape[0] != room.n:
                 raise InvalidField(f"{pixels.shape[0]} images sent for room reserved for {room.n}")
             out = await room.submit(list(pixels), deadline)  # uint8 [H, W, 3] each
+        return {}, (np.stack(out),)
+
+    async def op_embed(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
+        """Images decoded already (uint8 [n, H, W, 3]): room for them now (503/413 otherwise), then embed them. A
+        front-end sends this instead of reserve + pixels while it sees this queue at most half full."""
+        eng, pixels = self._engine(), arrays[0]
+        with eng.images.reserve(pixels.shape[0]) as room:
+            out = await room.submit(list(pixels), float(h["deadline"]))
         return {}, (np.stack(out),)
 
     async def op_texts(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:

@@ -636,3 +636,104 @@ def test_the_least_loaded_pick_reads_the_load_of_every_reply():
         assert [pool.pick().index for _ in range(4)] == [1, 1, 1, 1]
     finally:
         pool.ctx.term()
+
+
+def _remote_engine(settings, load: int, ops: list):
+    """A front-end's RemoteEngine on a fake pool: its one engine link reports `load` items (these included) and
+    records each call's op; decoding records itself in the same list."""
+    from contextlib import asynccontextmanager
+
+    from service.engine import Engine
+    from service.engine_client import RemoteEngine
+    from service.engine_server import engine_info
+    from service.metrics import Metrics
+    from tests.service.fake_backend import NamedBackend
+
+    local = Engine(settings, NamedBackend(settings), Metrics(), None)  # type: ignore[arg-type]
+    info = engine_info(local)
+    local.preprocess_pool.shutdown(wait=False)
+
+    async def call(header, arrays=(), rid=None):
+        ops.append((header["op"], [a.shape for a in arrays]))
+        return {}, [np.zeros((arrays[0].shape[0] if arrays else 0, 4), np.float32)]
+
+    link = SimpleNamespace(load=load, call=call, new_id=lambda: 7, cancel=lambda rid: ops.append(("cancel", rid)))
+
+    @asynccontextmanager
+    async def charged(n):
+        yield link
+
+    pool = SimpleNamespace(info=lambda: None, charged=charged)
+    remote = RemoteEngine(settings, info, pool=pool, metrics=Metrics())  # type: ignore[arg-type]
+    decode = remote.preprocess_images
+
+    async def preprocess_images(images, deadline):
+        ops.append(("decode", len(images)))
+        return await decode(images, deadline)
+
+    remote.preprocess_images = preprocess_images  # type: ignore[method-assign]
+    return remote
+
+
+@pytest.mark.parametrize("load, expected", [
+    (1, ["decode", "embed"]),  # an empty queue: decode, then one trip with the pixels
+    (4, ["decode", "embed"]),  # half of CLIP_MAX_QUEUE=8, these two images included: still one trip
+    (5, ["reserve", "decode", "pixels"]),  # fuller: room first, so a full queue answers before any decoding
+])
+def test_a_front_end_sends_decoded_images_in_one_trip_while_the_queue_has_room(load, expected):
+    import asyncio
+
+    from service.settings import Settings
+
+    ops: list = []
+    remote = _remote_engine(Settings(max_queue=8), load, ops)
+    try:
+        image = encode(shape_image("red", "circle"))
+        out = asyncio.run(remote.embed_images([image, image]))
+        assert out.shape == (2, 4)
+        assert [op for op, *_ in ops] == expected
+        pixels = next(shapes for op, shapes in ops if op in ("embed", "pixels"))
+        assert pixels == [(2, 8, 8, 3)]  # uint8 [n, H, W, 3], the engine normalises
+    finally:
+        remote.preprocess_pool.shutdown(wait=False)
+
+
+def test_an_engine_takes_room_for_images_sent_in_one_trip_or_refuses_them():
+    """`embed` (decoded images in one trip): embedded when the queue has room; 503 when it is full, 413 when the
+    request could never fit: the engine's capacity is exact whichever way the images came."""
+    import asyncio
+
+    from service.engine import Engine
+    from service.engine_server import EngineServer, install_pixel_encoder
+    from service.errors import Overloaded, PayloadTooLarge
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from tests.service.fake_backend import NamedBackend
+
+    async def scenario() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        settings = Settings(max_queue=3)
+        with ThreadPoolExecutor(1) as inference:
+            engine = Engine(settings, NamedBackend(settings), Metrics(), inference)
+            install_pixel_encoder(engine)
+            engine.start()
+            server = EngineServer(settings, "ipc:///nonexistent", SimpleNamespace(require_engine=lambda: engine))
+            try:
+                pixels = np.full((2, 8, 8, 3), 200, np.uint8)
+                _, (out,) = await server.op_embed(b"f", 1, {"deadline": engine.deadline()}, [pixels])
+                assert out.shape == (2, engine.backend.embed_dim)
+                assert np.allclose(np.linalg.norm(out, axis=1), 1.0)
+                with pytest.raises(PayloadTooLarge):
+                    await server.op_embed(b"f", 2, {"deadline": engine.deadline()}, [np.zeros((4, 8, 8, 3), np.uint8)])
+                with engine.images.reserve(2):  # the queue is 2 of 3 full: 2 more do not fit
+                    with pytest.raises(Overloaded):
+                        await server.op_embed(b"f", 3, {"deadline": engine.deadline()}, [pixels])
+                    assert engine.images.depth == 2  # the refusal took no room
+                assert engine.images.depth == 0  # and the embedded images gave theirs back
+            finally:
+                await engine.stop()
+                server.ctx.term()
+                engine.preprocess_pool.shutdown(wait=False)
+
+    asyncio.run(scenario())
