@@ -94,12 +94,7 @@ def cached_knees(export_dir: Path | str, device: str, budget_s: float = float("i
     (the usual case: a container restarted, a pod rescheduled on the same machine type) is ready without it. A knee
     from a probe that its budget cut short is used too, unless this start has a larger budget (`budget_s`) than that
     probe had: then it measures again, further."""
-    try:
-        record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device) or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-    if record.get("host") != host_id(device):
-        return {}
+    record = _cached_record(export_dir, device)
     cut_short = record.get("partial") or {}  # tower -> the budget its probe ran out of
     return {t: int(record[t]) for t in ("image", "text") if isinstance(record.get(t), int) and record[t] > 0
             and not (isinstance(cut_short, dict) and float(cut_short.get(t, budget_s)) < budget_s)}
@@ -107,11 +102,18 @@ def cached_knees(export_dir: Path | str, device: str, budget_s: float = float("i
 
 def cached_partial(export_dir: Path | str, device: str) -> set[str]:
     """The towers whose remembered knee came from a probe that its time budget cut short."""
+    partial = _cached_record(export_dir, device).get("partial")
+    return set(partial) if isinstance(partial, dict) else set()
+
+
+def _cached_record(export_dir: Path | str, device: str) -> dict:
+    """The export cache's record for `device` if an earlier start on this host wrote it; {} otherwise (none, another
+    host's, or unreadable)."""
     try:
-        record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device) or {}
-        return set(record.get("partial") or {})
-    except (OSError, ValueError, AttributeError, TypeError):
-        return set()
+        record = json.loads((Path(export_dir) / KNEES_CACHE).read_text()).get(device)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return record if isinstance(record, dict) and record.get("host") == host_id(device) else {}
 
 
 def cache_knees(export_dir: Path | str, device: str, knees: dict[str, int],

@@ -66,8 +66,9 @@ def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[
             budget_s: float, timer: Timer = time.perf_counter, calls: int = CALLS) -> BatchCurve:
     """Time `encode(make(n))` (one encoder call on a batch of n, its input made beforehand) for n in
     sizes_up_to(limit), smallest first, and take the knee. A size whose estimated cost (from the last size's time per
-    item) would overrun `budget_s` (counted from the end of the encoder's first call) is not run: the curve is then incomplete, and the cap the knee of the sizes that
-    were (so the probe has run the encoder at the cap, and warm-up need not)."""
+    item) would overrun `budget_s` (counted from the end of the encoder's first call) is not run: the curve is then
+    incomplete, and the cap the knee of the sizes that were (so the probe has run the encoder at the cap, and warm-up
+    need not)."""
     curve = BatchCurve(modality)
     start: Optional[float] = None
     per_item = 0.0
@@ -83,7 +84,7 @@ def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[
         rate = 0.0
         for _ in range(1 + RETRIES):
             rate = max(rate, n / max(_fastest(encode, x, calls, timer), 1e-9))
-            if not curve.items_per_s or rate >= DROP_SHARE * max(curve.items_per_s.values()):
+            if plausible(rate, curve.items_per_s):
                 break
         curve.items_per_s[n] = rate
         per_item = 1 / rate
@@ -92,6 +93,12 @@ def measure(modality: str, make: Callable[[int], np.ndarray], encode: Callable[[
     # budget was meant to bound; and nothing measured says the larger batch's latency buys anything
     curve.cap = knee(curve.items_per_s)
     return curve
+
+
+def plausible(rate: float, rates: dict[int, float]) -> bool:
+    """Whether a size's measured rate can stand: not below DROP_SHARE of the best so far (such a size was disturbed,
+    and is timed again up to RETRIES times)."""
+    return not rates or rate >= DROP_SHARE * max(rates.values())
 
 
 def still_rising(curve: BatchCurve) -> bool:
@@ -130,8 +137,8 @@ def probe_backend(backend, limits: dict[str, int], budget_s: float, timer: Timer
                  "" if curve.complete else f" (stopped by CLIP_BATCH_PROBE_S={budget_s:g})", curve.cap,
                  100 * KNEE_SHARE)
         if still_rising(curve):
-            log.warning("%s encoder: CLIP_BATCH_PROBE_S=%g ran out while batch %d was still the fastest; serving at max "
-                        "batch %d until the larger sizes are measured while the server is idle after ready "
+            log.warning("%s encoder: CLIP_BATCH_PROBE_S=%g ran out while batch %d was still the fastest; serving at "
+                        "max batch %d until the larger sizes are measured while the server is idle after ready "
                         "(service/batch_refine.py). A larger CLIP_BATCH_PROBE_S, or `python -m export bench <export "
                         "dir> --backends onnx --record` on this host, measures them before ready", modality, budget_s,
                         curve.cap, curve.cap)
@@ -157,7 +164,8 @@ def warm_plan(engine, curves: dict[str, BatchCurve], backend) -> tuple[tuple[int
     sizes = unwarmed(engine, curves)
     if not getattr(backend, "measure_batches", False) or backend.device != "cpu":
         return sizes, {}
-    now = tuple(1 if n and not curves.get(m, BatchCurve(m)).items_per_s else 0 for m, n in zip(("image", "text"), sizes))
+    now = tuple(1 if n and not curves.get(m, BatchCurve(m)).items_per_s else 0
+                for m, n in zip(("image", "text"), sizes))
     later = {m: n for m, n in zip(("image", "text"), sizes) if n > 1}
     return now, later  # type: ignore[return-value]
 

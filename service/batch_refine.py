@@ -24,8 +24,8 @@ from typing import Any, Awaitable, Callable, Optional, Protocol
 import numpy as np
 
 from export.batch_knee import KNEE_SHARE, knee
-from service.batch_probe import CALLS, DROP_SHARE, RETRIES, BatchCurve, Timer, remember, sizes_up_to, still_rising
-from service.batch_probe import towers
+from service.batch_probe import (CALLS, RETRIES, BatchCurve, Timer, plausible, remember, sizes_up_to, still_rising,
+                                 towers)
 
 log = logging.getLogger("service.batch_refine")
 
@@ -65,7 +65,7 @@ async def finish(curve: BatchCurve, make: Callable[[int], np.ndarray], encode: C
         rate = 0.0
         for _ in range(1 + RETRIES):
             rate = max(rate, n / max(await _undisturbed(encode, x, run, quiet, timer, poll_s, calls), 1e-9))
-            if not rates or rate >= DROP_SHARE * max(rates.values()):
+            if plausible(rate, rates):
                 break
         rates[n] = rate
     return BatchCurve(curve.modality, rates, True, knee(rates), curve.source + IDLE)

@@ -75,6 +75,7 @@ def install_pixel_encoder(engine: Engine) -> None:
 # nothing then: counting here too counted every such image twice.
 PIXELS_GRACE_S = 5.0
 
+
 class EngineServer:
     """Answers the front-ends' requests with one Engine (loaded and warmed up by a Lifecycle)."""
 

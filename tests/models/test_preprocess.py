@@ -76,8 +76,9 @@ def test_normalise_is_the_float32_arithmetic_for_every_uint8_value(mean, std):
     pre = PreprocessConfig(size=(16, 16), mean=mean, std=std)
     values = np.arange(256, dtype=np.uint8).reshape(16, 16)
     rgb = np.stack([values, values[::-1], values.T], axis=-1)[None]  # [1, 16, 16, 3]: each channel all 256 values
-    by_hand = (rgb.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-               - np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    by_hand = (rgb.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255) - m) / s
     out = normalise(rgb, pre)
     assert out.dtype == np.float32 and out.shape == (1, 3, 16, 16)
     assert np.array_equal(out, by_hand)
