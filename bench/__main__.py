@@ -45,7 +45,7 @@ def config(args: argparse.Namespace) -> dict:
         cfg = {"models": ["bundled"], "served": ["bundled"], "int8": ["bundled"], "batch_sizes": (1, 8),
                "encoder_s": 0.3, "encoder_rounds": 1, "decode_s": 0.5, "int8_concurrency": (1, 8),
                "int8_rounds": 1, "budget": served.Budget(seconds=args.seconds or 1.5, warmup_s=5, concurrency=(1, 8),
-                                                         cold_concurrency=(1,), labelset_build_s=20)}
+                                                         cold_concurrency=(1,), labelset_build_s=5)}
     else:  # int8 cells and points alternate with fp32 in 2 rounds, so the ratios hold on a shared machine
         cfg = {"models": ["vit-b-32", "bundled"], "served": ["vit-b-32", "bundled"], "int8": ["vit-b-32"],
                "batch_sizes": (1, 8, 32), "encoder_s": 3.0, "encoder_rounds": 2, "decode_s": 3.0,

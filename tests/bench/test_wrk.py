@@ -21,6 +21,7 @@ def test_wrk_durations_are_read_in_ms():
 
 
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (make test installs it as root)")
+@pytest.mark.slow  # 12-16 s
 def test_wrk_cross_check_runs_against_the_real_server():
     run = subprocess.run([sys.executable, "-m", "bench.wrk", "--concurrency", "4", "--seconds", "2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=240)

@@ -16,6 +16,7 @@ from tests.conftest import ROOT
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 
+@pytest.mark.slow  # 17-24 s on 2 cores
 def test_gpu_check_script_runs_on_cpu(bundled_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine run scripts/gpu_check.sh itself")

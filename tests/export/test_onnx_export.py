@@ -9,8 +9,9 @@ import torch
 
 from export.parity import MIN_COSINE, row_cosine
 from export.runtime import load_encoders
+from tests.export.test_lean_serving import serve_and_probe
 
-BATCHES = (1, 7, 64)
+BATCHES = {"bundled": (1, 7, 64), "vitb32": (1, 5, 17)}  # ViT-B-32 at 64 took 30 s of a 2-core machine's CPU
 
 
 def _graph_io(path):
@@ -52,20 +53,22 @@ def test_normalisation_is_inside_the_graph(bundled_export):
     assert "ReduceL2" in ops or "LpNormalization" in ops
 
 
-@pytest.mark.parametrize("which,model", [("bundled_export", "bundled"), ("vitb32_export", "vitb32")])
+@pytest.mark.parametrize("which,model", [("bundled_export", "bundled"),
+                                         pytest.param("vitb32_export", "vitb32", marks=pytest.mark.slow)])
 def test_batch_sizes_through_the_dynamic_axis(which, model, request):
     root, manifest = request.getfixturevalue(which)
     loaded = request.getfixturevalue(model)
     loaded = loaded[0] if isinstance(loaded, tuple) else loaded
     enc = load_encoders(root, backend="onnx", device="cpu")
     torch.manual_seed(0)
-    pixels = torch.rand(max(BATCHES), 3, *manifest.image_size) * 4 - 2  # [64, 3, H, W], roughly normalised
+    batches = BATCHES[model]
+    pixels = torch.rand(max(batches), 3, *manifest.image_size) * 4 - 2  # [B, 3, H, W], roughly normalised
     words = ["cat", "a red circle", "", "über naïve 日本", "x " * 60, "dog", "rocket"]
-    tokens = loaded.tokenizer([words[i % len(words)] + f" {i}" for i in range(max(BATCHES))])  # [64, L]
+    tokens = loaded.tokenizer([words[i % len(words)] + f" {i}" for i in range(max(batches))])  # [B, L]
     with torch.no_grad():
         ref_img = loaded.model.encode_image(pixels, normalize=True).numpy()
         ref_txt = loaded.model.encode_text(tokens, normalize=True).numpy()
-    for b in BATCHES:
+    for b in batches:
         img, txt = enc.encode_image(pixels[:b].numpy()), enc.encode_text(tokens[:b].numpy())
         assert img.shape == txt.shape == (b, manifest.embed_dim)
         assert img.dtype == txt.dtype == np.float32
@@ -81,3 +84,12 @@ def test_parity_was_checked_and_recorded(which, request):
     assert p["image_min_cosine"] >= 0.99999 and p["text_min_cosine"] >= 0.99999
     assert p["zero_shot_decided_flips"] == 0
     assert p["n_photos"] == 4
+
+
+@pytest.mark.slow
+def test_vit_b_32_onnx_server_imports_no_torch(vitb32_export, tmp_path):
+    """The lean server (tests/export/test_lean_serving.py) on a ViT-B-32 export: in this file, so that under
+    pytest-xdist the one worker that runs it makes the session's ViT-B-32 export once."""
+    heavy, answers = serve_and_probe(vitb32_export[0], tmp_path)
+    assert heavy == [], f"the onnx server loaded {heavy}"
+    assert len(answers["text"]["embeddings"][0]) == vitb32_export[1].embed_dim

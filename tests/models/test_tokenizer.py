@@ -191,6 +191,7 @@ def test_the_module_imports_neither_torch_nor_open_clip():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # 13-16 s on 2 cores
 def test_an_exports_own_vocabulary_gives_open_clips_ids_on_the_corpus(bundled, tmp_path):
     """What an onnx server tokenises with: the vocabulary file the export wrote, loaded from the export directory
     (export.manifest.load_tokenizer), against open_clip's own tokenizer of ViT-B-32 (context 77); at the bundled

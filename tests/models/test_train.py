@@ -1,6 +1,7 @@
 import json
 import random
 
+import pytest
 import torch
 
 from models.data.pool import ShapesPool
@@ -34,6 +35,7 @@ def test_cli_parses_every_field():
     assert TrainConfig().model == "shapes-rn-s"
 
 
+@pytest.mark.slow  # 17-23 s on 2 cores
 def test_short_run_writes_checkpoint_log_curve_card_and_resumes(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "run"), steps=4, batch_size=8, pool_size=32, eval_every=2, log_every=1,
                       save_every=2, warmup=1)

@@ -23,6 +23,7 @@ def served(server, path: str = "/embed/image") -> float:
 
 
 # --- real servers -------------------------------------------------------------------------------------------
+@pytest.mark.slow  # 14-22 s: it restarts a server
 def test_a_server_killed_mid_run_costs_no_request_and_is_used_again_once_restarted(server, bundled_dir, tmp_path):
     """Four concurrent loops embed images through two servers; one is SIGKILLed mid-run (requests in flight on it
     die with it): every call still answers, with the right vectors. Restarted on its port, it gets calls again."""

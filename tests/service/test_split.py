@@ -254,6 +254,7 @@ def test_engine_crash_fails_in_flight_work_and_exits_non_zero(bundled_dir, tmp_p
         server.stop()
 
 
+@pytest.mark.slow  # 18-21 s: it waits out CLIP_ENGINE_HANG_S
 def test_a_hung_engine_is_killed_and_the_server_exits_non_zero(bundled_dir, tmp_path):
     """An engine that stops answering (SIGSTOP) without exiting: the front-end's /readyz goes 503 (its heartbeat
     times out), and after CLIP_ENGINE_HANG_S the supervisor kills the engine and the server exits 1, as for a crash;
@@ -283,6 +284,7 @@ def test_a_hung_engine_is_killed_and_the_server_exits_non_zero(bundled_dir, tmp_
         server.stop()
 
 
+@pytest.mark.slow  # 18-20 s: four hang bounds of loading, four of encoding
 def test_a_slow_load_and_a_long_encode_are_not_hangs(bundled_dir, tmp_path):
     """The engine answers pings while its model loads and while a batch encodes (both in its inference thread):
     with CLIP_ENGINE_HANG_S=2, a load held for 4 bounds and an encode held for 4 bounds leave the server up."""
