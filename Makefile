@@ -51,15 +51,16 @@ serve: $(STAMP) $(if $(PRECISION),$(EXPORT_DIR)/manifest.json)
 	CLIP_HOST=$(HOST) CLIP_PORT=$(PORT) $(if $(PRECISION),$(EXPORT_ENV) )$(PY) -m service
 
 # Test processes: pytest-xdist workers, each running whole test files (a file's servers start once, its tests keep
-# their order), files with a `slow` test first (tests/conftest.py). Default: the cores this process may use, at most 4 (every worker starts servers of 2 threads).
-# TEST_WORKERS=0 runs the suite in this one process.
+# their order), files with a `slow` test first (tests/conftest.py). Default: the cores this process may use, at most
+# 4 (every worker starts servers of 2 threads). TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))' 2>/dev/null || echo 2)
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 # Mutation check (docs/mutation.md): mutmut mutates the modules listed in pyproject.toml's [tool.mutmut] one change
 # at a time and runs their in-process tests against each mutant. Not part of `make test` or CI: 1-2 hours on

@@ -8,57 +8,14 @@ The server is the real entry point (`python -m service`, run through runpy) in a
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from bench.server import BenchServer
-
-HEAVY = ("torch", "torchvision", "open_clip")
-# `python -m service` ends with os._exit (no atexit): the probe writes its report just before that
-PROBE = """
-import json, os, runpy, sys
-out, exit_now = sys.argv[1], os._exit
-def report_then_exit(code):
-    with open(out, "w") as f:
-        json.dump(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}), f)
-    exit_now(code)
-os._exit = report_then_exit
-sys.argv = ["service"]
-runpy.run_module("service", run_name="__main__", alter_sys=True)
-"""
-ROOT = Path(__file__).resolve().parents[2]
-PHOTOS = sorted((ROOT / "export" / "parity_images").glob("*.jpg"))
-
-
-def serve_and_probe(export_dir: Path, tmp_path: Path) -> tuple[list[str], dict]:
-    """Start an onnx server on `export_dir`, send one request of each kind, stop it; (heavy modules, answers)."""
-    report = tmp_path / "modules.json"
-    cmd = [sys.executable, "-c", PROBE.format(heavy=set(HEAVY)), str(report)]
-    env = {"CLIP_BACKEND": "onnx", "CLIP_EXPORT_DIR": str(export_dir), "CLIP_DEVICE": "auto", "CLIP_THREADS": "2",
-           "CLIP_REDUCED_JPEG_DECODE": "false"}  # full-size decoding, as open_clip's own path decodes
-    server = BenchServer(env, tmp_path / "server.log", cmd=cmd)
-    try:
-        server.wait_ready(180)
-        photo = PHOTOS[0].read_bytes()
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            answers = {
-                "image": client.post("/embed/image", files=[("file", ("a.jpg", photo, "image/jpeg"))]),
-                "text": client.post("/embed/text", json={"texts": ["a photo of a cat", "Ünïcödé façade ☕"]}),
-                "classify": client.post("/classify", files=[("file", ("a.jpg", photo, "image/jpeg"))],
-                                        data={"labels": ["a cat", "a rocket"]}),
-            }
-    finally:
-        assert server.stop() == 0, (tmp_path / "server.log").read_text()[-3000:]
-    for name, r in answers.items():
-        assert r.status_code == 200, (name, r.text)
-    return json.loads(report.read_text()), {k: r.json() for k, r in answers.items()}
+from tests.export.lean_server import PHOTOS, ROOT, serve_and_probe
 
 
 def test_onnx_server_imports_no_torch_torchvision_or_open_clip(bundled_export, bundled, tmp_path):
@@ -94,7 +51,7 @@ def test_a_sigmoid_model_export_serves_its_sigmoid_without_torch(siglip_export, 
     np.testing.assert_allclose(got, expected[0], rtol=2e-3, atol=1e-7)
 
 
-# ViT-B-32 served without torch: tests/export/test_onnx_export.py, the file that shares its export
+# ViT-B-32 served without torch: tests/export/test_onnx_export.py, the file of the other ViT-B-32 export tests
 
 
 BLOCKED = "import sys; sys.modules.update(torch=None, open_clip=None, onnx=None); "  # import torch now fails

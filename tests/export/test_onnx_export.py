@@ -9,7 +9,7 @@ import torch
 
 from export.parity import MIN_COSINE, row_cosine
 from export.runtime import load_encoders
-from tests.export.test_lean_serving import serve_and_probe
+from tests.export.lean_server import serve_and_probe
 
 BATCHES = {"bundled": (1, 7, 64), "vitb32": (1, 5, 17)}  # ViT-B-32 at 64 took 30 s of a 2-core machine's CPU
 
@@ -88,7 +88,7 @@ def test_parity_was_checked_and_recorded(which, request):
 
 @pytest.mark.slow
 def test_vit_b_32_onnx_server_imports_no_torch(vitb32_export, tmp_path):
-    """The lean server (tests/export/test_lean_serving.py) on a ViT-B-32 export: in this file, so that under
+    """The lean server (tests/export/lean_server.py) on a ViT-B-32 export: in this file, so that under
     pytest-xdist the one worker that runs it makes the session's ViT-B-32 export once."""
     heavy, answers = serve_and_probe(vitb32_export[0], tmp_path)
     assert heavy == [], f"the onnx server loaded {heavy}"
