@@ -12,6 +12,10 @@ backend_factory=load_standin)`, which `python -m bench.standin_server` does. Its
     BENCH_STANDIN_BATCH_MS   fixed time per encoder call (default 2.0)
     BENCH_STANDIN_ITEM_MS    added time per item in the call (default 0.02)
     BENCH_STANDIN_IMAGE_SIZE side of the square input it asks preprocessing for (default: the bundled model's)
+    BENCH_STANDIN_NORMALISE  where an engine process's uint8 pixels are normalised (CLIP_WORKERS >= 1):
+                             `device` (default) as eager PyTorch on CUDA does (service/device_pixels.py: the CPU
+                             copies the batch into the upload buffer, the device normalises), or `cpu` as ONNX
+                             Runtime and TensorRT engines do today (models.preprocess.normalise, then encode_image)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from models import DEFAULT_MODEL
-from models.preprocess import PreprocessConfig
+from models.preprocess import PreprocessConfig, normalise
 from service.backends.base import Backend
 
 VECTORS = 64  # distinct output vectors; an item gets one picked by a few of its input values
@@ -61,7 +65,8 @@ class StandInBackend(Backend):
     context_length = CONTEXT_LENGTH
     measure_batches = True  # as a real backend: the server picks its max batch from the stand-in's timing
 
-    def __init__(self, timing: StandInTiming | None = None, image_size: int | None = None, sleep=time.sleep):
+    def __init__(self, timing: StandInTiming | None = None, image_size: int | None = None, sleep=time.sleep,
+                 normalise_on: str = "device"):
         cfg = bundled_config()
         self.timing = timing or StandInTiming()
         pre = PreprocessConfig.from_open_clip(cfg.get("preprocess_cfg", {}))
@@ -78,6 +83,11 @@ class StandInBackend(Backend):
         self._vectors = table / np.linalg.norm(table, axis=1, keepdims=True)  # [VECTORS, D], unit rows
         self._sleep = sleep
         self.tokenizer = self._tokenize
+        if normalise_on not in ("device", "cpu"):
+            raise ValueError(f"BENCH_STANDIN_NORMALISE must be device or cpu, not {normalise_on!r}")
+        self.normalise_on = normalise_on
+        self.encode_pixels = self._encode_pixels if normalise_on == "device" else None
+        self._upload: np.ndarray | None = None  # the host buffer a device's upload would read (grown on demand)
 
     def _tokenize(self, texts: list[str]) -> np.ndarray:
         """A hash per text in the first position: cheap and deterministic (texts are not what this measures)."""
@@ -104,6 +114,17 @@ class StandInBackend(Backend):
         self._wait(len(pixels))
         return self._pick(pixels[:, :, 0, 0].sum(axis=1) if len(pixels) else np.zeros(0))  # [B, 3, H, W] -> [B, D]
 
+    def _encode_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] -> [B, D], as an engine on a GPU spends the CPU on it: one copy of the batch into the
+        upload buffer (service/device_pixels.py copies into pinned memory); normalising is the device's, in the
+        wait. The vectors are encode_image's for the same pixels (its keys normalised from one pixel per image)."""
+        if self._upload is None or len(self._upload) < len(batch) or self._upload.shape[1:] != batch.shape[1:]:
+            self._upload = np.empty((max(len(batch), 64), *batch.shape[1:]), dtype=np.uint8)
+        self._upload[:len(batch)] = batch
+        self._wait(len(batch))
+        keys = normalise(np.ascontiguousarray(batch[:, :1, :1, :]), self.preprocess)  # [B, 3, 1, 1]
+        return self._pick(keys[:, :, 0, 0].sum(axis=1) if len(batch) else np.zeros(0))
+
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         self._wait(len(tokens))
         return self._pick(tokens[:, 0].astype(np.float64) if len(tokens) else np.zeros(0))
@@ -113,4 +134,5 @@ def load_standin(settings=None) -> StandInBackend:
     """The backend factory `python -m bench.standin_server` gives create_app. A module-level function on purpose:
     it pickles by reference, so a process that owns the backend (issue 16's engine process) can be handed it."""
     size = os.environ.get("BENCH_STANDIN_IMAGE_SIZE")
-    return StandInBackend(StandInTiming.from_env(), int(size) if size else None)
+    return StandInBackend(StandInTiming.from_env(), int(size) if size else None,
+                          normalise_on=os.environ.get("BENCH_STANDIN_NORMALISE", "device"))

@@ -24,6 +24,10 @@ from service.urls import UrlFetcher
 from service.web import install_web
 
 log = logging.getLogger("service")
+# FastAPI's native telemetry (0.165, installed here) instruments every request itself when an OpenTelemetry provider is set: our tracing
+# (service/tracing.py, TraceRequests) already makes the request spans, and its check of the global providers on every
+# request was 2-4 % of a front-end's CPU under load. Older FastAPI keeps unknown keyword arguments in `app.extra`.
+FASTAPI_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 REQUEST_MODELS = (schemas.EmbedImagesRequest, schemas.EmbedTextsRequest, schemas.ClassifyRequest,
                   schemas.LabelSetRequest, schemas.OpenAIEmbeddingsRequest)
 
@@ -58,7 +62,7 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
     # require_api_key on the app: every API route, including ones added later, needs the key when one is set
     app = FastAPI(title="clip-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="CLIP image and text embeddings and zero-shot classification.",
-                  dependencies=[Depends(require_api_key)])
+                  dependencies=[Depends(require_api_key)], telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     app.state.url_fetcher = UrlFetcher.from_settings(settings)  # None unless CLIP_ALLOW_URLS
     app.state.labelsets = store

@@ -54,6 +54,11 @@ def unset_limits(settings: Settings, backend: Backend) -> dict[str, int]:
 class Engine:
     """Everything needed to turn inputs into embeddings and classifier scores for one loaded backend."""
 
+    # A request's one image with at most this many pixels (its header says) is decoded on the event loop rather than
+    # in the pool; 0 = never. The pool's hand-off (futures, a thread wake-up, the GIL back) costs about as much CPU as
+    # decoding a small JPEG; a front-end process (RemoteEngine) sets it, one process keeps the pool for everything.
+    inline_decode_pixels = 0
+
     def __init__(self, settings: Settings, backend: Backend, metrics: Metrics, inference_pool: ThreadPoolExecutor,
                  on_fatal: Optional[Callable[[BaseException], None]] = None,
                  curves: Optional[dict[str, BatchCurve]] = None):
@@ -125,6 +130,26 @@ class Engine:
             self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
         return out
 
+    def _decode_small(self, data: bytes, deadline: float) -> Optional[np.ndarray]:
+        """One image decoded here, on the event loop, if its header says it is small (inline_decode_pixels); None
+        for the pool to decode it. Errors, metrics and the decode span are as in the pool."""
+        try:
+            img = self.preprocessor.open(data)
+        except ApiError as exc:
+            raise _placed(exc, 0, 1)
+        if img.width * img.height > self.inline_decode_pixels:
+            return None
+        if asyncio.get_running_loop().time() > deadline:
+            raise self._expire(1, "1 of 1 images were not decoded")
+        with tracing.span("decode", tracing.capture(), {"clip.image.index": 0, "clip.image.bytes": len(data)}):
+            start = time.perf_counter()
+            try:
+                out = self.preprocessor.finish(img, data)
+            except Exception as exc:  # noqa: BLE001 - placed as the pool's failures are
+                raise _placed(exc, 0, 1)
+            self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
+        return out
+
     async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
         """Decode + resize + normalise every image in the worker pool; a bad one names its index.
 
@@ -137,6 +162,10 @@ class Engine:
             return []
         loop = asyncio.get_running_loop()
         deadline = self.deadline() if deadline is None else deadline
+        if len(images) == 1 and self.inline_decode_pixels:
+            pixels = self._decode_small(images[0], deadline)
+            if pixels is not None:
+                return [pixels]
         job = _DecodeJob(len(images), time.monotonic() + (deadline - loop.time()))
         futures = [loop.run_in_executor(self.preprocess_pool, self._preprocess_one, b, job, i)
                    for i, b in enumerate(images)]

@@ -40,10 +40,13 @@ Key = tuple[bytes, int]  # (front-end socket identity, request id)
 
 
 def pixel_encoder(engine: Engine) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
-    """The image batcher's encode step for uint8 [B, H, W, 3] batches, and whether it normalises on the GPU: on
-    the CPU, normalise and then the backend's encoder; with eager PyTorch on CUDA, the device version (pinned upload,
-    normalise on the GPU, service/device_pixels.py)."""
+    """The image batcher's encode step for uint8 [B, H, W, 3] batches, and whether it normalises on the device: a
+    backend's own `encode_pixels` when it has one; with eager PyTorch on CUDA, the device version (pinned upload,
+    normalise on the GPU, service/device_pixels.py); otherwise normalise on the CPU, then the backend's encoder."""
     backend = engine.backend
+    own = getattr(backend, "encode_pixels", None)  # Backend's attribute; duck-typed backends may lack it
+    if own is not None:
+        return own, True
     if backend.device.startswith("cuda"):
         from service.device_pixels import device_encoder  # torch; not run on a GPU yet (README)
 

@@ -194,7 +194,14 @@ class ImagePreprocessor:
             self.jpeg_on_device = JpegOnDevice(pre, jpeg_decode, on_jpeg_fallback)
 
     def __call__(self, data: bytes) -> np.ndarray:
-        img = open_image(data, self.max_pixels)  # format and pixel cap from the header, before any decoding
+        return self.finish(self.open(data), data)
+
+    def open(self, data: bytes) -> Image.Image:
+        """The header only: format and pixel cap checked, no pixels decoded (BadInput / 413 / 415 as decoding)."""
+        return open_image(data, self.max_pixels)
+
+    def finish(self, img: Image.Image, data: bytes) -> np.ndarray:
+        """The pixels of an image `open` parsed: what __call__ returns."""
         if self.jpeg_on_device is not None and img.format == "JPEG":
             pixels = self.jpeg_on_device(img, data)  # None: rotated, CMYK or refused, Pillow decodes it
             if pixels is not None:

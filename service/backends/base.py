@@ -78,6 +78,10 @@ class Backend(ABC):
         """float32 [B, 3, H, W] -> L2-normalised float32 [B, D]."""
         return self.towers.encode_image(pixels)
 
+    # uint8 [B, H, W, 3] -> L2-normalised float32 [B, D], normalising on the backend's own device; None = the engine
+    # process normalises on the CPU and calls encode_image (service/engine_server.py pixel_encoder)
+    encode_pixels: Callable[[np.ndarray], np.ndarray] | None = None
+
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """int64 [B, context_length] -> L2-normalised float32 [B, D]."""
         return self.towers.encode_text(tokens)

@@ -36,6 +36,31 @@ def test_standin_waits_its_time_per_batch_and_returns_unit_vectors(monkeypatch):
     assert b.embed_dim == 128 and "stand-in" in b.model_id and b.fingerprint.startswith("standin")
 
 
+def test_standin_normalises_on_its_device_as_a_cuda_engine_does(monkeypatch):
+    """An engine process hands the stand-in uint8 batches (encode_pixels, as eager PyTorch on CUDA takes them): the
+    batch is copied once into its upload buffer, it waits its time, and the vectors are those encode_image gives
+    the CPU-normalised pixels. With BENCH_STANDIN_NORMALISE=cpu the engine normalises and calls encode_image."""
+    from models.preprocess import normalise
+    from service.engine_server import pixel_encoder
+
+    b = StandInBackend(StandInTiming(batch_ms=0.0, item_ms=0.0), image_size=32)
+    batch = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    out = b.encode_pixels(batch)
+    assert np.array_equal(out, b.encode_image(normalise(batch, b.preprocess)))
+    assert np.array_equal(b._upload[:5], batch)  # the copy a pinned upload would make
+    assert len({tuple(v) for v in out}) > 1  # different pixels, different vectors
+    engine = type("E", (), {"backend": b})()
+    assert pixel_encoder(engine) == (b.encode_pixels, True)  # normalised on the "device", two batches in flight
+
+    monkeypatch.setenv("BENCH_STANDIN_NORMALISE", "cpu")
+    cpu = load_standin(None)
+    assert cpu.encode_pixels is None
+    encode, on_device = pixel_encoder(type("E", (), {"backend": cpu})())
+    assert not on_device and np.array_equal(encode(batch), out)  # CPU normalise: the same vectors
+    with pytest.raises(ValueError, match="device or cpu"):
+        StandInBackend(normalise_on="gpu")
+
+
 def test_standin_factory_takes_its_timing_from_the_environment(monkeypatch):
     monkeypatch.setenv("BENCH_STANDIN_BATCH_MS", "5")
     monkeypatch.setenv("BENCH_STANDIN_ITEM_MS", "0.1")

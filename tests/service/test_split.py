@@ -700,6 +700,61 @@ def test_a_front_end_sends_decoded_images_in_one_trip_while_the_queue_has_room(l
         remote.preprocess_pool.shutdown(wait=False)
 
 
+def test_a_front_end_decodes_a_requests_one_small_image_on_its_event_loop():
+    """One image of at most twice the model input's pixels is decoded on the front-end's event loop, not handed to
+    its pool (whose hand-off cost as much CPU as the decode); a larger one, or several, go to the pool. Inline, the
+    pixels, the errors and the deadline's 503 are the pool's."""
+    import asyncio
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from service.engine import Engine
+    from service.errors import BadInput, DeadlineExceeded
+    from service.settings import Settings
+
+    class CountingPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            self.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    def png(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (200, 30, 60)).save(buf, "PNG")
+        return buf.getvalue()
+
+    remote = _remote_engine(Settings(), 1, [])
+    remote.preprocess_pool.shutdown(wait=False)
+    assert remote.inline_decode_pixels == 2 * 8 * 8 and Engine.inline_decode_pixels == 0  # one process: the pool
+    small, large = png(11), png(12)  # 121 and 144 pixels around the cap of 128
+
+    def submitted(images: list[bytes], late: bool = False) -> int:
+        remote.preprocess_pool = CountingPool(2)
+        try:
+            async def run():
+                deadline = asyncio.get_running_loop().time() + (-1 if late else 30)
+                out = await remote.preprocess_images(images, deadline)
+                assert [a.tobytes() for a in out] == [remote.preprocessor(b).tobytes() for b in images]
+            asyncio.run(run())
+            return remote.preprocess_pool.submitted
+        finally:
+            remote.preprocess_pool.shutdown(wait=False)
+
+    assert submitted([small]) == 0
+    assert submitted([large]) == 1
+    assert submitted([small, small]) == 2
+    with pytest.raises(BadInput) as err:
+        submitted([b"not an image"])
+    assert err.value.index is None and "not a decodable image" in err.value.message
+    before = remote.metrics.rejected.labels("deadline")._value.get()
+    with pytest.raises(DeadlineExceeded):
+        submitted([small], late=True)
+    assert remote.metrics.rejected.labels("deadline")._value.get() == before + 1
+
+
 def test_an_engine_takes_room_for_images_sent_in_one_trip_or_refuses_them():
     """`embed` (decoded images in one trip): embedded when the queue has room; 503 when it is full, 413 when the
     request could never fit: the engine's capacity is exact whichever way the images came."""
