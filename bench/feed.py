@@ -53,9 +53,11 @@ class Config:
     in_flight: int = 64  # images in flight per point: connections = in_flight / images per request
     timing: StandInTiming = StandInTiming()
     image_size: int | None = None  # the stand-in's input side (default: the bundled model's 64 px; ViT-B/32: 224)
+    normalise: str = "device"  # where a split server's engine normalises pixels (bench/standin.py)
 
     def server_env(self) -> dict[str, str]:
-        env = {"BENCH_STANDIN_BATCH_MS": str(self.timing.batch_ms), "BENCH_STANDIN_ITEM_MS": str(self.timing.item_ms)}
+        env = {"BENCH_STANDIN_BATCH_MS": str(self.timing.batch_ms), "BENCH_STANDIN_ITEM_MS": str(self.timing.item_ms),
+               "BENCH_STANDIN_NORMALISE": self.normalise}
         return env | ({"BENCH_STANDIN_IMAGE_SIZE": str(self.image_size)} if self.image_size else {})
 
     def connections(self, per_request: int) -> int:
@@ -156,7 +158,8 @@ def measure(cfg: Config, workers: list[int | None], baseline_ref: str | None, ra
     results: dict = {"machine": machine.describe(), "config": {
         "seconds": cfg.seconds, "rounds": cfg.rounds, "warmup_s": cfg.warmup_s, "in_flight": cfg.in_flight,
         "standin_batch_ms": cfg.timing.batch_ms, "standin_item_ms": cfg.timing.item_ms,
-        "image": "224x224 JPEG q90 (a real photo, bench/assets.py)", "model_input": list(pre.size)},
+        "image": "224x224 JPEG q90 (a real photo, bench/assets.py)", "model_input": list(pre.size),
+        "standin_normalise": cfg.normalise},
         "load_average": {"decode_limit": machine.load_average()}}
     print("machine:", machine.summary(results["machine"]))
     results["decode_limit"] = decode.decode_limit(jpeg, pre, cfg.decode_s)
@@ -210,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-ms", type=float, default=StandInTiming.item_ms, help="stand-in time per item")
     p.add_argument("--image-size", type=int, default=None,
                    help="the stand-in's input side in px (default: the bundled model's; 224 for a ViT-B/32's)")
+    p.add_argument("--normalise", choices=("device", "cpu"), default=Config.normalise,
+                   help="where a split server's engine normalises pixels: on the stand-in's device, as eager PyTorch "
+                        "on CUDA does (default), or on the CPU, as ONNX Runtime and TensorRT engines do")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where NAME.json/.md/.png go")
     p.add_argument("--name", default="feed", help="file name of the results (default feed)")
     return p
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(seconds=args.seconds, rounds=args.rounds, warmup_s=max(1, min(Config.warmup_s, round(args.seconds))),
                  decode_s=min(3.0, args.seconds),
                  in_flight=args.in_flight, timing=StandInTiming(args.batch_ms, args.item_ms),
-                 image_size=args.image_size)
+                 image_size=args.image_size, normalise=args.normalise)
     results = measure(cfg, workers, args.baseline_ref, args.out / "raw")
     files = report.write_feed(results, args.out, args.name)
     print("\n" + report.feed_table(results))

@@ -150,6 +150,11 @@ def feed_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+_NORMALISED = {"device": "on the stand-in's device, as eager PyTorch on CUDA does (the CPU copies the uint8 batch "
+                         "into the upload buffer)",
+               "cpu": "on the CPU, as ONNX Runtime and TensorRT engines do"}
+
+
 def write_feed(results: dict, out: Path, name: str = "feed") -> list[Path]:
     """<name>.json, .md and .png under `out`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +169,9 @@ def write_feed(results: dict, out: Path, name: str = "feed") -> list[Path]:
           f"{results['load_average'].get('served')}.", "",
           f"Written by `python -m bench.feed`; raw numbers in `{files[0].name}`. Image: {cfg['image']}; per point "
           f"{cfg['rounds']} wrk windows ({cfg['seconds']:g} s in all), each after {cfg['warmup_s']:g} s of warm-up, "
-          f"the servers taking turns; {cfg['in_flight']} images in flight.", "",
+          f"the servers taking turns; {cfg['in_flight']} images in flight. With CLIP_WORKERS >= 1 the engine "
+          f"normalises the pixels {_NORMALISED.get(cfg.get('standin_normalise', 'cpu'), '?')}; in one process "
+          f"(the baseline, CLIP_WORKERS=0) the preprocessing threads normalise on the CPU.", "",
           feed_table(results), "", f"![feed]({files[2].name})", ""]
     files[1].write_text("\n".join(md))
     return files

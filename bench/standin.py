@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from models import DEFAULT_MODEL
-from models.preprocess import PreprocessConfig, normalise
+from models.preprocess import PreprocessConfig
 from service.backends.base import Backend
 
 VECTORS = 64  # distinct output vectors; an item gets one picked by a few of its input values
@@ -118,6 +118,8 @@ class StandInBackend(Backend):
         """uint8 [B, H, W, 3] -> [B, D], as an engine on a GPU spends the CPU on it: one copy of the batch into the
         upload buffer (service/device_pixels.py copies into pinned memory); normalising is the device's, in the
         wait. The vectors are encode_image's for the same pixels (its keys normalised from one pixel per image)."""
+        from models.preprocess import normalise  # here: a baseline checkout's models (bench.feed) may lack it
+
         if self._upload is None or len(self._upload) < len(batch) or self._upload.shape[1:] != batch.shape[1:]:
             self._upload = np.empty((max(len(batch), 64), *batch.shape[1:]), dtype=np.uint8)
         self._upload[:len(batch)] = batch

@@ -40,6 +40,18 @@ from service.settings import Settings
 
 log = logging.getLogger("service.engine_client")
 
+# A request's one image is decoded on the front-end's event loop (Engine.inline_decode_pixels) when its header says
+# it has at most this many pixels, or twice the model input's if more (475 x 475 for a 336 px model): 0.3-0.4 ms of
+# decoding for a 224 x 224 JPEG, about what the hand-off to the pool cost. On the 2-core machine, one 224 px JPEG per
+# request, that cut a front-end's CPU per request by a quarter (1.51 -> 1.15 ms) and served 15-20 % more with one.
+INLINE_DECODE_MIN_PIXELS = 256 * 256
+
+
+def inline_decode_cap(size: tuple[int, int]) -> int:
+    """The most pixels of an image a front-end decodes on its event loop, for a model whose input is `size`."""
+    return max(INLINE_DECODE_MIN_PIXELS, 2 * size[0] * size[1])
+
+
 HEARTBEAT_S = 0.25  # how often each front-end pings each engine
 # An engine that has not answered a ping for this long is taken for dead: /readyz 503, calls fail with 503. Its event
 # loop only waits on the socket and on the inference thread, so this is far above any healthy answer time.
@@ -292,11 +304,7 @@ class RemoteEngine(Engine):
         # Engine's own constructor, so that every attribute it sets is here too; only its queue step
         # (_build_queues: batchers and caches, which live in the engine process) and its image step are this class's
         super().__init__(settings, BackendInfo.from_info(info), metrics, inference_pool=None)  # type: ignore
-        h, w = self.backend.preprocess.size
-        # one image of up to twice the model input's pixels (e.g. 317 x 317 for 224 px) is decoded on the event
-        # loop (Engine.inline_decode_pixels): on the 2-core machine, one 224 px JPEG per request, that cut the
-        # front-end's CPU per request by a quarter (1.51 -> 1.15 ms) and served 15-20 % more with one front-end
-        self.inline_decode_pixels = 2 * h * w
+        self.inline_decode_pixels = inline_decode_cap(self.backend.preprocess.size)
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine

@@ -701,9 +701,9 @@ def test_a_front_end_sends_decoded_images_in_one_trip_while_the_queue_has_room(l
 
 
 def test_a_front_end_decodes_a_requests_one_small_image_on_its_event_loop():
-    """One image of at most twice the model input's pixels is decoded on the front-end's event loop, not handed to
-    its pool (whose hand-off cost as much CPU as the decode); a larger one, or several, go to the pool. Inline, the
-    pixels, the errors and the deadline's 503 are the pool's."""
+    """One image of at most 256 x 256 pixels (or twice the model input's, if more) is decoded on the front-end's
+    event loop, not handed to its pool (whose hand-off cost as much CPU as the decode); a larger one, or several, go
+    to the pool. Inline, the pixels, the errors and the deadline's 503 are the pool's."""
     import asyncio
     import io
     from concurrent.futures import ThreadPoolExecutor
@@ -711,6 +711,7 @@ def test_a_front_end_decodes_a_requests_one_small_image_on_its_event_loop():
     from PIL import Image
 
     from service.engine import Engine
+    from service.engine_client import inline_decode_cap
     from service.errors import BadInput, DeadlineExceeded
     from service.settings import Settings
 
@@ -728,8 +729,9 @@ def test_a_front_end_decodes_a_requests_one_small_image_on_its_event_loop():
 
     remote = _remote_engine(Settings(), 1, [])
     remote.preprocess_pool.shutdown(wait=False)
-    assert remote.inline_decode_pixels == 2 * 8 * 8 and Engine.inline_decode_pixels == 0  # one process: the pool
-    small, large = png(11), png(12)  # 121 and 144 pixels around the cap of 128
+    assert remote.inline_decode_pixels == 256 * 256 and Engine.inline_decode_pixels == 0  # one process: the pool
+    assert inline_decode_cap((336, 336)) == 2 * 336 * 336  # a larger model input: twice its pixels
+    small, large = png(256), png(257)  # around the cap
 
     def submitted(images: list[bytes], late: bool = False) -> int:
         remote.preprocess_pool = CountingPool(2)
