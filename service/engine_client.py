@@ -341,24 +341,29 @@ class RemoteEngine(Engine):
         return True  # queued work is the engine's; a front-end drains its requests (Lifecycle.inflight_requests)
 
     async def embed_images(self, images: list[bytes], deadline: Optional[float] = None) -> np.ndarray:
-        """Decoded here to uint8 and embedded in the least-loaded engine. While that engine's queue is at most half
-        full (as of its latest reply, plus what this front-end has in flight there), in one trip: decode, then
-        `embed` (the engine takes the room on arrival, or answers 503 / 413). Fuller than that, room is reserved
-        first (`reserve`, 503 at once when full), so a full queue answers before any decoding; then `pixels`."""
+        """Decoded here to uint8 and embedded in the least-loaded engine, whose queue capacity is the server's.
+
+        Room is reserved first (`reserve`: 503 at once when the queue is full, so a full queue answers before any
+        decoding, and images count against the capacity from before they are decoded, as in one process); then the
+        pixels follow (`pixels`). A request's one small image, while that engine's queue is at most half full (as
+        of its latest reply, plus what this front-end has in flight there), goes in one trip instead: decoded on
+        the event loop, then `embed`, the engine taking the room on arrival (503 / 413 then). Its decode blocks
+        this front-end's loop, so at most one such image per front-end is uncounted at a time."""
         deadline = self.deadline() if deadline is None else deadline
         async with self.pool.charged(len(images)) as link:
-            if link.load <= self.settings.max_queue // 2:  # link.load counts these images already
-                pixels = await self.preprocess_images(images, deadline)  # uint8 [H, W, 3] each
-                _, out = await link.call({"op": "embed", "deadline": deadline}, [_batch(pixels)])
-                return out[0]
+            if len(images) == 1 and link.load <= self.settings.max_queue // 2:  # link.load counts this image
+                pixels = self._decode_small(images[0], deadline) if self.inline_decode_pixels else None
+                if pixels is not None:
+                    _, out = await link.call({"op": "embed", "deadline": deadline}, [pixels[None]])
+                    return out[0]
             rid = link.new_id()
             await link.call({"op": "reserve", "n": len(images), "deadline": deadline}, rid=rid)
             try:
-                pixels = await self.preprocess_images(images, deadline)
+                pixels_list = await self.preprocess_images(images, deadline)
             except BaseException:
                 link.cancel(rid)  # give the room back
                 raise
-            _, out = await link.call({"op": "pixels"}, [_batch(pixels)], rid=rid)
+            _, out = await link.call({"op": "pixels"}, [_batch(pixels_list)], rid=rid)
         return out[0]
 
     def _tokenize(self, texts: list[str]) -> np.ndarray:

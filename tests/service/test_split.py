@@ -677,13 +677,20 @@ def _remote_engine(settings, load: int, ops: list):
     return remote
 
 
-@pytest.mark.parametrize("load, expected", [
-    (1, ["decode", "embed"]),  # an empty queue: decode, then one trip with the pixels
-    (4, ["decode", "embed"]),  # half of CLIP_MAX_QUEUE=8, these two images included: still one trip
-    (5, ["reserve", "decode", "pixels"]),  # fuller: room first, so a full queue answers before any decoding
+@pytest.mark.parametrize("images, load, expected", [
+    (1, 1, ["embed"]),  # one small image, an empty queue: decoded on the loop, then one trip with its pixels
+    (1, 4, ["embed"]),  # half of CLIP_MAX_QUEUE=8, this image included: still one trip
+    (1, 5, ["reserve", "decode", "pixels"]),  # fuller: room first, so a full queue answers before any decoding
+    (2, 2, ["reserve", "decode", "pixels"]),  # several images: they count against the queue before decoding
+    ("large", 1, ["reserve", "decode", "pixels"]),  # one image too large for the loop: decoded in the pool
 ])
-def test_a_front_end_sends_decoded_images_in_one_trip_while_the_queue_has_room(load, expected):
+def test_a_front_end_reserves_room_before_decoding_except_one_small_image(images, load, expected):
+    """Images count against the engine's queue capacity from before they are decoded, as in one process; only a
+    request's one small image, decoded on the loop, goes in one trip while the queue is at most half full."""
     import asyncio
+    import io
+
+    from PIL import Image
 
     from service.settings import Settings
 
@@ -691,11 +698,17 @@ def test_a_front_end_sends_decoded_images_in_one_trip_while_the_queue_has_room(l
     remote = _remote_engine(Settings(max_queue=8), load, ops)
     try:
         image = encode(shape_image("red", "circle"))
-        out = asyncio.run(remote.embed_images([image, image]))
-        assert out.shape == (2, 4)
+        if images == "large":
+            buf = io.BytesIO()
+            Image.new("RGB", (300, 300), (9, 99, 199)).save(buf, "PNG")
+            batch = [buf.getvalue()]
+        else:
+            batch = [image] * images
+        out = asyncio.run(remote.embed_images(batch))
+        assert out.shape == (len(batch), 4)
         assert [op for op, *_ in ops] == expected
         pixels = next(shapes for op, shapes in ops if op in ("embed", "pixels"))
-        assert pixels == [(2, 8, 8, 3)]  # uint8 [n, H, W, 3], the engine normalises
+        assert pixels == [(len(batch), 8, 8, 3)]  # uint8 [n, H, W, 3], the engine normalises
     finally:
         remote.preprocess_pool.shutdown(wait=False)
 
