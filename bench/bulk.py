@@ -75,10 +75,10 @@ def bulk_point(url: str, folder: Path, out: Path, batch: int, concurrency: int) 
 def measure(server: BenchServer, kind: str, run) -> dict:
     """One point: items/s and client CPU from `run()`, with the server's CPU per image and the cores other
     processes kept busy meanwhile (how quiet the machine was)."""
-    cpu0 = server.cpu_seconds()
-    with OtherLoad(lambda: (server.cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
+    cpu0 = server.tree_cpu_seconds()
+    with OtherLoad(lambda: (server.tree_cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
         rate, client_ms, items = run()
-    cpu1 = server.cpu_seconds()
+    cpu1 = server.tree_cpu_seconds()
     server.wait_idle()
     server_ms = 1000 * (cpu1 - cpu0) / items if cpu0 is not None and cpu1 is not None else float("nan")
     return {"kind": kind, "img_s": rate, "client_ms": client_ms, "server_ms": server_ms, "other_cores": other.cores}

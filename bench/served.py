@@ -125,10 +125,10 @@ def run_scenario(server: BenchServer, s: Scenario, budget: Budget) -> ScenarioRe
 
 def run_point(server: BenchServer, s: Scenario, c: int, seconds: float, warmup_s: float, label: str = "") -> dict:
     """One closed-loop point of a scenario at concurrency c, with the server's batch sizes and CPU time."""
-    before, cpu0 = server.metrics(), server.cpu_seconds()
-    with OtherLoad(lambda: (server.cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
+    before, cpu0 = server.metrics(), server.tree_cpu_seconds()
+    with OtherLoad(lambda: (server.tree_cpu_seconds() or 0.0) + own_cpu_seconds()) as other:
         p = load.run(server.url, s.make, c, seconds, warmup_s=warmup_s)
-        cpu1 = server.cpu_seconds()
+        cpu1 = server.tree_cpu_seconds()
     server.wait_idle()
     after = server.metrics()
     point = load.to_json(p)

@@ -179,9 +179,6 @@ class BenchServer:
             time.sleep(0.1)
         return False
 
-    def cpu_seconds(self) -> float | None:
-        return cpu_seconds(self.proc.pid)
-
     def tree_cpu_seconds(self) -> float | None:
         """The server's CPU time with its worker processes' (CLIP_WORKERS)."""
         return tree_cpu_seconds(self.proc.pid)

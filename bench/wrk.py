@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url + "/embed/image"
         for c in (int(x) for x in args.concurrency.split(",")):
             wrk(url, script, c, min(5.0, args.seconds))  # warm-up
-            before, cpu0 = server.metrics(), server.cpu_seconds() or 0.0
+            before, cpu0 = server.metrics(), server.tree_cpu_seconds() or 0.0
             r = wrk(url, script, c, args.seconds)
-            cpu = (server.cpu_seconds() or 0.0) - cpu0
+            cpu = (server.tree_cpu_seconds() or 0.0) - cpu0  # front-ends and engines too (CLIP_WORKERS)
             server.wait_idle()
             per_item = 1000 * cpu / max(1, r.get("requests", 0))
             print(f"{args.model} image-224 wrk c={c:<4} {r.get('requests_per_s', 0):8.1f} img/s  "

@@ -2,7 +2,8 @@
 
 One message is [header, *arrays]: the header a msgpack map (msgspec) with the request `id`, its `op` and small
 fields, plus `arrays` = [(dtype, shape), ...] describing the frames after it; each array travels as its raw
-bytes, sent without a copy (pyzmq's copy=False) and read back as a numpy view of the received frame. Images cross
+bytes (copied into ZeroMQ's buffer up to COPY_THRESHOLD, handed over without a copy above it) and is read back as
+a numpy view of the received frame. Images cross
 as uint8 [N, H, W, 3] pixels, tokens as int64 [N, L], embeddings as float32 [N, D]: never pickled objects.
 
 An error crosses as its class name, message, field, index and retry-after, and is raised again on the other side
