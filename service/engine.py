@@ -151,7 +151,8 @@ class Engine:
         return out
 
     async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
-        """Decode + resize + normalise every image in the worker pool; a bad one names its index.
+        """Decode + resize + normalise every image in the worker pool (a front-end's one small image: on the event
+        loop, `inline_decode_pixels`); a bad one names its index.
 
         Each decode starts only while its request still wants it: the request fails with 503 as soon as its
         deadline passes with images undecoded (those are never decoded), and a client that leaves, or a sibling
