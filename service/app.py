@@ -24,10 +24,10 @@ from service.urls import UrlFetcher
 from service.web import install_web
 
 log = logging.getLogger("service")
-# FastAPI's native telemetry (0.165, installed here) instruments every request itself when an OpenTelemetry provider
-# is set: our tracing (service/tracing.py, TraceRequests) already makes the request spans, and its check of the global
-# providers on every request was 2-4 % of a front-end's CPU under load. Older FastAPI keeps unknown keyword arguments
-# in `app.extra`.
+# FastAPI's native telemetry (0.165, installed here) instruments every request itself when a global OpenTelemetry
+# provider is set (e.g. under opentelemetry-instrument): our tracing (service/tracing.py, TraceRequests, its own
+# provider) already makes the request spans, and FastAPI's check of the global providers on every request was 2-4 %
+# of a front-end's CPU under load. Older FastAPI keeps unknown keyword arguments in `app.extra`.
 FASTAPI_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 REQUEST_MODELS = (schemas.EmbedImagesRequest, schemas.EmbedTextsRequest, schemas.ClassifyRequest,
                   schemas.LabelSetRequest, schemas.OpenAIEmbeddingsRequest)
