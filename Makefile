@@ -13,12 +13,13 @@ BUNDLED    := models/checkpoints/shapes-rn-s
 EXPORT_DIR := exports/shapes-rn-s$(if $(PRECISION),-$(PRECISION))
 EXPORT_ENV := $(if $(PRECISION),CLIP_BACKEND=onnx CLIP_DEVICE=cpu CLIP_PRECISION=$(PRECISION) CLIP_EXPORT_DIR=$(EXPORT_DIR))
 
-.PHONY: serve test test-fast mutation bench train eval export system-deps clean help
+.PHONY: serve test test-fast test-split mutation bench train eval export system-deps clean help
 
 help:
 	@echo "make serve   - install (first time) and serve the bundled model on http://$(HOST):$(PORT)"
 	@echo "               (PRECISION=int8: export it to int8 ONNX once, then serve that with ONNX Runtime)"
 	@echo "make test    - install (first time) and run the whole test suite"
+	@echo "make test-split - the whole suite against split servers (CLIP_WORKERS=1; about as long again)"
 	@echo "make mutation - mutation check of the security- and reliability-critical modules (1-2 h; docs/mutation.md)"
 	@echo "make bench   - run the benchmark suite (writes docs/benchmarks/)"
 	@echo "make train   - retrain the bundled model (about 30 min on 2 CPU cores)"
@@ -61,6 +62,11 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q $(XDIST) -m "not slow"
+
+# The whole suite against split servers (CLIP_WORKERS=1: a front-end and an engine process; every server a test starts
+# inherits it). Not part of `make test` or CI (it doubles the time); run it when service/ changes.
+test-split: $(STAMP) system-deps
+	CLIP_WORKERS=1 $(PY) -m pytest -q $(XDIST)
 
 # Mutation check (docs/mutation.md): mutmut mutates the modules listed in pyproject.toml's [tool.mutmut] one change
 # at a time and runs their in-process tests against each mutant. Not part of `make test` or CI: 1-2 hours on
