@@ -85,7 +85,6 @@ class StandInBackend(Backend):
         self.tokenizer = self._tokenize
         if normalise_on not in ("device", "cpu"):
             raise ValueError(f"BENCH_STANDIN_NORMALISE must be device or cpu, not {normalise_on!r}")
-        self.normalise_on = normalise_on
         self.encode_pixels = self._encode_pixels if normalise_on == "device" else None
         self._upload: np.ndarray | None = None  # the host buffer a device's upload would read (grown on demand)
 

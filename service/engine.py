@@ -121,14 +121,18 @@ class Engine:
                                 retry_after=1)
 
     # --- images ---------------------------------------------------------------------------------------------
+    def _decode(self, decode: Callable[[], np.ndarray], data: bytes, index: int, trace: Optional[object]) -> np.ndarray:
+        """One image's decode, in its `decode` span (child of `trace`) and timed in clip_preprocess_seconds."""
+        with tracing.span("decode", trace, {"clip.image.index": index, "clip.image.bytes": len(data)}):
+            start = time.perf_counter()
+            out = decode()
+            self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
+        return out
+
     def _preprocess_one(self, data: bytes, job: "_DecodeJob", index: int) -> np.ndarray:
         if not job.begin():  # the request is over (deadline, client gone, a sibling failed): skip the decode
             raise _Skipped()
-        with tracing.span("decode", job.trace, {"clip.image.index": index, "clip.image.bytes": len(data)}):
-            start = time.perf_counter()
-            out = self.preprocessor(data)
-            self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
-        return out
+        return self._decode(lambda: self.preprocessor(data), data, index, job.trace)
 
     def _decode_small(self, data: bytes, deadline: float) -> Optional[np.ndarray]:
         """One image decoded here, on the event loop, if its header says it is small (inline_decode_pixels); None
@@ -141,14 +145,10 @@ class Engine:
             return None
         if asyncio.get_running_loop().time() > deadline:
             raise self._expire(1, "1 of 1 images were not decoded")
-        with tracing.span("decode", tracing.capture(), {"clip.image.index": 0, "clip.image.bytes": len(data)}):
-            start = time.perf_counter()
-            try:
-                out = self.preprocessor.finish(img, data)
-            except Exception as exc:  # noqa: BLE001 - placed as the pool's failures are
-                raise _placed(exc, 0, 1)
-            self.metrics.preprocess.labels("image").observe(time.perf_counter() - start)
-        return out
+        try:
+            return self._decode(lambda: self.preprocessor.finish(img, data), data, 0, tracing.capture())
+        except Exception as exc:  # noqa: BLE001 - placed as the pool's failures are
+            raise _placed(exc, 0, 1)
 
     async def preprocess_images(self, images: list[bytes], deadline: Optional[float] = None) -> list[np.ndarray]:
         """Decode + resize + normalise every image in the worker pool (a front-end's one small image: on the event
