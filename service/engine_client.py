@@ -32,7 +32,7 @@ from service.batch_probe import BatchCurve
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
 from service.images import ImagePreprocessor
-from service.ipc import LoopSocket, pack, raise_error, unpack
+from service.ipc import LoopSocket, pack, raise_error, unpack_all
 from service.labelset_store import LabelSet, StoredLabelSet
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -132,7 +132,10 @@ class EngineLink:
         return next(self._ids)
 
     def _received(self, frames: list) -> None:
-        header, arrays = unpack(frames)
+        for header, arrays in unpack_all(frames):  # an engine sends what one loop iteration finished as one message
+            self._reply(header, arrays)
+
+    def _reply(self, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
         if "load" in header:  # the engine's queue as of this reply: picks between heartbeats read it fresh
             self.status["load"] = header["load"]
         rid = header.get("id", 0)

@@ -27,8 +27,8 @@ from models.preprocess import normalise
 from service import tracing
 from service.backends.base import exact_tokenizer
 from service.engine import Engine
-from service.errors import DeadlineExceeded, InvalidField
-from service.ipc import LoopSocket, error_fields, pack, unpack
+from service.errors import BackendFailure, DeadlineExceeded, InvalidField
+from service.ipc import LoopSocket, error_fields, pack, pack_many, unpack
 from service.labelset_store import LabelSet, LabelSetStore, LocalLabelSets
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -90,6 +90,7 @@ class EngineServer:
         self.sock: LoopSocket | None = None
         self.tasks: dict[Key, asyncio.Task] = {}
         self.waiters: dict[Key, asyncio.Future] = {}  # reserved image requests waiting for their pixels
+        self.outbox: dict[bytes, list[tuple[dict[str, Any], tuple]]] = {}  # replies this loop iteration (_send)
 
     # --- the socket -----------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -104,11 +105,25 @@ class EngineServer:
         self._dispatch(frames[0].bytes, header, arrays)
 
     async def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
+        """Queue a reply; what this loop iteration queued leaves at the start of the next, one message per front-end
+        (a batch finishes many requests at once: one send each cost the event loop more than the rest of a reply)."""
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outbox.setdefault(ident, []).append((header, arrays))
+
+    def _flush(self) -> None:
         assert self.sock is not None
         # every reply carries the queue load as it is now, so a front-end's least-loaded pick reads it as of its
         # latest reply from here, not only as of the last heartbeat (service/engine_client.py EnginePool.pick)
-        header = {**header, "load": self.load()}
-        self.sock.send([ident, *pack(header, arrays)])  # a ROUTER drops what a gone front-end cannot take
+        load = self.load()
+        outbox, self.outbox = self.outbox, {}
+        for ident, replies in outbox.items():
+            replies = [({**header, "load": load}, arrays) for header, arrays in replies]
+            frames = pack(*replies[0]) if len(replies) == 1 else pack_many(replies)
+            try:
+                self.sock.send([ident, *frames])  # a ROUTER drops what a gone front-end cannot take
+            except BackendFailure:  # ZeroMQ's queue to it is full: that front-end's calls time out as it stalls
+                log.warning("could not answer %d request(s) of a front-end: its queue is full", len(replies))
 
     def _dispatch(self, ident: bytes, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
         op, key = header["op"], (ident, header.get("id", 0))
@@ -229,6 +244,8 @@ class EngineServer:
         for task in list(self.tasks.values()):
             task.cancel()
         if self.sock is not None:
+            if self.outbox:
+                self._flush()  # answers queued in this loop iteration still leave
             self.sock.close()
         self.ctx.term()
 

@@ -1,6 +1,6 @@
 """The wire between front-end and engine processes (CLIP_WORKERS >= 1): ZeroMQ multipart messages.
 
-One message is [header, *arrays]: the header a msgpack map (msgspec) with the request `id`, its `op` and small
+One message is [header, *arrays] (or, from an engine, several replies as one: `pack_many`): the header a msgpack map (msgspec) with the request `id`, its `op` and small
 fields, plus `arrays` = [(dtype, shape), ...] describing the frames after it; each array travels as its raw
 bytes (copied into ZeroMQ's buffer up to COPY_THRESHOLD, handed over without a copy above it) and is read back as
 a numpy view of the received frame. Images cross as uint8 [N, H, W, 3] pixels, tokens as int64 [N, L], embeddings
@@ -31,19 +31,55 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 
+Message = tuple[dict[str, Any], Sequence[np.ndarray]]
+
+
 def pack(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> list:
     """A message: the header, then each array's bytes (C-contiguous, not copied here)."""
+    head, frames = _described(header, arrays)
+    return [_encoder.encode(head), *frames]
+
+
+def pack_many(messages: Sequence[Message]) -> list:
+    """Several messages to one peer as one: the header {"many": [header, ...]}, then every message's arrays in order.
+    An engine answers all the requests a batch finished for one front-end this way: one send, one receive."""
+    heads, frames = [], []
+    for header, arrays in messages:
+        head, data = _described(header, arrays)
+        heads.append(head)
+        frames += data
+    return [_encoder.encode({"many": heads}), *frames]
+
+
+def _described(header: dict[str, Any], arrays: Sequence[np.ndarray]) -> tuple[dict[str, Any], list]:
     arrays = [np.ascontiguousarray(a) for a in arrays]
-    head = _encoder.encode({**header, "arrays": [(a.dtype.str, list(a.shape)) for a in arrays]})
-    return [head, *(memoryview(a).cast("B") if a.size else b"" for a in arrays)]
+    return ({**header, "arrays": [(a.dtype.str, list(a.shape)) for a in arrays]},
+            [memoryview(a).cast("B") if a.size else b"" for a in arrays])
 
 
 def unpack(frames: Sequence[Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
     """A received message (zmq Frames or bytes) -> (header, arrays). Arrays are read-only views of the frames."""
+    return _arrays_of(_decoder.decode(_buffer(frames[0])), frames, 1)[0]
+
+
+def unpack_all(frames: Sequence[Any]) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
+    """A received message, one (pack) or several (pack_many), -> [(header, arrays), ...] in the order sent."""
     header = _decoder.decode(_buffer(frames[0]))
+    if "many" not in header:
+        return [_arrays_of(header, frames, 1)[0]]
+    out, at = [], 1
+    for head in header["many"]:
+        message, at = _arrays_of(head, frames, at)
+        out.append(message)
+    return out
+
+
+def _arrays_of(header: dict[str, Any], frames: Sequence[Any], at: int) -> tuple[tuple[dict, list], int]:
+    """(header, its arrays read from frames[at:]), and the index of the frame after them."""
+    described = header.pop("arrays", ())
     arrays = [np.frombuffer(_buffer(f), dtype=np.dtype(d)).reshape(shape)
-              for f, (d, shape) in zip(frames[1:], header.pop("arrays", ()))]
-    return header, arrays
+              for f, (d, shape) in zip(frames[at:at + len(described)], described)]
+    return (header, arrays), at + len(described)
 
 
 def _buffer(frame: Any) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from models.preprocess import normalise
 from service import errors
 from service.images import ImagePreprocessor
-from service.ipc import error_fields, pack, raise_error, unpack
+from service.ipc import error_fields, pack, pack_many, raise_error, unpack, unpack_all
 from tests.service.conftest import encode, shape_image
 
 
@@ -26,6 +26,19 @@ def test_arrays_cross_with_dtype_shape_and_values():
     assert header == {"op": "x", "texts": ["a", "é"], "deadline": 1.5}
     for got, want in zip(arrays, (pixels, tokens, empty)):
         assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_several_replies_cross_as_one_message_in_order():
+    rng = np.random.default_rng(1)
+    replies = [({"id": i, "load": 3}, [rng.standard_normal((n, 8)).astype(np.float32)] * (i % 2 + 1))
+               for i, n in enumerate((1, 4, 0, 2))] + [({"id": 9, "error": "Overloaded"}, [])]
+    got = unpack_all(_wire(pack_many(replies)))
+    assert [h for h, _ in got] == [h for h, _ in replies]
+    for (_, arrays), (_, want) in zip(got, replies):
+        assert len(arrays) == len(want) and all(np.array_equal(a, w) and a.dtype == w.dtype
+                                                for a, w in zip(arrays, want))
+    single = unpack_all(_wire(pack(*replies[1])))  # one reply, packed alone, reads the same way
+    assert len(single) == 1 and single[0][0] == replies[1][0] and np.array_equal(single[0][1][1], replies[1][1][1])
 
 
 @pytest.mark.parametrize("exc", [errors.Overloaded("queue is full", retry_after=1),

@@ -611,29 +611,40 @@ def test_a_front_ends_engine_has_every_attribute_an_engine_has():
 def test_the_least_loaded_pick_reads_the_load_of_every_reply():
     """An engine's queue load comes back with every reply, not only with the heartbeat: an engine's reply to a call
     says how many items it has queued, and after one from engine 0 saying 5, every pick is engine 1 (a pick on
-    heartbeat loads, both 0, would alternate)."""
+    heartbeat loads, both 0, would alternate). Replies one loop iteration finished for one front-end leave as one
+    message, and the front-end reads each of them."""
     import asyncio
     from types import SimpleNamespace
 
     from service.engine_client import EnginePool
     from service.engine_server import EngineServer
-    from service.ipc import pack, unpack
+    from service.ipc import unpack_all
     from service.settings import Settings
 
     busy = SimpleNamespace(engine=SimpleNamespace(images=SimpleNamespace(depth=3), texts=SimpleNamespace(depth=2)))
     engine = EngineServer(Settings(), "ipc:///nonexistent", busy)  # type: ignore[arg-type]
     sent: list = []
     engine.sock = SimpleNamespace(send=sent.append)  # type: ignore[assignment]
-    asyncio.run(engine._send(b"front-end", {"id": 1, "n": 4}))
+
+    async def answer() -> None:
+        await engine._send(b"front-end", {"id": 1, "n": 4})
+        await engine._send(b"other", {"id": 7}, (np.ones((1, 2), np.float32),))
+        await engine._send(b"front-end", {"id": 2}, (np.arange(6, dtype=np.float32).reshape(2, 3),))
+        await asyncio.sleep(0)  # the next loop iteration: the outbox leaves
+
+    asyncio.run(answer())
     engine.ctx.term()
-    reply, _ = unpack(sent[0][1:])
-    assert reply == {"id": 1, "n": 4, "load": 5}
+    assert [frames[0] for frames in sent] == [b"front-end", b"other"]  # one message per front-end
+    (first, _), (second, out) = unpack_all(sent[0][1:])
+    assert first == {"id": 1, "n": 4, "load": 5} and second == {"id": 2, "load": 5}
+    assert out[0].tolist() == [[0, 1, 2], [3, 4, 5]]
 
     pool = EnginePool(["ipc:///nonexistent-0", "ipc:///nonexistent-1"])
     try:
         for link in pool.links:
             link.status = {"ready": True, "load": 0}  # as the last heartbeat said
-        pool.links[0]._received(pack(reply))  # a reply to some call, between heartbeats
+        pool.links[0]._received(sent[0][1:])  # replies to two calls (nobody waits yet: kept for their callers)
+        assert set(pool.links[0]._early) == {1, 2}
         assert pool.links[0].load == 5
         assert [pool.pick().index for _ in range(4)] == [1, 1, 1, 1]
     finally:
