@@ -14,7 +14,6 @@ from service import schemas, tracing
 from service.auth import require_api_key
 from service.backends import load_backend
 from service.errors import install_error_handlers
-from service.routes.embed import FastImagePath
 from service.labelset_store import LabelSets, LabelSetStore, LocalLabelSets
 from service.lifecycle import BackendFactory, Lifecycle
 from service.metrics import Metrics
@@ -72,7 +71,7 @@ def create_app(settings: Optional[Settings] = None, backend_factory: BackendFact
     for router in (health.router, embed.router, classify.router, labelsets.router, openai_compat.router):
         app.include_router(router)
     install_web(app)  # demo page at /, offline /docs and /redoc (no CDN)
-    app.add_middleware(FastImagePath)  # innermost of ours: POST /embed/image's plain file parts, without the router
+    app.add_middleware(embed.FastImagePath)  # innermost of ours: POST /embed/image's plain file parts, routerless
     app.add_middleware(ConnectionCap)  # connections over CLIP_MAX_CONNECTIONS: 503 before any work
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, lifecycle=lifecycle)

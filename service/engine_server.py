@@ -104,7 +104,7 @@ class EngineServer:
         header, arrays = unpack(frames[1:])
         self._dispatch(frames[0].bytes, header, arrays)
 
-    async def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
+    def _send(self, ident: bytes, header: dict[str, Any], arrays: tuple = ()) -> None:
         """Queue a reply; what this loop iteration queued leaves at the start of the next, one message per front-end
         (a batch finishes many requests at once: one send each cost the event loop more than the rest of a reply)."""
         if not self.outbox:
@@ -128,7 +128,7 @@ class EngineServer:
     def _dispatch(self, ident: bytes, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
         op, key = header["op"], (ident, header.get("id", 0))
         if op == "ping":
-            asyncio.ensure_future(self._send(ident, {"id": key[1], **self.status()}))
+            self._send(ident, {"id": key[1], **self.status()})
         elif op == "cancel":
             task = self.tasks.get(key)
             if task is not None:
@@ -154,13 +154,13 @@ class EngineServer:
             # current while the request runs here, so its spans (queue_wait, inference) join the front-end's trace
             with tracing.attached(tracing.context_from(header.get("traceparent"))):
                 fields, out = await getattr(self, "op_" + op)(ident, rid, header, arrays)
-            await self._send(ident, {"id": rid, **fields}, out)
+            self._send(ident, {"id": rid, **fields}, out)
         except asyncio.CancelledError:  # the front-end's client left: nobody reads an answer
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the front-end that asked
             if not hasattr(exc, "status"):
                 log.exception("engine request %s failed", op)
-            await self._send(ident, {"id": rid, **error_fields(exc)})
+            self._send(ident, {"id": rid, **error_fields(exc)})
 
     # --- state ----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class EngineServer:
         with eng.images.reserve(int(h["n"])) as room:
             waiter = self.waiters[key] = loop.create_future()
             try:
-                await self._send(ident, {"id": rid, "reserved": True})
+                self._send(ident, {"id": rid, "reserved": True})
                 try:
                     pixels = await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()) + PIXELS_GRACE_S)
                 except asyncio.TimeoutError:

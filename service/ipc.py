@@ -1,10 +1,10 @@
 """The wire between front-end and engine processes (CLIP_WORKERS >= 1): ZeroMQ multipart messages.
 
 One message is [header, *arrays] (or, from an engine, several replies as one: `pack_many`): the header a msgpack
-map (msgspec) with the request `id`, its `op` and small fields, plus `arrays` = [(dtype, shape), ...] describing the frames after it; each array travels as its raw
-bytes (copied into ZeroMQ's buffer up to COPY_THRESHOLD, handed over without a copy above it) and is read back as
-a numpy view of the received frame. Images cross as uint8 [N, H, W, 3] pixels, tokens as int64 [N, L], embeddings
-as float32 [N, D]: never pickled objects.
+map (msgspec) with the request `id`, its `op` and small fields, plus `arrays` = [(dtype, shape), ...] describing the
+frames after it; each array travels as its raw bytes (copied into ZeroMQ's buffer up to COPY_THRESHOLD, handed over
+without a copy above it) and is read back as a numpy view of the received frame. Images cross as uint8
+[N, H, W, 3] pixels, tokens as int64 [N, L], embeddings as float32 [N, D]: never pickled objects.
 
 An error crosses as its class name, message, field, index and retry-after, and is raised again on the other side
 as the same ApiError class, so service/errors.py maps it to the same status and body as in one process.

@@ -627,9 +627,9 @@ def test_the_least_loaded_pick_reads_the_load_of_every_reply():
     engine.sock = SimpleNamespace(send=sent.append)  # type: ignore[assignment]
 
     async def answer() -> None:
-        await engine._send(b"front-end", {"id": 1, "n": 4})
-        await engine._send(b"other", {"id": 7}, (np.ones((1, 2), np.float32),))
-        await engine._send(b"front-end", {"id": 2}, (np.arange(6, dtype=np.float32).reshape(2, 3),))
+        engine._send(b"front-end", {"id": 1, "n": 4})
+        engine._send(b"other", {"id": 7}, (np.ones((1, 2), np.float32),))
+        engine._send(b"front-end", {"id": 2}, (np.arange(6, dtype=np.float32).reshape(2, 3),))
         await asyncio.sleep(0)  # the next loop iteration: the outbox leaves
 
     asyncio.run(answer())
