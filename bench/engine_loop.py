@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import zmq
 from tqdm import tqdm
 
 from bench import machine
-from bench.server import BenchServer
+from bench.server import BenchServer, stat_cpu_seconds
 from service.ipc import pack, raise_error, unpack_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +115,9 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
             stat = (task / "stat").read_text()
         except OSError:
             continue  # a thread that ended while we looked
-        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
         role = "event_loop" if task.name == str(pid) else "zmq_io" if name.startswith("ZMQbg/IO") else "other_threads"
-        out[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[role] += stat_cpu_seconds(stat)
     return out
 
 

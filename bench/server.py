@@ -39,10 +39,15 @@ def proc_status_kib(pid: int, field: str) -> int | None:
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far (/proc/<pid>/stat), or None off Linux."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, ValueError, IndexError):
         return None
+
+
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from the text of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
