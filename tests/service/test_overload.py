@@ -148,7 +148,11 @@ def test_while_the_queue_is_full_a_refusal_takes_a_fraction_of_a_decode(overload
         metric_value(before, "clip_preprocess_seconds_count", modality="image")
     decode_ms = 1000 * (metric_value(after, "clip_preprocess_seconds_sum", modality="image")
                         - metric_value(before, "clip_preprocess_seconds_sum", modality="image")) / decodes
-    assert decodes == 16, f"{decodes:g} images decoded: only the holders' 16, never a refused probe's"
+    # a probe that came after the holders' first request finished is admitted (the loop stops there) and decoded:
+    # seen once on a loaded fresh clone, 19 refused and the 20th admitted as room came free
+    admitted = sum(status == 200 for status, _ in probes)
+    assert decodes == 16 + admitted, f"{decodes:g} images decoded: the holders' 16 and {admitted} admitted probe(s), " \
+                                     f"never a refused probe's"
     server_ms = [e["ms"] for e in access_log(overload_server)[before_log:] if e["status"] == 503]
     assert len(server_ms) == len(refused)
     summary = (f"queue held full: {len(refused)} probes refused in p50 {ms(server_ms, 50):.1f} ms, max "
