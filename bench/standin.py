@@ -25,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +114,21 @@ class StandInBackend(Backend):
         self._wait(len(pixels))
         return self._pick(pixels[:, :, 0, 0].sum(axis=1) if len(pixels) else np.zeros(0))  # [B, 3, H, W] -> [B, D]
 
-    def _encode_pixels(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, 3] -> [B, D], as an engine on a GPU spends the CPU on it: one copy of the batch into the
-        upload buffer (service/device_pixels.py copies into pinned memory); normalising is the device's, in the
-        wait. The vectors are encode_image's for the same pixels (its keys normalised from one pixel per image)."""
+    def _encode_pixels(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        """B uint8 [H, W, 3] images (a list, or an array [B, H, W, 3]) -> [B, D], as an engine on a GPU spends the CPU
+        on them: one copy of each image into the upload buffer (service/device_pixels.py copies into pinned memory);
+        normalising is the device's, in the wait. The vectors are encode_image's for the same pixels (its keys
+        normalised from one pixel per image)."""
         from models.preprocess import normalise  # here: a baseline checkout's models (bench.feed) may lack it
 
-        if self._upload is None or len(self._upload) < len(batch) or self._upload.shape[1:] != batch.shape[1:]:
-            self._upload = np.empty((max(len(batch), 64), *batch.shape[1:]), dtype=np.uint8)
-        self._upload[:len(batch)] = batch
-        self._wait(len(batch))
-        keys = normalise(np.ascontiguousarray(batch[:, :1, :1, :]), self.preprocess)  # [B, 3, 1, 1]
-        return self._pick(keys[:, :, 0, 0].sum(axis=1) if len(batch) else np.zeros(0))
+        n, shape = len(batch), (batch[0].shape if len(batch) else (0, 0, 3))
+        if self._upload is None or len(self._upload) < n or self._upload.shape[1:] != shape:
+            self._upload = np.empty((max(n, 64), *shape), dtype=np.uint8)
+        if n:
+            np.stack(batch, out=self._upload[:n])
+        self._wait(n)
+        keys = normalise(np.ascontiguousarray(self._upload[:n, :1, :1, :]), self.preprocess)  # [B, 3, 1, 1]
+        return self._pick(keys[:, :, 0, 0].sum(axis=1) if n else np.zeros(0))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         self._wait(len(tokens))

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from service.metrics import Metrics
 log = logging.getLogger("service.batcher")
 
 Encode = Callable[[np.ndarray], np.ndarray]  # [B, ...] -> [B, D]
+# the batch's items -> [B, D]: an encoder that assembles the batch itself, straight into its own upload buffer
+EncodeItems = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
 @dataclass
@@ -85,6 +87,9 @@ class Batcher:
         # read afresh for each batch, so it may change while serving (service/batch_refine.py raises it)
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.on_fatal = on_fatal
+        # set: called with the items instead of `encode` with np.stack(items), so that an engine on a GPU copies each
+        # image once, into its pinned upload buffer, not first into a batch and then into that buffer
+        self.encode_items: Optional[EncodeItems] = None
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         self.depth = 0  # queued + in-flight items (what admission caps)
         self._depth_gauge, self._depth_shown = metrics.queue_depth.labels(modality), True
@@ -223,13 +228,14 @@ class Batcher:
 
     def _encode_timed(self, payloads: list[np.ndarray], waits: list[Optional[tracing.QueueWait]]) -> np.ndarray:
         """In the inference thread: stack the items into one batch (a copy of every item: off the event loop), time
-        the encoder on it and count the batch."""
-        batch = np.stack(payloads)
+        the encoder on it and count the batch. An `encode_items` encoder takes the items and assembles the batch
+        itself (its copy into the upload buffer is then part of the time: a GPU's upload is)."""
+        batch = np.stack(payloads) if self.encode_items is None else payloads
         start = time.perf_counter()
-        with tracing.inference(self.modality, len(batch), waits):  # links to each request served
-            out = self.encode(batch)
+        with tracing.inference(self.modality, len(payloads), waits):  # links to each request served
+            out = self.encode(batch) if self.encode_items is None else self.encode_items(batch)
         self.metrics.inference.labels(self.modality).observe(time.perf_counter() - start)
-        self.metrics.batch_size.labels(self.modality).observe(len(batch))
+        self.metrics.batch_size.labels(self.modality).observe(len(payloads))
         return out
 
     async def _run(self, items: list[WorkItem]) -> None:

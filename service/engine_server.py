@@ -39,10 +39,12 @@ log = logging.getLogger("service.engine_server")
 Key = tuple[bytes, int]  # (front-end socket identity, request id)
 
 
-def pixel_encoder(engine: Engine) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
-    """The image batcher's encode step for uint8 [B, H, W, 3] batches, and whether it normalises on the device: a
-    backend's own `encode_pixels` when it has one; with eager PyTorch on CUDA, the device version (pinned upload,
-    normalise on the GPU, service/device_pixels.py); otherwise normalise on the CPU, then the backend's encoder."""
+def pixel_encoder(engine: Engine) -> tuple[Callable[..., np.ndarray], bool]:
+    """The image batcher's encode step for uint8 pixels, and whether it normalises on the device: a backend's own
+    `encode_pixels` when it has one; with eager PyTorch on CUDA, the device version (pinned upload, normalise on the
+    GPU, service/device_pixels.py); otherwise normalise on the CPU, then the backend's encoder. The device versions
+    take the batch's items (uint8 [H, W, 3] each) and copy each once, into their upload buffer; the CPU one takes
+    a stacked uint8 [B, H, W, 3] batch."""
     backend = engine.backend
     own = getattr(backend, "encode_pixels", None)  # Backend's attribute; duck-typed backends may lack it
     if own is not None:
@@ -67,9 +69,12 @@ def two_in_flight(engine: Engine) -> None:
 
 def install_pixel_encoder(engine: Engine) -> None:
     """From here on the image batcher's items are uint8 [H, W, 3] pixels (the float path warmed the encoder up)."""
-    engine.images.encode, on_device = pixel_encoder(engine)
-    if on_device:  # its two slots (buffer + stream each) let two batches run at once; other runtimes keep one
-        two_in_flight(engine)
+    encode, on_device = pixel_encoder(engine)
+    if not on_device:
+        engine.images.encode = encode
+        return
+    engine.images.encode_items = encode  # no np.stack first: each image is copied once, into the upload buffer
+    two_in_flight(engine)  # its two slots (buffer + stream each) let two batches run at once; other runtimes: one
 
 
 # The front-end decodes a reserved request's images up to its deadline, then sends their pixels or cancels, and

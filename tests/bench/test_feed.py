@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,20 +38,27 @@ def test_standin_waits_its_time_per_batch_and_returns_unit_vectors(monkeypatch):
 
 
 def test_standin_normalises_on_its_device_as_a_cuda_engine_does(monkeypatch):
-    """An engine process hands the stand-in uint8 batches (encode_pixels, as eager PyTorch on CUDA takes them): the
-    batch is copied once into its upload buffer, it waits its time, and the vectors are those encode_image gives
+    """An engine process hands the stand-in a batch's uint8 images (encode_pixels, as eager PyTorch on CUDA takes
+    them: a list, or an array): each is copied once, into its upload buffer, it waits its time, and the vectors are those encode_image gives
     the CPU-normalised pixels. With BENCH_STANDIN_NORMALISE=cpu the engine normalises and calls encode_image."""
     from models.preprocess import normalise
-    from service.engine_server import pixel_encoder
+    from service.engine_server import install_pixel_encoder, pixel_encoder
 
     b = StandInBackend(StandInTiming(batch_ms=0.0, item_ms=0.0), image_size=32)
     batch = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     out = b.encode_pixels(batch)
     assert np.array_equal(out, b.encode_image(normalise(batch, b.preprocess)))
     assert np.array_equal(b._upload[:5], batch)  # the copy a pinned upload would make
+    b._upload[:] = 0
+    assert np.array_equal(b.encode_pixels(list(batch)), out)  # the items as the batcher hands them over
+    assert np.array_equal(b._upload[:5], batch)
     assert len({tuple(v) for v in out}) > 1  # different pixels, different vectors
     engine = type("E", (), {"backend": b})()
     assert pixel_encoder(engine) == (b.encode_pixels, True)  # normalised on the "device", two batches in flight
+    engine.images = SimpleNamespace(encode=None, encode_items=None, in_flight=1)
+    install_pixel_encoder(engine)  # handed the batch's items, not np.stack's copy of them: one copy, into its buffer
+    assert engine.images.encode_items == b.encode_pixels and engine.images.encode is None
+    assert engine.images.in_flight == 2
 
     monkeypatch.setenv("BENCH_STANDIN_NORMALISE", "cpu")
     cpu = load_standin(None)

@@ -277,3 +277,33 @@ def test_two_batches_in_flight_overlap_and_each_item_gets_its_own_answer():
         return [[float(x[0]) for x in r] for r in out], depth
 
     assert run(go()) == ([[2.0, 4.0], [6.0]], 0)
+
+
+def test_an_items_encoder_gets_the_items_themselves_not_a_stacked_copy():
+    """`encode_items` (an engine on a GPU: service/device_pixels.py copies each image once, into its pinned upload
+    buffer): called with the queued arrays themselves, never with np.stack's copy of them, and `encode` is not
+    called; its rows still answer each item, a bad item still fails alone, and batches are counted by their items."""
+    seen: list[list[np.ndarray]] = []
+
+    def encode_items(items):
+        seen.append(list(items))
+        if any((x == -1).any() for x in items):
+            raise ValueError("poisoned item")
+        return np.stack(items) * 2.0
+
+    async def go():
+        b, m = _batcher(FakeEncoder(oom_over=0))  # `encode` would raise on any batch: it must not be called
+        b.encode_items = encode_items
+        b.start()
+        payloads = [np.array([float(i)]) for i in range(3)]
+        good = b.submit(payloads, 1e12)
+        bad = b.submit([np.array([-1.0])], 1e12)
+        res = await asyncio.gather(good, bad, return_exceptions=True)
+        await b.stop()
+        return payloads, res, m.batch_size.labels("image")._sum.get()
+
+    payloads, (good, bad), counted = run(go())
+    assert [float(x[0]) for x in good] == [0.0, 2.0, 4.0]
+    assert isinstance(bad, BackendFailure)
+    assert any(x is payloads[0] for x in seen[0])  # the very array queued: no copy was made on the way
+    assert counted == 3  # the items of the calls that returned (a failed batch is retried item by item)
