@@ -93,6 +93,9 @@ class Batcher:
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         self.depth = 0  # queued + in-flight items (what admission caps)
         self._depth_gauge, self._depth_shown = metrics.queue_depth.labels(modality), True
+        # this modality's series, looked up once (a labels() call takes a lock and builds a key each time)
+        self._queue_wait, self._dropped = metrics.queue_wait.labels(modality), metrics.dropped.labels(modality)
+        self._inference, self._batch_size = metrics.inference.labels(modality), metrics.batch_size.labels(modality)
         self.taken = 0  # items ever admitted: a change says work came, even work already done (batch_refine.py)
         self.closed = False
         # encoder calls at once: 1, except in a CUDA engine process (service/engine_server.py), where 2 let one
@@ -174,6 +177,8 @@ class Batcher:
         for item in items:
             self.queue.put_nowait(item)
         try:
+            if len(items) == 1:  # most requests: its future itself, not a gather's future and callbacks around it
+                return [await items[0].future]
             return list(await asyncio.gather(*(i.future for i in items)))
         finally:
             for i in items:  # the client went away or a sibling failed: the batcher will skip these
@@ -214,13 +219,13 @@ class Batcher:
         live = []
         for item in items:
             if item.future.done():
-                self.metrics.dropped.labels(self.modality).inc()
+                self._dropped.inc()
             elif now_loop > item.deadline:
                 self.metrics.rejected.labels("deadline").inc()
                 item.future.set_exception(DeadlineExceeded("request waited past its deadline "
                                                            "(CLIP_REQUEST_TIMEOUT_S); retry later", retry_after=1))
             else:
-                self.metrics.queue_wait.labels(self.modality).observe(now - item.enqueued)
+                self._queue_wait.observe(now - item.enqueued)
                 if item.trace is not None:
                     item.trace.taken()
                 live.append(item)
@@ -234,8 +239,8 @@ class Batcher:
         start = time.perf_counter()
         with tracing.inference(self.modality, len(payloads), waits):  # links to each request served
             out = self.encode(batch) if self.encode_items is None else self.encode_items(batch)
-        self.metrics.inference.labels(self.modality).observe(time.perf_counter() - start)
-        self.metrics.batch_size.labels(self.modality).observe(len(payloads))
+        self._inference.observe(time.perf_counter() - start)
+        self._batch_size.observe(len(payloads))
         return out
 
     async def _run(self, items: list[WorkItem]) -> None:

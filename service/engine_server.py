@@ -203,7 +203,7 @@ class EngineServer:
             if pixels.shape[0] != room.n:
                 raise InvalidField(f"{pixels.shape[0]} images sent for room reserved for {room.n}")
             out = await room.submit(list(pixels), deadline)  # uint8 [H, W, 3] each
-        return {}, (np.stack(out),)
+        return {}, (rows(out),)
 
     async def op_embed(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
         """Images decoded already (uint8 [n, H, W, 3]): room for them now (503/413 otherwise), then embed them. A
@@ -211,7 +211,7 @@ class EngineServer:
         eng, pixels = self._engine(), arrays[0]
         with eng.images.reserve(pixels.shape[0]) as room:
             out = await room.submit(list(pixels), float(h["deadline"]))
-        return {}, (np.stack(out),)
+        return {}, (rows(out),)
 
     async def op_texts(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
         eng = self._engine()
@@ -277,6 +277,11 @@ async def embed_tokens(eng: Engine, texts: list[str], tokens: Optional[np.ndarra
         lookup = dict(zip(first, computed))
         out = [e if e is not None else lookup[t] for t, e in zip(texts, out)]
     return np.stack(out)  # type: ignore[arg-type]
+
+
+def rows(out: list[np.ndarray]) -> np.ndarray:
+    """A request's embeddings [D] each -> [n, D]; one as a view (np.stack's checks cost more than a reply's packing)."""
+    return out[0][None] if len(out) == 1 else np.stack(out)
 
 
 def engine_info(eng: Engine) -> dict[str, Any]:

@@ -27,6 +27,10 @@ from service.errors import ApiError, BackendFailure
 # 224 px image (150 KB) per request that thread took ~6 % of a front-end's profile samples, while sending and receiving
 # such a frame cost the same CPU either way in a micro-benchmark (~50 us over a tiny frame's).
 COPY_THRESHOLD = 1 << 20
+# plain ints: pyzmq's constants are enum members, and `events & zmq.POLLIN` built a new enum member each time (~2 % of an
+# engine's event loop); the socket's `get` through pyzmq's Python layer costs twice its Cython base's
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_get_option = zmq.backend.Socket.get
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
@@ -59,12 +63,12 @@ def _described(header: dict[str, Any], arrays: Sequence[np.ndarray]) -> tuple[di
 
 def unpack(frames: Sequence[Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
     """A received message (zmq Frames or bytes) -> (header, arrays). Arrays are read-only views of the frames."""
-    return _arrays_of(_decoder.decode(_buffer(frames[0])), frames, 1)[0]
+    return _arrays_of(_decoder.decode(frames[0]), frames, 1)[0]
 
 
 def unpack_all(frames: Sequence[Any]) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
     """A received message, one (pack) or several (pack_many), -> [(header, arrays), ...] in the order sent."""
-    header = _decoder.decode(_buffer(frames[0]))
+    header = _decoder.decode(frames[0])
     if "many" not in header:
         return [_arrays_of(header, frames, 1)[0]]
     out, at = [], 1
@@ -77,13 +81,9 @@ def unpack_all(frames: Sequence[Any]) -> list[tuple[dict[str, Any], list[np.ndar
 def _arrays_of(header: dict[str, Any], frames: Sequence[Any], at: int) -> tuple[tuple[dict, list], int]:
     """(header, its arrays read from frames[at:]), and the index of the frame after them."""
     described = header.pop("arrays", ())
-    arrays = [np.frombuffer(_buffer(f), dtype=np.dtype(d)).reshape(shape)
+    arrays = [np.frombuffer(f, dtype=np.dtype(d)).reshape(shape)  # zmq Frames and bytes both have the buffer protocol
               for f, (d, shape) in zip(frames[at:at + len(described)], described)]
     return (header, arrays), at + len(described)
-
-
-def _buffer(frame: Any) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
@@ -126,14 +126,15 @@ class LoopSocket:
         self.loop.call_soon(self._drain)  # what arrived before the reader was added
 
     def _drain(self) -> None:
-        while not self.sock.closed and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self.on_message(self.sock.recv_multipart(zmq.NOBLOCK, copy=False))
+        sock = self.sock
+        while not sock.closed and _get_option(sock, _EVENTS) & _POLLIN:
+            self.on_message(sock.recv_multipart(_NOBLOCK, copy=False))
 
     def send(self, frames: list) -> None:
         """Queue one message. A peer that cannot take it (a DEALER with no engine connected, a full queue) is a
         BackendFailure at once, never a wait."""
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self.sock.send_multipart(frames, _NOBLOCK, copy=False)
         except zmq.Again:
             raise BackendFailure("the engine process is not reachable", retry_after=5) from None
         finally:
