@@ -26,8 +26,8 @@ SLOTS = 2  # batches in flight: one uploading while one computes
 
 
 def device_encoder(backend: Any, max_batch: int) -> Optional[Callable[[Sequence[np.ndarray]], np.ndarray]]:
-    """An encode step for a batch's uint8 [H, W, 3] images on the backend's GPU, or None where the backend's encoder does
-    not take device tensors (every backend but eager PyTorch)."""
+    """An encode step for a batch's uint8 [H, W, 3] images on the backend's GPU, or None where the backend's encoder
+    does not take device tensors (every backend but eager PyTorch)."""
     towers = getattr(backend, "towers", None)
     if towers is None or not hasattr(towers, "model") or not str(getattr(towers, "device", "")).startswith("cuda"):
         return None

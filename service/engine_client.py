@@ -36,6 +36,7 @@ from service.ipc import LoopSocket, pack, raise_error, unpack_all
 from service.labelset_store import LabelSet, StoredLabelSet
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
+from service.pixel_ring import PixelRing
 from service.settings import Settings
 
 log = logging.getLogger("service.engine_client")
@@ -235,6 +236,12 @@ class EnginePool:
         self.links = [EngineLink(self.ctx, a, i) for i, a in enumerate(addresses)]
         self._turn = itertools.count()
 
+    @property
+    def directory(self) -> Optional[str]:
+        """The supervisor's temp dir the engines' sockets are in (ipc://<dir>/engine-<i>.sock), if they all are."""
+        dirs = {os.path.dirname(link.address.removeprefix("ipc://")) for link in self.links}
+        return dirs.pop() if len(dirs) == 1 and all(link.address.startswith("ipc://") for link in self.links) else None
+
     def start(self) -> None:
         for link in self.links:
             link.start()
@@ -308,6 +315,9 @@ class RemoteEngine(Engine):
         # (_build_queues: batchers and caches, which live in the engine process) and its image step are this class's
         super().__init__(settings, BackendInfo.from_info(info), metrics, inference_pool=None)  # type: ignore
         self.inline_decode_pixels = inline_decode_cap(self.backend.preprocess.size)
+        h, w = self.backend.preprocess.size
+        directory = pool.directory
+        self.ring = PixelRing.create(directory, (h, w, 3), settings.shm_pixels_mb) if directory else None
         tok = info.get("tokenizer")
         self.tokenizer: Optional[Callable[[list[str]], np.ndarray]] = None
         if tok is not None:  # open_clip's CLIP BPE, rebuilt here without open_clip; others tokenise in the engine
@@ -339,6 +349,8 @@ class RemoteEngine(Engine):
 
     async def stop(self) -> None:
         self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        if self.ring is not None:
+            self.ring.close()
 
     def idle(self) -> bool:
         return True  # queued work is the engine's; a front-end drains its requests (Lifecycle.inflight_requests)
@@ -357,7 +369,7 @@ class RemoteEngine(Engine):
             if len(images) == 1 and link.load <= self.settings.max_queue // 2:  # link.load counts this image
                 pixels = self._decode_small(images[0], deadline) if self.inline_decode_pixels else None
                 if pixels is not None:
-                    _, out = await link.call({"op": "embed", "deadline": deadline}, [pixels[None]])
+                    _, out = await self._call_with_pixels(link, {"op": "embed", "deadline": deadline}, [pixels])
                     return out[0]
             rid = link.new_id()
             await link.call({"op": "reserve", "n": len(images), "deadline": deadline}, rid=rid)
@@ -366,8 +378,20 @@ class RemoteEngine(Engine):
             except BaseException:
                 link.cancel(rid)  # give the room back
                 raise
-            _, out = await link.call({"op": "pixels"}, [_batch(pixels_list)], rid=rid)
+            _, out = await self._call_with_pixels(link, {"op": "pixels"}, pixels_list, rid)
         return out[0]
+
+    async def _call_with_pixels(self, link: EngineLink, header: dict[str, Any], pixels: list[np.ndarray],
+                                rid: Optional[int] = None) -> tuple[dict, list]:
+        """A call carrying decoded images: in slots of this front-end's shared-memory ring (service/pixel_ring.py),
+        free again when the call is over, or, when the ring has no room for them, as a frame of the message."""
+        slots = self.ring.take(pixels) if self.ring is not None else None
+        if slots is None:
+            return await link.call(header, [_batch(pixels)], rid=rid)
+        try:
+            return await link.call({**header, "ring": self.ring.path, "slots": slots}, rid=rid)  # type: ignore
+        finally:
+            self.ring.give_back(slots)  # type: ignore[union-attr]
 
     def _tokenize(self, texts: list[str]) -> np.ndarray:
         start = time.perf_counter()

@@ -3,7 +3,8 @@ label sets and the queue capacity, and answers the front-end processes over a Ze
 
 Each request from a front-end runs as one task here, keyed by (front-end, request id); a `cancel` from the front-end
 (its client left) cancels that task, so its queued items are dropped by the batcher as in one process. Images come
-decoded, as uint8 [n, H, W, 3], normalised here as a batch (models.preprocess.normalise; on the GPU for CUDA
+decoded, as uint8 [H, W, 3] each, in slots of the front-end's shared-memory ring (service/pixel_ring.py) or as a
+uint8 [n, H, W, 3] frame of the message, normalised here as a batch (models.preprocess.normalise; on the GPU for CUDA
 backends, service/device_pixels.py) right before the encoder: in one trip (`embed`: room taken on arrival, or 503 /
 413) while the front-end sees this queue at most half full, else in two steps, so that a full queue still answers
 before any decoding: `reserve` takes room for n images (or refuses), the front-end decodes, then `pixels`.
@@ -32,6 +33,7 @@ from service.ipc import LoopSocket, error_fields, pack, pack_many, unpack
 from service.labelset_store import LabelSet, LabelSetStore, LocalLabelSets
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
+from service.pixel_ring import RingReader
 from service.settings import Settings
 
 log = logging.getLogger("service.engine_server")
@@ -96,6 +98,7 @@ class EngineServer:
         self.tasks: dict[Key, asyncio.Task] = {}
         self.waiters: dict[Key, asyncio.Future] = {}  # reserved image requests waiting for their pixels
         self.outbox: dict[bytes, list[tuple[dict[str, Any], tuple]]] = {}  # replies this loop iteration (_send)
+        self.rings: Optional[RingReader] = None  # the front-ends' shared-memory slots of decoded images
 
     # --- the socket -----------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -141,7 +144,10 @@ class EngineServer:
         elif op == "pixels":
             waiter = self.waiters.get(key)
             if waiter is not None and not waiter.done():
-                waiter.set_result(arrays[0])
+                try:
+                    waiter.set_result(self._pixels(header, arrays))
+                except Exception as exc:  # noqa: BLE001 - a bad ring or slot fails this request (op_reserve answers)
+                    waiter.set_exception(exc)
         else:
             task = asyncio.ensure_future(self._answer(ident, key[1], op, header, arrays))
             self.tasks[key] = task
@@ -166,6 +172,16 @@ class EngineServer:
             if not hasattr(exc, "status"):
                 log.exception("engine request %s failed", op)
             self._send(ident, {"id": rid, **error_fields(exc)})
+
+    def _pixels(self, header: dict[str, Any], arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A call's decoded images, uint8 [H, W, 3] each: views of the slots its header names in its front-end's
+        shared-memory ring (service/pixel_ring.py), or of the uint8 [n, H, W, 3] frame it carries."""
+        if "slots" not in header:
+            return list(arrays[0])
+        if self.rings is None:
+            h, w = self._engine().backend.preprocess.size
+            self.rings = RingReader(os.path.dirname(self.address.removeprefix("ipc://")), (h, w, 3))
+        return self.rings.views(header["ring"], header["slots"])
 
     # --- state ----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -200,17 +216,18 @@ class EngineServer:
                                            retry_after=1) from None
             finally:
                 self.waiters.pop(key, None)
-            if pixels.shape[0] != room.n:
-                raise InvalidField(f"{pixels.shape[0]} images sent for room reserved for {room.n}")
-            out = await room.submit(list(pixels), deadline)  # uint8 [H, W, 3] each
+            if len(pixels) != room.n:
+                raise InvalidField(f"{len(pixels)} images sent for room reserved for {room.n}")
+            out = await room.submit(pixels, deadline)  # uint8 [H, W, 3] each
         return {}, (rows(out),)
 
     async def op_embed(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:
-        """Images decoded already (uint8 [n, H, W, 3]): room for them now (503/413 otherwise), then embed them. A
-        front-end sends this instead of reserve + pixels while it sees this queue at most half full."""
-        eng, pixels = self._engine(), arrays[0]
-        with eng.images.reserve(pixels.shape[0]) as room:
-            out = await room.submit(list(pixels), float(h["deadline"]))
+        """Images decoded already (a uint8 [n, H, W, 3] frame, or slots of the front-end's ring): room for them now
+        (503/413 otherwise), then embed them. A front-end sends this instead of reserve + pixels while it sees this
+        queue at most half full."""
+        eng, pixels = self._engine(), self._pixels(h, arrays)
+        with eng.images.reserve(len(pixels)) as room:
+            out = await room.submit(pixels, float(h["deadline"]))
         return {}, (rows(out),)
 
     async def op_texts(self, ident: bytes, rid: int, h: dict, arrays: list) -> tuple[dict, tuple]:

@@ -27,8 +27,8 @@ from service.errors import ApiError, BackendFailure
 # 224 px image (150 KB) per request that thread took ~6 % of a front-end's profile samples, while sending and receiving
 # such a frame cost the same CPU either way in a micro-benchmark (~50 us over a tiny frame's).
 COPY_THRESHOLD = 1 << 20
-# plain ints: pyzmq's constants are enum members, and `events & zmq.POLLIN` built a new enum member each time (~2 % of an
-# engine's event loop); the socket's `get` through pyzmq's Python layer costs twice its Cython base's
+# plain ints: pyzmq's constants are enum members, and `events & zmq.POLLIN` built a new enum member each time (~2 % of
+# an engine's event loop); the socket's `get` through pyzmq's Python layer costs twice its Cython base's
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _get_option = zmq.backend.Socket.get
 _encoder = msgspec.msgpack.Encoder()

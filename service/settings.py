@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     devices: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="devices to run an engine process on (comma-separated: cuda:0,cuda:1; "
                                           "cpu); empty = CLIP_DEVICE. Needs CLIP_WORKERS >= 1")
+    shm_pixels_mb: float = Field(16.0, ge=0, le=4096, description="shared memory (/dev/shm) per front-end for its "
+                                                                   "decoded images on their way to the engine; 0 = "
+                                                                   "send them over the engine's socket")
     engine_hang_s: float = Field(30.0, ge=0, description="an engine process that has answered and then not "
                                                         "answered the supervisor's pings for this long is killed "
                                                         "and the server exits 1; 0 = never")

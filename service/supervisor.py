@@ -92,6 +92,15 @@ def parent_gone() -> bool:
     return _parent_gone.is_set()
 
 
+def temp_root() -> Optional[str]:
+    """Where the temp dir of sockets, metrics files and decoded-image rings goes: /dev/shm (RAM) where there is one
+    this process may write to (the rings, service/pixel_ring.py, need RAM; prometheus_client's multiprocess files
+    are best there too), else the system's temp dir."""
+    from service.pixel_ring import SHM_ROOT
+
+    return SHM_ROOT if os.path.isdir(SHM_ROOT) and os.access(SHM_ROOT, os.W_OK | os.X_OK) else None
+
+
 def orphaned() -> bool:
     """Whether the supervisor that started this process has died (this process was re-parented)."""
     parent = multiprocessing.parent_process()
@@ -135,7 +144,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, backend_factory: Callable):
         self.settings, self.backend_factory = settings, backend_factory
-        self.tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        self.tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root())
         self.metrics_dir = os.path.join(self.tmp, "metrics")
         os.mkdir(self.metrics_dir)
         # before any process starts: prometheus_client picks its multiprocess mode when a process imports it

@@ -7,6 +7,7 @@ Which front-end serves a request is the kernel's choice; every access-log line n
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -94,6 +95,19 @@ def test_split_answers_as_one_process(split, server):
         else:
             got, want = ja["embeddings"], jb["embeddings"]
         np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5, err_msg=path)
+
+
+def test_decoded_images_reach_the_engine_through_shared_memory(split):
+    """Each front-end puts its decoded images in a ring of slots in the server's temp dir on /dev/shm (the answers
+    above are the same as one process's through it); the ring goes with the server's temp dir."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this host")
+    fronts, _ = layout(split)
+    log = Path(split.log_path).read_text()
+    ring = r"through shared memory: \d+ slots of \(\d+, \d+, 3\) in (/dev/shm/clip-serve-\S+/pixels-(\d+)-\S+)"
+    rings = re.findall(ring, log)
+    assert {int(pid) for _, pid in rings} == set(fronts), log[-3000:]
+    assert all(Path(path).exists() for path, _ in rings)
 
 
 def test_label_set_put_on_one_front_end_is_seen_by_the_other(split):
@@ -596,7 +610,8 @@ def test_a_front_ends_engine_has_every_attribute_an_engine_has():
     settings = Settings()
     with ThreadPoolExecutor(1) as inference:
         local = Engine(settings, NamedBackend(settings), Metrics(), inference)
-        no_heartbeat_yet = SimpleNamespace(info=lambda: None)  # what the pool says before an engine answers
+        # what the pool says before an engine answers; engines on tcp:// (no temp dir): no ring
+        no_heartbeat_yet = SimpleNamespace(info=lambda: None, directory=None)
         remote = RemoteEngine(settings, engine_info(local), pool=no_heartbeat_yet, metrics=Metrics())  # type: ignore
         try:
             missing = {a for a in vars(local) if not hasattr(remote, a)} - {"text_cache", "labelset_cache"}
@@ -676,7 +691,7 @@ def _remote_engine(settings, load: int, ops: list):
     async def charged(n):
         yield link
 
-    pool = SimpleNamespace(info=lambda: None, charged=charged)
+    pool = SimpleNamespace(info=lambda: None, charged=charged, directory=None)  # no ring: pixels travel as frames
     remote = RemoteEngine(settings, info, pool=pool, metrics=Metrics())  # type: ignore[arg-type]
     decode = remote.preprocess_images
 
