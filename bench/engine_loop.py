@@ -6,7 +6,9 @@
 Starts the real split server (`CLIP_WORKERS=1`) on bench's stand-in backend (bench/standin.py: a fixed time per
 batch; 224 px input, normalised on its "device" as eager PyTorch on CUDA does), reads its engine's address from the
 start-up log, and sends that engine `embed` calls straight over ZeroMQ from this process: decoded uint8 images, what a
-front-end sends, `--in-flight` images at a time (as many calls as that makes), for 1 and 16 images per call.
+front-end sends, `--in-flight` images at a time (as many calls as that makes), for 1 and 16 images per call, each way
+a front-end hands them over (`--transport`): in slots of a shared-memory ring (`ring`, service/pixel_ring.py, what
+front-ends do where there is a /dev/shm) and as a frame of the message (`socket`).
 Reports calls/s, images/s, and the engine process's CPU per call and per image (/proc), split by thread: its event
 loop, ZeroMQ's I/O thread, the others (the encoder threads). 1000 / (the busiest thread's CPU ms per call) is the
 most calls per second one engine process could take with a core for each thread, whatever the device: the ceiling
@@ -33,9 +35,11 @@ from tqdm import tqdm
 from bench import machine
 from bench.server import BenchServer, stat_cpu_seconds
 from service.ipc import pack, raise_error, unpack_all
+from service.pixel_ring import PixelRing
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL_SIZES = (1, 16)  # images per call: a one-photo request's, and an indexer's batch
+TRANSPORTS = ("ring", "socket")  # how the pixels reach the engine: shared-memory slots, or a frame of the message
 LAYOUT = re.compile(r"engine\(s\) \S+ pid (\d+) at (ipc://[^;\s]+)")  # service/supervisor.py's layout line
 REPLY_TIMEOUT_MS = 30_000
 
@@ -46,6 +50,7 @@ class Config:
     warmup_s: float = 1.0
     in_flight: int = 64  # images outstanding at once (as bench.feed keeps in flight): calls = in_flight / per call
     image_size: int = 224
+    transports: tuple[str, ...] = TRANSPORTS
 
 
 def engine_of(log: str) -> tuple[int, str]:
@@ -59,23 +64,36 @@ def engine_of(log: str) -> tuple[int, str]:
 class Driver:
     """A front-end's side of the wire, and nothing else: `embed` calls of `per_call` images, `in_flight` at once."""
 
-    def __init__(self, address: str, per_call: int, size: int, in_flight: int):
+    def __init__(self, address: str, per_call: int, size: int, in_flight: int, transport: str = "socket"):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
         self.pixels = np.random.default_rng(per_call).integers(0, 256, (per_call, size, size, 3), dtype=np.uint8)
         self.in_flight, self.next_id, self.outstanding = in_flight, 0, 0
+        self.ring: PixelRing | None = None
+        self.slots: dict[int, list[int]] = {}  # each call's slots, free again at its reply
+        if transport == "ring":  # as a front-end makes its ring: in the temp dir of the engine's socket
+            directory = str(Path(address.removeprefix("ipc://")).parent)
+            self.ring = PixelRing.create(directory, (size, size, 3), in_flight * per_call * size * size * 3 / 2 ** 20)
+            if self.ring is None:
+                raise RuntimeError(f"no shared-memory ring in {directory} (not on /dev/shm?): use --transport socket")
 
     def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
         self.sock.close(0)
         self.ctx.term()
 
     def _send(self) -> None:
         self.next_id += 1
         self.outstanding += 1
-        self.sock.send_multipart(pack({"op": "embed", "id": self.next_id, "deadline": time.monotonic() + 60},
-                                      [self.pixels]))
+        header = {"op": "embed", "id": self.next_id, "deadline": time.monotonic() + 60}
+        if self.ring is None:
+            self.sock.send_multipart(pack(header, [self.pixels]))
+            return
+        slots = self.slots[self.next_id] = self.ring.take(list(self.pixels))  # a front-end's copy into its slots
+        self.sock.send_multipart(pack({**header, "ring": self.ring.path, "slots": slots}))
 
     def _replies(self) -> int:
         """Read one message (one or several replies), check each is an embedding per image; how many replies."""
@@ -83,6 +101,8 @@ class Driver:
             raise RuntimeError(f"the engine did not answer for {REPLY_TIMEOUT_MS / 1000:g} s")
         replies = unpack_all(self.sock.recv_multipart(copy=False))
         for header, arrays in replies:
+            if self.ring is not None:
+                self.ring.give_back(self.slots.pop(header["id"]))
             raise_error(header)
             if arrays[0].shape[0] != len(self.pixels):
                 raise RuntimeError(f"{arrays[0].shape[0]} embeddings for {len(self.pixels)} images")
@@ -121,8 +141,8 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
-def measure_point(pid: int, address: str, per_call: int, cfg: Config) -> dict:
-    driver = Driver(address, per_call, cfg.image_size, max(1, cfg.in_flight // per_call))
+def measure_point(pid: int, address: str, per_call: int, transport: str, cfg: Config) -> dict:
+    driver = Driver(address, per_call, cfg.image_size, max(1, cfg.in_flight // per_call), transport)
     try:
         driver.run(cfg.warmup_s)
         before = thread_cpu_seconds(pid)
@@ -132,7 +152,7 @@ def measure_point(pid: int, address: str, per_call: int, cfg: Config) -> dict:
         driver.close()
     ms = {role: 1000 * (after[role] - before[role]) / max(1, calls) for role in before}  # per call
     busiest = max(ms.values())
-    return {"images_per_call": per_call, "calls_in_flight": driver.in_flight, "calls": calls,
+    return {"images_per_call": per_call, "transport": transport, "calls_in_flight": driver.in_flight, "calls": calls,
             "seconds": round(taken, 3),
             "calls_per_s": round(calls / taken, 1), "images_per_s": round(calls * per_call / taken, 1),
             "engine_cpu_ms_per_call": round(sum(ms.values()), 4),
@@ -147,17 +167,19 @@ def measure(cfg: Config, raw: Path) -> dict:
     env = {"CLIP_WORKERS": "1", "BENCH_STANDIN_IMAGE_SIZE": str(cfg.image_size)}
     with BenchServer(env, raw / "server-engine-loop.log", cmd=[sys.executable, "-m", "bench.standin_server"]) as server:
         pid, address = engine_of(server.log_path.read_text(errors="replace"))
-        points = [measure_point(pid, address, k, cfg) for k in tqdm(CALL_SIZES, desc="engine loop", unit="point")]
+        todo = [(k, t) for k in CALL_SIZES for t in cfg.transports]
+        points = [measure_point(pid, address, k, t, cfg) for k, t in tqdm(todo, desc="engine loop", unit="point")]
     return {"machine": machine.describe(), "config": asdict(cfg), "points": points,
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def table(results: dict) -> str:
-    rows = ["| images/call | calls/s | images/s | engine CPU ms/call (event loop + ZeroMQ I/O + other threads) "
-            "| engine CPU ms/image | ceiling: calls/s | ceiling: images/s |", "|---|---|---|---|---|---|---|"]
+    rows = ["| images/call | pixels via | calls/s | images/s | engine CPU ms/call (event loop + ZeroMQ I/O + other "
+            "threads) | engine CPU ms/image | ceiling: calls/s | ceiling: images/s |", "|---" * 8 + "|"]
     for p in results["points"]:
         t = p["thread_cpu_ms_per_call"]
-        rows.append(f"| {p['images_per_call']} | {p['calls_per_s']:,.0f} | {p['images_per_s']:,.0f} | "
+        rows.append(f"| {p['images_per_call']} | {p.get('transport', 'socket')} | {p['calls_per_s']:,.0f} | "
+                    f"{p['images_per_s']:,.0f} | "
                     f"{p['engine_cpu_ms_per_call']} ({t['event_loop']} + {t['zmq_io']} + {t['other_threads']}) | "
                     f"{p['engine_cpu_ms_per_image']} | {p['calls_per_s_ceiling'] or 0:,} | "
                     f"{p['images_per_s_ceiling'] or 0:,} |")
@@ -182,14 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=Config.seconds, help="driving time per point")
     p.add_argument("--in-flight", type=int, default=Config.in_flight, help="images outstanding at once")
     p.add_argument("--image-size", type=int, default=Config.image_size, help="the stand-in's input side")
+    p.add_argument("--transport", default=",".join(TRANSPORTS),
+                   help="how the pixels reach the engine, comma-separated: ring (shared memory), socket")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where engine_loop.json/.md go")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    transports = tuple(t.strip() for t in args.transport.split(",") if t.strip())
+    if not transports or set(transports) - set(TRANSPORTS):
+        raise SystemExit(f"--transport: choose from {', '.join(TRANSPORTS)}")
     cfg = Config(seconds=args.seconds, warmup_s=min(Config.warmup_s, args.seconds), in_flight=args.in_flight,
-                 image_size=args.image_size)
+                 image_size=args.image_size, transports=transports)
     results = measure(cfg, Path(tempfile.mkdtemp(prefix="bench-engine-loop-")))
     files = write(results, args.out)
     print("\n" + table(results))
