@@ -165,6 +165,18 @@ class Batcher:
         self._set_depth(n)
         self.taken += n
 
+    def queue_now(self, payloads: list[np.ndarray], deadline: float) -> list[asyncio.Future]:
+        """Admit and queue items in one step, without a coroutine (an engine process's untraced `embed`,
+        service/engine_server.py): their futures, or the refusal (503 / 413) raised at once. Once queued, the items
+        are the batcher's to count out, as after `QueueRoom.submit`; a caller that stops waiting cancels the futures,
+        and the batcher drops those items."""
+        self._take(len(payloads))
+        loop = asyncio.get_running_loop()
+        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
+        for item in items:
+            self.queue.put_nowait(item)
+        return [i.future for i in items]
+
     async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         """Reserve room, queue items (all or none) and wait for their embeddings, in order."""
         with self.reserve(len(payloads)) as room:
@@ -284,6 +296,18 @@ class QueueRoom:
     def __init__(self, batcher: Batcher, n: int):
         self.batcher, self.n = batcher, n
         self.submitted = False
+
+    def queue_now(self, payloads: list[np.ndarray], deadline: float) -> list[asyncio.Future]:
+        """Admit and queue items in one step, without a coroutine (an engine process's untraced `embed`,
+        service/engine_server.py): their futures, or the refusal (503 / 413) raised at once. Once queued, the items
+        are the batcher's to count out, as after `QueueRoom.submit`; a caller that stops waiting cancels the futures,
+        and the batcher drops those items."""
+        self._take(len(payloads))
+        loop = asyncio.get_running_loop()
+        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
+        for item in items:
+            self.queue.put_nowait(item)
+        return [i.future for i in items]
 
     async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         """Queue the n items this room was reserved for and wait for their embeddings, in order."""

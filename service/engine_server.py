@@ -95,7 +95,7 @@ class EngineServer:
                                                       int(settings.labelset_cache_mb * 1024 * 1024)))
         self.ctx = zmq.Context()
         self.sock: LoopSocket | None = None
-        self.tasks: dict[Key, asyncio.Task] = {}
+        self.tasks: dict[Key, asyncio.Future] = {}  # what each request waits on: its task, or its items' futures
         self.waiters: dict[Key, asyncio.Future] = {}  # reserved image requests waiting for their pixels
         self.outbox: dict[bytes, list[tuple[dict[str, Any], tuple]]] = {}  # replies this loop iteration (_send)
         self.rings: Optional[RingReader] = None  # the front-ends' shared-memory slots of decoded images
@@ -148,6 +148,8 @@ class EngineServer:
                     waiter.set_result(self._pixels(header, arrays))
                 except Exception as exc:  # noqa: BLE001 - a bad ring or slot fails this request (op_reserve answers)
                     waiter.set_exception(exc)
+        elif op == "embed" and "traceparent" not in header:
+            self._embed_now(ident, key, header, arrays)
         else:
             task = asyncio.ensure_future(self._answer(ident, key[1], op, header, arrays))
             self.tasks[key] = task
@@ -155,6 +157,38 @@ class EngineServer:
             # task that waits for them sends its answer (which a front-end draining at the same time waits for)
             self.lifecycle.inflight_requests += 1
             task.add_done_callback(lambda _: self._done(key))
+
+    def _embed_now(self, ident: bytes, key: Key, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        """op_embed without a task or a coroutine (most calls: one image, untraced; a task and its coroutines were a
+        quarter of the event loop's time per call): room and queue now, the answer from the items' futures' callback.
+        A `cancel` cancels those futures, and the batcher drops their items, as when op_embed's task is cancelled."""
+        try:
+            futures = self._engine().images.queue_now(self._pixels(header, arrays), float(header["deadline"]))
+        except Exception as exc:  # noqa: BLE001 - refused (503 / 413) or a bad call: answered as _answer does
+            self._failed(ident, key[1], "embed", exc)
+            return
+        waiting = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+        self.tasks[key] = waiting
+        self.lifecycle.inflight_requests += 1
+        waiting.add_done_callback(lambda done: self._embedded(ident, key, done, futures))
+
+    def _embedded(self, ident: bytes, key: Key, done: asyncio.Future, futures: list[asyncio.Future]) -> None:
+        self._done(key)
+        if done.cancelled():  # the front-end's client left: nobody reads an answer
+            return
+        exc = done.exception()
+        if exc is not None:
+            for f in futures:  # a sibling failed: the request is answered, its other images are not computed
+                f.cancel()
+            self._failed(ident, key[1], "embed", exc)
+            return
+        out = done.result()
+        self._send(ident, {"id": key[1]}, (rows(out if isinstance(out, list) else [out]),))
+
+    def _failed(self, ident: bytes, rid: int, op: str, exc: BaseException) -> None:
+        if not hasattr(exc, "status"):
+            log.error("engine request %s failed", op, exc_info=exc)
+        self._send(ident, {"id": rid, **error_fields(exc)})
 
     def _done(self, key: Key) -> None:
         self.tasks.pop(key, None)
@@ -169,9 +203,7 @@ class EngineServer:
         except asyncio.CancelledError:  # the front-end's client left: nobody reads an answer
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the front-end that asked
-            if not hasattr(exc, "status"):
-                log.exception("engine request %s failed", op)
-            self._send(ident, {"id": rid, **error_fields(exc)})
+            self._failed(ident, rid, op, exc)
 
     def _pixels(self, header: dict[str, Any], arrays: list[np.ndarray]) -> list[np.ndarray]:
         """A call's decoded images, uint8 [H, W, 3] each: views of the slots its header names in its front-end's

@@ -835,3 +835,72 @@ def test_an_engine_takes_room_for_images_sent_in_one_trip_or_refuses_them():
                 engine.preprocess_pool.shutdown(wait=False)
 
     asyncio.run(scenario())
+
+
+def test_an_untraced_embed_is_answered_without_a_task_as_op_embed_answers_it():
+    """`embed` without a traceparent (most calls) runs no task and no coroutine in the engine (`_embed_now`): its
+    answer is op_embed's (the same rows; 503 when the queue is full, taking no room), a `cancel` drops its queued
+    items and sends nothing, and a drain waits for it. With a traceparent it is op_embed in a task, as before."""
+    import asyncio
+
+    from service.engine import Engine
+    from service.engine_server import EngineServer, install_pixel_encoder
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from tests.service.fake_backend import NamedBackend
+
+    async def scenario() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        settings = Settings(max_queue=3, image_max_wait_ms=200)
+        with ThreadPoolExecutor(1) as inference:
+            engine = Engine(settings, NamedBackend(settings), Metrics(), inference)
+            install_pixel_encoder(engine)
+            engine.start()
+            lifecycle = SimpleNamespace(require_engine=lambda: engine, inflight_requests=0)
+            server = EngineServer(settings, "ipc:///nonexistent", lifecycle)
+            sent: list = []
+            server._send = lambda ident, header, arrays=(): sent.append((header, arrays))  # type: ignore
+            try:
+                pixels = np.full((2, 8, 8, 3), 200, np.uint8)
+                deadline = engine.deadline()
+                server._dispatch(b"f", {"op": "embed", "id": 1, "deadline": deadline}, [pixels])
+                waiting = server.tasks[(b"f", 1)]
+                assert not isinstance(waiting, asyncio.Task) and lifecycle.inflight_requests == 1
+                await asyncio.wait_for(asyncio.shield(waiting), 20)
+                await asyncio.sleep(0)
+                _, (want,) = await server.op_embed(b"f", 9, {"deadline": deadline}, [pixels])
+                (header, (got,)), = sent
+                assert header == {"id": 1} and np.array_equal(got, want)
+                assert lifecycle.inflight_requests == 0 and not server.tasks
+
+                sent.clear()
+                with engine.images.reserve(2):  # 2 of 3 taken: 2 more are refused at once, taking nothing
+                    server._dispatch(b"f", {"op": "embed", "id": 2, "deadline": deadline}, [pixels])
+                    assert engine.images.depth == 2 and not server.tasks
+                (header, _), = sent
+                assert header["id"] == 2 and header["error"] == "Overloaded"
+
+                sent.clear()
+                dropped = engine.metrics.dropped.labels("image")._value.get()
+                server._dispatch(b"f", {"op": "embed", "id": 3, "deadline": deadline}, [pixels[:1]])
+                server._dispatch(b"f", {"op": "cancel", "id": 3}, [])  # queued, waiting out the 200 ms window
+                for _ in range(100):
+                    await asyncio.sleep(0.02)
+                    if engine.images.depth == 0:
+                        break
+                assert sent == [] and not server.tasks and lifecycle.inflight_requests == 0
+                assert engine.images.depth == 0
+                assert engine.metrics.dropped.labels("image")._value.get() == dropped + 1
+
+                traced = {"op": "embed", "id": 4, "deadline": deadline,
+                          "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+                server._dispatch(b"f", traced, [pixels[:1]])
+                assert isinstance(server.tasks[(b"f", 4)], asyncio.Task)
+                await asyncio.wait_for(asyncio.shield(server.tasks[(b"f", 4)]), 20)
+            finally:
+                await engine.stop()
+                server.ctx.term()
+                engine.preprocess_pool.shutdown(wait=False)
+
+    asyncio.run(scenario())
