@@ -1,6 +1,6 @@
 """`python -m bench.engine_loop`: how many calls per second one engine process takes, without HTTP (issue 16).
 
-    python -m bench.engine_loop                               # about 30 s
+    python -m bench.engine_loop                               # about 45 s
     python -m bench.engine_loop --seconds 1 --out /tmp/eng    # a smoke run
 
 Starts the real split server (`CLIP_WORKERS=1`) on bench's stand-in backend (bench/standin.py: a fixed time per
