@@ -171,23 +171,24 @@ class Batcher:
         are the batcher's to count out, as after `QueueRoom.submit`; a caller that stops waiting cancels the futures,
         and the batcher drops those items."""
         self._take(len(payloads))
-        loop = asyncio.get_running_loop()
-        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
-        for item in items:
-            self.queue.put_nowait(item)
-        return [i.future for i in items]
+        return [i.future for i in self._put(payloads, deadline)]
 
     async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         """Reserve room, queue items (all or none) and wait for their embeddings, in order."""
         with self.reserve(len(payloads)) as room:
             return await room.submit(payloads, deadline)
 
-    async def _enqueue(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+    def _put(self, payloads: list[np.ndarray], deadline: float,
+             trace: Optional[tracing.QueueWait] = None) -> list[WorkItem]:
         loop = asyncio.get_running_loop()
-        wait = tracing.queued(self.modality, len(payloads))
-        items = [WorkItem(p, loop.create_future(), deadline, trace=wait) for p in payloads]
+        items = [WorkItem(p, loop.create_future(), deadline, trace=trace) for p in payloads]
         for item in items:
             self.queue.put_nowait(item)
+        return items
+
+    async def _enqueue(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        wait = tracing.queued(self.modality, len(payloads))
+        items = self._put(payloads, deadline, wait)
         try:
             if len(items) == 1:  # most requests: its future itself, not a gather's future and callbacks around it
                 return [await items[0].future]
@@ -296,18 +297,6 @@ class QueueRoom:
     def __init__(self, batcher: Batcher, n: int):
         self.batcher, self.n = batcher, n
         self.submitted = False
-
-    def queue_now(self, payloads: list[np.ndarray], deadline: float) -> list[asyncio.Future]:
-        """Admit and queue items in one step, without a coroutine (an engine process's untraced `embed`,
-        service/engine_server.py): their futures, or the refusal (503 / 413) raised at once. Once queued, the items
-        are the batcher's to count out, as after `QueueRoom.submit`; a caller that stops waiting cancels the futures,
-        and the batcher drops those items."""
-        self._take(len(payloads))
-        loop = asyncio.get_running_loop()
-        items = [WorkItem(p, loop.create_future(), deadline) for p in payloads]
-        for item in items:
-            self.queue.put_nowait(item)
-        return [i.future for i in items]
 
     async def submit(self, payloads: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         """Queue the n items this room was reserved for and wait for their embeddings, in order."""
