@@ -32,7 +32,7 @@ SHM_ROOT = "/dev/shm"
 
 def shm_dir(directory: str) -> bool:
     """Whether `directory` is in /dev/shm (RAM): a ring in a disk-backed dir would be written back to disk."""
-    return os.path.realpath(directory).startswith(SHM_ROOT + os.sep)
+    return os.path.realpath(directory).startswith(os.path.realpath(SHM_ROOT) + os.sep)  # /dev/shm may be a link
 
 
 class PixelRing:

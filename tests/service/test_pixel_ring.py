@@ -147,3 +147,14 @@ def test_a_front_end_sends_slots_and_frees_them_when_the_call_is_over(shm):
     header, frames = calls[-1]
     assert "slots" not in header and frames == [(2, *SHAPE)]
     ring.close()
+
+
+def test_dev_shm_behind_a_link_is_still_ram(shm, tmp_path, monkeypatch):
+    """Some systems make /dev/shm a link to /run/shm: a temp dir there is still in RAM and still gets a ring."""
+    import service.pixel_ring as pixel_ring
+
+    link = tmp_path / "shm-link"
+    link.symlink_to(SHM_ROOT)
+    monkeypatch.setattr(pixel_ring, "SHM_ROOT", str(link))
+    assert pixel_ring.shm_dir(str(shm))
+    assert not pixel_ring.shm_dir(str(tmp_path))
