@@ -2,7 +2,8 @@
 label sets and the queue capacity, and answers the front-end processes over a ZeroMQ ROUTER socket.
 
 Each request from a front-end runs as one task here, keyed by (front-end, request id); a `cancel` from the front-end
-(its client left) cancels that task, so its queued items are dropped by the batcher as in one process. Images come
+(its client left) cancels that task, so its queued items are dropped by the batcher as in one process. An untraced
+`embed` (most calls) runs no task: its items' futures stand for it, and a `cancel` cancels them (`_embed_now`). Images come
 decoded, as uint8 [H, W, 3] each, in slots of the front-end's shared-memory ring (service/pixel_ring.py) or as a
 uint8 [n, H, W, 3] frame of the message, normalised here as a batch (models.preprocess.normalise; on the GPU for CUDA
 backends, service/device_pixels.py) right before the encoder: in one trip (`embed`: room taken on arrival, or 503 /
