@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bench import machine
 from bench.server import BenchServer, stat_cpu_seconds
-from service.ipc import pack, raise_error, unpack_all
+from service.ipc import pack, raise_error, socket_dir, unpack_all
 from service.pixel_ring import PixelRing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,9 @@ class Driver:
         self.ring: PixelRing | None = None
         self.slots: dict[int, list[int]] = {}  # each call's slots, free again at its reply
         if transport == "ring":  # as a front-end makes its ring: in the temp dir of the engine's socket
-            directory = str(Path(address.removeprefix("ipc://")).parent)
-            self.ring = PixelRing.create(directory, (size, size, 3), in_flight * per_call * size * size * 3 / 2 ** 20)
+            directory = socket_dir(address)
+            megabytes = in_flight * per_call * size * size * 3 / 2 ** 20
+            self.ring = PixelRing.create(directory, (size, size, 3), megabytes) if directory else None
             if self.ring is None:
                 raise RuntimeError(f"no shared-memory ring in {directory} (not on /dev/shm?): use --transport socket")
 

@@ -25,8 +25,8 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Sequence
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 

@@ -4,10 +4,10 @@
 memory (`Tensor.pin_memory`, `non_blocking=True` copies) and streams (`torch.cuda.Stream`, `torch.cuda.stream`).
 
 Each of SLOTS slots owns a pinned host buffer uint8 [max_batch, H, W, 3] and a CUDA stream. An encoder call takes a
-slot, copies its batch's images into the pinned buffer (each once: the batcher hands over the items, not a stacked
-batch) (pageable memory would make the upload synchronous), uploads it on the
-slot's stream, normalises it there exactly as models.preprocess.normalise does on the CPU (float32: /255, subtract
-the mean, divide by the std, in that order), runs the model and copies the embeddings back, which waits for that
+slot, copies its batch's images into the pinned buffer, each once (the batcher hands over the items, not a stacked
+batch; pageable memory would make the upload synchronous), uploads them on the slot's stream, normalises them there
+exactly as models.preprocess.normalise does on the CPU (float32: /255, subtract the mean, divide by the std, in that
+order), runs the model and copies the embeddings back, which waits for that
 stream only. With two encoder calls in flight (the image batcher's `in_flight = 2`, service/engine_server.py) one
 batch uploads while the other computes. A quarter of float32's bytes cross PCIe.
 

@@ -32,7 +32,7 @@ from service.batch_probe import BatchCurve
 from service.engine import Engine
 from service.errors import ApiError, BackendFailure, NotReady
 from service.images import ImagePreprocessor
-from service.ipc import LoopSocket, pack, raise_error, unpack_all
+from service.ipc import LoopSocket, pack, raise_error, socket_dir, unpack_all
 from service.labelset_store import LabelSet, StoredLabelSet
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -239,8 +239,8 @@ class EnginePool:
     @property
     def directory(self) -> Optional[str]:
         """The supervisor's temp dir the engines' sockets are in (ipc://<dir>/engine-<i>.sock), if they all are."""
-        dirs = {os.path.dirname(link.address.removeprefix("ipc://")) for link in self.links}
-        return dirs.pop() if len(dirs) == 1 and all(link.address.startswith("ipc://") for link in self.links) else None
+        dirs = {socket_dir(link.address) for link in self.links}
+        return dirs.pop() if len(dirs) == 1 else None
 
     def start(self) -> None:
         for link in self.links:

@@ -3,8 +3,8 @@ label sets and the queue capacity, and answers the front-end processes over a Ze
 
 Each request from a front-end runs as one task here, keyed by (front-end, request id); a `cancel` from the front-end
 (its client left) cancels that task, so its queued items are dropped by the batcher as in one process. An untraced
-`embed` (most calls) runs no task: its items' futures stand for it, and a `cancel` cancels them (`_embed_now`). Images come
-decoded, as uint8 [H, W, 3] each, in slots of the front-end's shared-memory ring (service/pixel_ring.py) or as a
+`embed` (most calls) runs no task: its items' futures stand for it, and a `cancel` cancels them (`_embed_now`).
+Images come decoded, as uint8 [H, W, 3] each, in slots of the front-end's shared-memory ring (service/pixel_ring.py) or as a
 uint8 [n, H, W, 3] frame of the message, normalised here as a batch (models.preprocess.normalise; on the GPU for CUDA
 backends, service/device_pixels.py) right before the encoder: in one trip (`embed`: room taken on arrival, or 503 /
 413) while the front-end sees this queue at most half full, else in two steps, so that a full queue still answers
@@ -30,7 +30,7 @@ from service import tracing
 from service.backends.base import exact_tokenizer
 from service.engine import Engine
 from service.errors import BackendFailure, DeadlineExceeded, InvalidField
-from service.ipc import LoopSocket, error_fields, pack, pack_many, unpack
+from service.ipc import LoopSocket, error_fields, pack, pack_many, socket_dir, unpack
 from service.labelset_store import LabelSet, LabelSetStore, LocalLabelSets
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -212,8 +212,11 @@ class EngineServer:
         if "slots" not in header:
             return list(arrays[0])
         if self.rings is None:
+            directory = socket_dir(self.address)
+            if directory is None:
+                raise InvalidField("shared-memory slots sent to an engine that is not on ipc://")
             h, w = self._engine().backend.preprocess.size
-            self.rings = RingReader(os.path.dirname(self.address.removeprefix("ipc://")), (h, w, 3))
+            self.rings = RingReader(directory, (h, w, 3))
         return self.rings.views(header["ring"], header["slots"])
 
     # --- state ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ One message is [header, *arrays] (or, from an engine, several replies as one: `p
 map (msgspec) with the request `id`, its `op` and small fields, plus `arrays` = [(dtype, shape), ...] describing the
 frames after it; each array travels as its raw bytes (copied into ZeroMQ's buffer up to COPY_THRESHOLD, handed over
 without a copy above it) and is read back as a numpy view of the received frame. Images cross as uint8
-[N, H, W, 3] pixels, tokens as int64 [N, L], embeddings as float32 [N, D]: never pickled objects.
+[N, H, W, 3] pixels (or stay in a front-end's shared-memory ring, service/pixel_ring.py, and the header names their
+slots), tokens as int64 [N, L], embeddings as float32 [N, D]: never pickled objects.
 
 An error crosses as its class name, message, field, index and retry-after, and is raised again on the other side
 as the same ApiError class, so service/errors.py maps it to the same status and body as in one process.
@@ -13,7 +14,8 @@ as the same ApiError class, so service/errors.py maps it to the same status and 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Callable, Optional, Sequence
 
 import msgspec
 import numpy as np
@@ -84,6 +86,11 @@ def _arrays_of(header: dict[str, Any], frames: Sequence[Any], at: int) -> tuple[
     arrays = [np.frombuffer(f, dtype=np.dtype(d)).reshape(shape)  # zmq Frames and bytes both have the buffer protocol
               for f, (d, shape) in zip(frames[at:at + len(described)], described)]
     return (header, arrays), at + len(described)
+
+
+def socket_dir(address: str) -> Optional[str]:
+    """The directory of an ipc:// address's socket file (the supervisor's temp dir), or None for another transport."""
+    return os.path.dirname(address.removeprefix("ipc://")) if address.startswith("ipc://") else None
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:

@@ -111,9 +111,10 @@ def remove_temp_dir(address: str) -> None:
     """An engine's last step when its supervisor was killed (SIGKILL runs no cleanup there): remove the
     supervisor's temp dir of sockets and metrics files, named by the engine's address ipc://<dir>/engine-<i>.sock.
     Front-ends still draining keep writing to their open metrics files; nothing else needs the dir any more."""
-    path = address.removeprefix("ipc://")
-    temp = os.path.dirname(path)
-    if path != address and os.path.basename(temp).startswith(TEMP_PREFIX):
+    from service.ipc import socket_dir
+
+    temp = socket_dir(address)
+    if temp is not None and os.path.basename(temp).startswith(TEMP_PREFIX):
         shutil.rmtree(temp, ignore_errors=True)
 
 

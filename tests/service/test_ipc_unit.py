@@ -82,3 +82,11 @@ def test_only_eager_torch_on_cuda_gets_the_device_encoder(bundled_dir):
     assert device_encoder(backend, 8) is None
     backend.device = "cuda"  # what it would say on a GPU host, its towers still on the CPU: not the device path
     assert device_encoder(backend, 8) is None
+
+
+def test_socket_dir_is_the_temp_dir_of_an_ipc_address_only():
+    """Front-ends put their pixel rings, and an engine looks for them, in the dir of the engine's ipc:// socket."""
+    from service.ipc import socket_dir
+
+    assert socket_dir("ipc:///dev/shm/clip-serve-x/engine-0.sock") == "/dev/shm/clip-serve-x"
+    assert socket_dir("tcp://127.0.0.1:5555") is None
